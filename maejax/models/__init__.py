@@ -1,0 +1,119 @@
+"""Model registry: short names (`vits16`, `camae_s16`, ...) -> ConfigDicts -> NNX modules.
+
+`create(config_or_name, rngs=...)` builds any registered model. A model config is a ConfigDict
+with `name`, `kind` and the architecture fields below; unknown fields are an error.
+"""
+
+from __future__ import annotations
+
+import jax
+import ml_collections
+from flax import nnx
+
+# (width, depth, num_heads, mlp_dim) of the encoder sizes used in the paper.
+SIZES = {
+    "tiny": (64, 2, 4, 256),
+    "s": (384, 12, 6, 1536),
+    "b": (768, 12, 12, 3072),
+    "l": (1024, 24, 16, 4096),
+    "g": (1664, 48, 16, 8192),
+}
+
+
+def base_config():
+  """Every field a ViT-MAE / CA-MAE config has, with the paper's defaults (ViT-S/16)."""
+  return ml_collections.ConfigDict(dict(
+      name="vits16", kind="mae", channel_agnostic=False,
+      img_size=256, patch_size=16, channels=6, max_channels=11, decoder_channels=6,
+      width=384, depth=12, num_heads=6, mlp_dim=1536,
+      block="prenorm", qkv_bias=False, qk_norm=True, layerscale=1e-4, drop_path=0.1,
+      norm_eps=1e-6, final_norm=True,
+      decoder_width=512, decoder_depth=8, decoder_heads=16, decoder_mlp_dim=2048,
+      decoder_cross_heads=8, decoder_qkv_bias=True,
+      mask_ratio=0.75, norm_pix_loss=False, fourier_weight=0.0,
+      dtype="float32", remat=False,
+  ))
+
+
+def _vit(name, size, patch, **kw):
+  cfg = base_config()
+  width, depth, heads, mlp = SIZES[size]
+  fields = dict(name=name, width=width, depth=depth, num_heads=heads, mlp_dim=mlp,
+                patch_size=patch, drop_path=0.3 if size in ("l", "g") else 0.1)
+  cfg.update({**fields, **kw})
+  return cfg
+
+
+def _camae(name, size, patch, **kw):
+  # Recursion's channel-agnostic recipe (OpenPhenom): parallel blocks, QK-norm, LayerScale,
+  # no final norm under global average pooling.
+  return _vit(name, size, patch, kind="mae", channel_agnostic=True, block="parallel",
+              final_norm=False, **kw)
+
+
+_TINY = dict(img_size=32, patch_size=8, decoder_width=64, decoder_depth=1, decoder_heads=4,
+             decoder_mlp_dim=128, decoder_cross_heads=4, drop_path=0.0, layerscale=None)
+
+REGISTRY = {
+    "vits16": lambda: _vit("vits16", "s", 16),
+    "vitb16": lambda: _vit("vitb16", "b", 16),
+    "vitb8": lambda: _vit("vitb8", "b", 8),
+    "vitl16": lambda: _vit("vitl16", "l", 16),
+    "vitl8": lambda: _vit("vitl8", "l", 8),
+    "vitg8": lambda: _vit("vitg8", "g", 8),
+    "camae_s16": lambda: _camae("camae_s16", "s", 16),
+    "camae_b16": lambda: _camae("camae_b16", "b", 16),
+    "camae_l16": lambda: _camae("camae_l16", "l", 16),
+    "vit_tiny": lambda: _vit("vit_tiny", "tiny", 8, **_TINY),
+    "camae_tiny": lambda: _camae("camae_tiny", "tiny", 8, **_TINY),
+}
+
+BUILDERS = {}  # kind -> module class; filled by register_kind.
+
+
+def register_kind(kind, cls):
+  BUILDERS[kind] = cls
+
+
+def get_config(name, **overrides):
+  """The registered ConfigDict for `name`, with field overrides applied."""
+  if name not in REGISTRY:
+    raise ValueError(f"unknown model {name!r}; registered: {', '.join(sorted(REGISTRY))}")
+  cfg = REGISTRY[name]()
+  for k, v in overrides.items():
+    if k not in cfg:
+      raise ValueError(f"model {name!r} has no field {k!r}; fields: {', '.join(sorted(cfg))}")
+    cfg[k] = v
+  return cfg
+
+
+def resolve(config_or_name, **overrides):
+  """A full model ConfigDict from a name, or from a partial config with a `name` field."""
+  if isinstance(config_or_name, str):
+    return get_config(config_or_name, **overrides)
+  partial = dict(config_or_name)
+  name = partial.pop("name", None)
+  if name is None:
+    raise ValueError("model config needs a `name` field (a registered model, e.g. 'vits16')")
+  return get_config(name, **{**partial, **overrides})
+
+
+def create(config_or_name, *, rngs=None, **overrides):
+  """Builds a registered model. Parameters carry logical axis names; without a mesh in
+  context they are plain (unsharded) arrays."""
+  cfg = ml_collections.FrozenConfigDict(resolve(config_or_name, **overrides))
+  if cfg.kind not in BUILDERS:
+    raise ValueError(f"no model class registered for kind {cfg.kind!r}")
+  rngs = rngs if rngs is not None else nnx.Rngs(0)
+  if jax.sharding.get_abstract_mesh().empty:
+    with nnx.use_eager_sharding(False):
+      return BUILDERS[cfg.kind](cfg, rngs=rngs)
+  return BUILDERS[cfg.kind](cfg, rngs=rngs)
+
+
+def _register_builtin():
+  from maejax.models.mae import MAE
+  register_kind("mae", MAE)
+
+
+_register_builtin()

@@ -1,0 +1,211 @@
+"""Transformer building blocks: attention, MLP, pre-norm and parallel ViT blocks.
+
+Every parameter carries logical axis names (`embed`, `mlp`, `heads`, `kv`) through
+`nnx.with_partitioning`; the training code maps them to mesh axes with a rules table.
+Activations are `[batch, length, embed]`.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+xavier = nnx.initializers.xavier_uniform()
+zeros = nnx.initializers.zeros_init()
+ones = nnx.initializers.ones_init()
+
+
+def part(init, names):
+  return nnx.with_partitioning(init, names)
+
+
+def layer_norm(dim, eps, dtype=None, *, rngs, name="embed"):
+  """LayerNorm with exact (two-pass) variance, annotated on its feature axis."""
+  return nnx.LayerNorm(
+      dim, epsilon=eps, dtype=dtype, use_fast_variance=False, rngs=rngs,
+      scale_init=part(ones, (name,)), bias_init=part(zeros, (name,)))
+
+
+def dense(din, dout, names, *, use_bias=True, dtype=None, rngs):
+  """Linear layer [..., din] -> [..., dout] with kernel axes `names`."""
+  return nnx.Linear(
+      din, dout, use_bias=use_bias, dtype=dtype, rngs=rngs,
+      kernel_init=part(xavier, names), bias_init=part(zeros, names[1:]))
+
+
+def drop_path(x, rate, key):
+  """Stochastic depth: drops the whole residual branch per example."""
+  if key is None or rate == 0.0:
+    return x
+  keep = jax.random.bernoulli(key, 1.0 - rate, (x.shape[0],) + (1,) * (x.ndim - 1))
+  return jnp.where(keep, x / (1.0 - rate), 0.0).astype(x.dtype)
+
+
+class LayerScale(nnx.Module):
+  """Per-channel learned residual scale (CaiT); identity when init is None."""
+
+  def __init__(self, dim, init):
+    self.gamma = nnx.Param(jnp.full((dim,), init, jnp.float32), sharding=("embed",))
+
+  def __call__(self, x):
+    return x * self.gamma[...].astype(x.dtype)
+
+
+class QKVProjection(nnx.Module):
+  """[b, l, embed] -> q, k, v each [b, l, heads, head_dim]."""
+
+  def __init__(self, dim, num_heads, *, use_bias, dtype, rngs):
+    self.num_heads, self.head_dim = num_heads, dim // num_heads
+    self.proj = nnx.LinearGeneral(
+        dim, (3, num_heads, self.head_dim), use_bias=use_bias, dtype=dtype, rngs=rngs,
+        kernel_init=part(_fan_xavier(dim, 3 * dim), ("embed", None, "heads", "kv")),
+        bias_init=part(zeros, (None, "heads", "kv")))
+
+  def __call__(self, x):
+    qkv = self.proj(x)
+    return qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+
+
+def _fan_xavier(fan_in, fan_out):
+  """Xavier-uniform for a kernel whose output is split over several axes."""
+  def init(key, shape, dtype=jnp.float32):
+    limit = (6.0 / (fan_in + fan_out)) ** 0.5
+    return jax.random.uniform(key, shape, dtype, -limit, limit)
+  return init
+
+
+class OutProjection(nnx.Module):
+  """[b, l, heads, head_dim] -> [b, l, embed]."""
+
+  def __init__(self, num_heads, head_dim, dim, *, dtype, rngs):
+    self.proj = nnx.LinearGeneral(
+        (num_heads, head_dim), dim, axis=(-2, -1), dtype=dtype, rngs=rngs,
+        kernel_init=part(_fan_xavier(num_heads * head_dim, dim), ("heads", "kv", "embed")),
+        bias_init=part(zeros, ("embed",)))
+
+  def __call__(self, x):
+    return self.proj(x)
+
+
+class QKNorm(nnx.Module):
+  """LayerNorm of queries and keys over the head dimension (stabilises large ViTs)."""
+
+  def __init__(self, head_dim, eps, dtype, *, rngs):
+    self.q_norm = layer_norm(head_dim, eps, dtype, rngs=rngs, name="kv")
+    self.k_norm = layer_norm(head_dim, eps, dtype, rngs=rngs, name="kv")
+
+  def __call__(self, q, k):
+    return self.q_norm(q), self.k_norm(k)
+
+
+def attention(q, k, v):
+  """Softmax attention; q [b, lq, h, d], k/v [b, lk, h, d] -> [b, lq, h, d].
+
+  `jax.nn.dot_product_attention` picks the cuDNN flash kernel on GPUs.
+  """
+  return jax.nn.dot_product_attention(q, k, v)
+
+
+class Attention(nnx.Module):
+  """Multi-head self-attention with optional QK-norm."""
+
+  def __init__(self, dim, num_heads, *, qkv_bias, qk_norm, eps, dtype, rngs):
+    self.qkv = QKVProjection(dim, num_heads, use_bias=qkv_bias, dtype=dtype, rngs=rngs)
+    self.qk_norm = QKNorm(dim // num_heads, eps, dtype, rngs=rngs) if qk_norm else None
+    self.out = OutProjection(num_heads, dim // num_heads, dim, dtype=dtype, rngs=rngs)
+
+  def __call__(self, x):
+    q, k, v = self.qkv(x)
+    if self.qk_norm is not None:
+      q, k = self.qk_norm(q, k)
+    return self.out(attention(q, k, v))
+
+
+class Mlp(nnx.Module):
+  """Two-layer GELU MLP [..., dim] -> [..., dim]."""
+
+  def __init__(self, dim, hidden, *, dtype, rngs):
+    self.fc1 = dense(dim, hidden, ("embed", "mlp"), dtype=dtype, rngs=rngs)
+    self.fc2 = dense(hidden, dim, ("mlp", "embed"), dtype=dtype, rngs=rngs)
+
+  def __call__(self, x):
+    return self.fc2(jax.nn.gelu(self.fc1(x), approximate=False))
+
+
+class Block(nnx.Module):
+  """Standard pre-norm ViT block: x + attn(norm(x)); x + mlp(norm(x))."""
+
+  def __init__(self, dim, num_heads, *, mlp_ratio=4.0, qkv_bias=False, qk_norm=False,
+               layerscale=None, drop_path=0.0, eps=1e-6, dtype=None, rngs):
+    self.norm1 = layer_norm(dim, eps, dtype, rngs=rngs)
+    self.attn = Attention(dim, num_heads, qkv_bias=qkv_bias, qk_norm=qk_norm, eps=eps,
+                          dtype=dtype, rngs=rngs)
+    self.norm2 = layer_norm(dim, eps, dtype, rngs=rngs)
+    self.mlp = Mlp(dim, int(dim * mlp_ratio), dtype=dtype, rngs=rngs)
+    self.ls1 = LayerScale(dim, layerscale) if layerscale else None
+    self.ls2 = LayerScale(dim, layerscale) if layerscale else None
+    self.drop_path = drop_path
+
+  def __call__(self, x, key=None):
+    k1, k2 = jax.random.split(key) if key is not None else (None, None)
+    h = self.attn(self.norm1(x))
+    x = x + drop_path(self.ls1(h) if self.ls1 else h, self.drop_path, k1)
+    h = self.mlp(self.norm2(x))
+    return x + drop_path(self.ls2(h) if self.ls2 else h, self.drop_path, k2)
+
+
+class ParallelBlock(nnx.Module):
+  """Parallel attention + MLP from one input norm (ViT-22B; Recursion's released weights).
+
+  x + gamma * (attn(norm(x)) + mlp(norm(x))); the qkv and MLP-in projections have no bias,
+  the MLP hidden layer has its own bias.
+  """
+
+  def __init__(self, dim, num_heads, *, mlp_ratio=4.0, qkv_bias=False, qk_norm=True,
+               layerscale=None, drop_path=0.0, eps=1e-6, dtype=None, rngs):
+    hidden = int(dim * mlp_ratio)
+    self.norm = layer_norm(dim, eps, dtype, rngs=rngs)
+    self.qkv = QKVProjection(dim, num_heads, use_bias=qkv_bias, dtype=dtype, rngs=rngs)
+    self.mlp_in = dense(dim, hidden, ("embed", "mlp"), use_bias=True, dtype=dtype, rngs=rngs)
+    self.qk_norm = QKNorm(dim // num_heads, eps, dtype, rngs=rngs) if qk_norm else None
+    self.attn_out = OutProjection(num_heads, dim // num_heads, dim, dtype=dtype, rngs=rngs)
+    self.mlp_out = dense(hidden, dim, ("mlp", "embed"), dtype=dtype, rngs=rngs)
+    self.ls = LayerScale(dim, layerscale) if layerscale else None
+    self.drop_path = drop_path
+
+  def __call__(self, x, key=None):
+    y = self.norm(x)
+    q, k, v = self.qkv(y)
+    if self.qk_norm is not None:
+      q, k = self.qk_norm(q, k)
+    h = self.attn_out(attention(q, k, v))
+    h = h + self.mlp_out(jax.nn.gelu(self.mlp_in(y), approximate=False))
+    return x + drop_path(self.ls(h) if self.ls else h, self.drop_path, key)
+
+
+class CrossAttention(nnx.Module):
+  """Queries [b, lq, dim] attend to context [b, lk, dim]; q/kv without bias."""
+
+  def __init__(self, dim, num_heads, *, dtype, rngs):
+    hd = dim // num_heads
+    self.q = nnx.LinearGeneral(
+        dim, (num_heads, hd), use_bias=False, dtype=dtype, rngs=rngs,
+        kernel_init=part(_fan_xavier(dim, dim), ("embed", "heads", "kv")))
+    self.kv = nnx.LinearGeneral(
+        dim, (2, num_heads, hd), use_bias=False, dtype=dtype, rngs=rngs,
+        kernel_init=part(_fan_xavier(dim, 2 * dim), ("embed", None, "heads", "kv")))
+    self.out = OutProjection(num_heads, hd, dim, dtype=dtype, rngs=rngs)
+
+  def __call__(self, x, context):
+    kv = self.kv(context)
+    return self.out(attention(self.q(x), kv[:, :, 0], kv[:, :, 1]))
+
+
+def make_block(kind, dim, num_heads, **kw):
+  """`kind` is "prenorm" (standard) or "parallel"."""
+  if kind == "prenorm":
+    return Block(dim, num_heads, **kw)
+  if kind == "parallel":
+    return ParallelBlock(dim, num_heads, **kw)
+  raise ValueError(f"block kind must be 'prenorm' or 'parallel', got {kind!r}")

@@ -1,0 +1,118 @@
+"""Image standardization, patchify, sin-cos positions and the two tokenizers.
+
+Standard: one patch projection over all channels, tokens [b, h*w, embed].
+Channel-agnostic: one projection shared by every channel, each channel patchified separately,
+tokens channel-major [b, c*h*w, embed], the spatial sin-cos table repeated per channel.
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from maejax.models.layers import part, xavier, zeros
+
+
+def standardize(images, eps=1e-5):
+  """uint8 [b, h, w, c] -> float32, per-image per-channel zero mean, unit variance."""
+  x = images.astype(jnp.float32) / 255.0
+  mean = x.mean(axis=(1, 2), keepdims=True)
+  var = ((x - mean) ** 2).mean(axis=(1, 2), keepdims=True)
+  return (x - mean) / jnp.sqrt(var + eps)
+
+
+def patchify(x, p):
+  """[b, H, W, c] -> [b, (H/p)*(W/p), p*p*c], pixels ordered (row, col, channel)."""
+  b, H, W, c = x.shape
+  x = x.reshape(b, H // p, p, W // p, p, c).transpose(0, 1, 3, 2, 4, 5)
+  return x.reshape(b, (H // p) * (W // p), p * p * c)
+
+
+def unpatchify(x, p, H, W):
+  """Inverse of `patchify`: [b, n, p*p*c] -> [b, H, W, c]."""
+  b, _, d = x.shape
+  c = d // (p * p)
+  x = x.reshape(b, H // p, W // p, p, p, c).transpose(0, 1, 3, 2, 4, 5)
+  return x.reshape(b, H, W, c)
+
+
+def patchify_channels(x, p):
+  """[b, H, W, c] -> [b, c*(H/p)*(W/p), p*p], channel-major tokens of one channel each."""
+  b, H, W, c = x.shape
+  x = jnp.moveaxis(x, -1, 1).reshape(b * c, H, W, 1)
+  return patchify(x, p).reshape(b, c * (H // p) * (W // p), p * p)
+
+
+def unpatchify_channels(x, p, H, W, c):
+  """Inverse of `patchify_channels`: [b, c*n, p*p] -> [b, H, W, c]."""
+  b = x.shape[0]
+  x = unpatchify(x.reshape(b * c, -1, p * p), p, H, W)
+  return jnp.moveaxis(x.reshape(b, c, H, W), 1, -1)
+
+
+def sincos_2d(grid_h, grid_w, dim):
+  """Fixed 2-D sin-cos table [grid_h*grid_w, dim] (MAE): half the dims per axis."""
+  if dim % 4:
+    raise ValueError(f"sin-cos positions need an embedding dim divisible by 4, got {dim}")
+
+  def one_axis(pos, d):
+    omega = 1.0 / 10000 ** (np.arange(d // 2, dtype=np.float64) / (d / 2.0))
+    out = np.outer(pos.reshape(-1), omega)
+    return np.concatenate([np.sin(out), np.cos(out)], axis=1)
+
+  gw, gh = np.meshgrid(np.arange(grid_w, dtype=np.float64), np.arange(grid_h, dtype=np.float64))
+  # MAE's reference orders (w, h): the first half encodes the column index.
+  table = np.concatenate([one_axis(gw, dim // 2), one_axis(gh, dim // 2)], axis=1)
+  return table.astype(np.float32)
+
+
+class PosTable(nnx.Variable):
+  """A fixed (not trained) positional table stored with the weights."""
+
+
+def spatial_positions(table, grid_h, grid_w, grid):
+  """The stored [grid*grid, d] table, or a fresh sin-cos one for another grid size."""
+  if (grid_h, grid_w) == (grid, grid):
+    return table[...]
+  return jnp.asarray(sincos_2d(grid_h, grid_w, table.shape[-1]))
+
+
+class PatchEmbed(nnx.Module):
+  """Standard tokenizer: [b, H, W, c] float -> [b, n, embed] (+ sin-cos positions)."""
+
+  def __init__(self, patch_size, channels, dim, grid, *, dtype=None, rngs):
+    self.patch_size, self.channels = patch_size, channels
+    self.proj = nnx.Linear(
+        patch_size * patch_size * channels, dim, dtype=dtype, rngs=rngs,
+        kernel_init=part(xavier, (None, "embed")), bias_init=part(zeros, ("embed",)))
+    self.grid = grid
+    self.pos = PosTable(jnp.asarray(sincos_2d(grid, grid, dim)))
+
+  def __call__(self, x):
+    p = self.patch_size
+    pos = spatial_positions(self.pos, x.shape[1] // p, x.shape[2] // p, self.grid)
+    tokens = self.proj(patchify(x, p))
+    return tokens + pos.astype(tokens.dtype)
+
+
+class ChannelAgnosticPatchEmbed(nnx.Module):
+  """Channel-agnostic tokenizer: each channel patchified and projected with shared weights.
+
+  [b, H, W, c] float -> [b, c*n, embed], channel-major; positions are the spatial table
+  repeated for every channel (no channel embedding), so any c <= max_channels works.
+  """
+
+  def __init__(self, patch_size, max_channels, dim, grid, *, dtype=None, rngs):
+    self.patch_size, self.max_channels = patch_size, max_channels
+    self.proj = nnx.Linear(
+        patch_size * patch_size, dim, dtype=dtype, rngs=rngs,
+        kernel_init=part(xavier, (None, "embed")), bias_init=part(zeros, ("embed",)))
+    self.grid = grid
+    self.pos = PosTable(jnp.asarray(sincos_2d(grid, grid, dim)))
+
+  def __call__(self, x):
+    p, c = self.patch_size, x.shape[-1]
+    pos = spatial_positions(self.pos, x.shape[1] // p, x.shape[2] // p, self.grid)
+    tokens = self.proj(patchify_channels(x, p))
+    return tokens + jnp.tile(pos, (c, 1)).astype(tokens.dtype)
