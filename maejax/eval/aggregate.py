@@ -1,0 +1,51 @@
+"""Wells -> perturbations: the mean feature vector of each perturbation, metadata kept."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from maejax.eval import io
+
+N_WELLS = "Metadata_n_wells"
+JOIN = ";"
+
+
+def _metadata_of_group(values: pd.Series):
+  unique = pd.unique(values.astype(object))
+  if len(unique) == 1:
+    return unique[0]
+  return JOIN.join(sorted(str(v) for v in unique))
+
+
+def aggregate(table: pd.DataFrame, by: str = "Metadata_perturbation",
+              method: str = "mean") -> pd.DataFrame:
+  """One row per value of `by` (sorted), features averaged over its rows.
+
+  Metadata is kept: a column constant within every group keeps its value, a column that
+  varies (plate, well, experiment) becomes the sorted unique values joined by ';'.
+  `Metadata_n_wells` counts the rows averaged.
+  Args: table with Metadata_* and feature columns; method "mean" or "median".
+  Returns: a table with the same columns (plus Metadata_n_wells), one row per group.
+  """
+  if method not in ("mean", "median"):
+    raise ValueError(f"aggregation method {method!r}: expected 'mean' or 'median'")
+  by = io.resolve_column(table, by, what="perturbation", flag="--perturbation-col")
+  if table[by].isna().any():
+    raise ValueError(f"{int(table[by].isna().sum())} rows have no {by}; fill or drop them")
+  metadata, features, names = io.split_table(table)
+  codes, groups = pd.factorize(metadata[by], sort=True)
+  counts = np.bincount(codes, minlength=len(groups))
+  if method == "mean":
+    sums = np.zeros((len(groups), features.shape[1]))
+    np.add.at(sums, codes, features)
+    pooled = sums / counts[:, None]
+  else:
+    pooled = np.stack([np.median(features[codes == g], axis=0) for g in range(len(groups))])
+  other = [c for c in metadata.columns if c not in (by, N_WELLS)]
+  grouped = metadata[other].groupby(codes, sort=True)
+  kept = grouped.agg(_metadata_of_group) if other else pd.DataFrame(index=range(len(groups)))
+  kept = kept.reset_index(drop=True)
+  kept.insert(0, by, np.asarray(groups))
+  kept[N_WELLS] = counts
+  return io.join_table(kept[[by] + other + [N_WELLS]], pooled, names)

@@ -1,0 +1,259 @@
+"""Known-relationship recall and replicate consistency of a perturbation map.
+
+Definitions follow the EFAAR benchmark (Celik et al. 2024; Kraus et al. 2024):
+- null: cosine similarities of all pairs of distinct perturbations in the map (each unordered
+  pair once; a uniform random sample of pairs when there are more than `max_null_pairs`).
+- a database's query: its gene pairs made undirected, self pairs and duplicates dropped, kept
+  only when both genes are in the map.
+- recall at (lower, upper) percent: the fraction of query pairs whose cosine is in the bottom
+  `lower`% or the top (100 - `upper`)% of the null. "In the bottom p%" means at most p% of the
+  null is <= the pair's cosine; "in the top" means at least `upper`% of the null is < it
+  (the empirical-CDF percentile rank, as EFAAR's compute_recall). Random pairs score
+  (lower + 100 - upper) / 100, e.g. 0.10 at (5, 95); `random_baseline` gives the exact value
+  for the null at hand.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Iterable, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+THRESHOLDS = ((5, 95), (10, 90))
+CURVE_PERCENTILES = tuple(range(1, 51))
+MAX_NULL_PAIRS = 10_000_000
+
+
+# ----------------------------------------------------------------------------- relationships
+
+def undirected_pairs(pairs: pd.DataFrame) -> pd.DataFrame:
+  """entity1,entity2 rows -> unique unordered pairs with entity1 < entity2, no self pairs."""
+  a = pairs["entity1"].astype(str).str.strip().to_numpy()
+  b = pairs["entity2"].astype(str).str.strip().to_numpy()
+  first, second = np.where(a < b, a, b), np.where(a < b, b, a)
+  out = pd.DataFrame({"entity1": first, "entity2": second})
+  out = out[out.entity1 != out.entity2].drop_duplicates(ignore_index=True)
+  return out
+
+
+def _read_pairs(path: Path) -> pd.DataFrame | None:
+  with open(path, encoding="utf-8", errors="replace") as f:
+    header = f.readline()
+  sep = "\t" if "\t" in header else ","
+  if not {"entity1", "entity2"} <= {h.strip() for h in header.split(sep)}:
+    return None
+  frame = pd.read_csv(path, sep=sep, dtype=str, skipinitialspace=True)
+  frame.columns = [c.strip() for c in frame.columns]
+  return frame[["entity1", "entity2"]].dropna()
+
+
+def load_relationships(sources: str | Path | Iterable[str | Path]) -> dict[str, pd.DataFrame]:
+  """Reads relationship databases: a directory (every *.txt/*.csv with an entity1,entity2
+  header) or explicit files. Returns {database name (file stem): undirected pairs}."""
+  if isinstance(sources, (str, Path)):
+    sources = [sources]
+  databases = {}
+  for source in map(Path, sources):
+    if source.is_dir():
+      files = sorted(p for p in source.iterdir() if p.suffix.lower() in (".txt", ".csv"))
+      found = {p.stem: _read_pairs(p) for p in files}
+      skipped = [k for k, v in found.items() if v is None]
+      if skipped:
+        warnings.warn(f"{source}: skipping files without an entity1,entity2 header: {skipped}",
+                      stacklevel=2)
+      found = {k: v for k, v in found.items() if v is not None}
+      if not found:
+        raise FileNotFoundError(
+            f"no relationship files in {source}: expected *.txt or *.csv files whose header "
+            "is entity1,entity2 (e.g. ../shared/benchmarks/relationships)")
+      databases.update(found)
+    elif source.is_file():
+      pairs = _read_pairs(source)
+      if pairs is None:
+        raise ValueError(f"relationship file {source} has no entity1,entity2 header; expected "
+                         "a CSV with columns entity1,entity2 (one gene pair a line)")
+      databases[source.stem] = pairs
+    else:
+      raise FileNotFoundError(f"relationships {source} does not exist; pass a directory of "
+                              "entity1,entity2 files or the files themselves")
+  return {name: undirected_pairs(pairs) for name, pairs in databases.items()}
+
+
+# ----------------------------------------------------------------------------- similarity
+
+def unit_rows(features) -> np.ndarray:
+  """Rows scaled to unit L2 norm; zero rows stay zero (cosine 0 with everything)."""
+  x = np.asarray(features, dtype=np.float64)
+  norm = np.linalg.norm(x, axis=1, keepdims=True)
+  return x / np.where(norm == 0.0, 1.0, norm)
+
+
+def cosine_similarity(features) -> np.ndarray:
+  """[n, d] -> [n, n] cosine similarities."""
+  u = unit_rows(features)
+  return u @ u.T
+
+
+def null_cosines(features, *, max_pairs: int = MAX_NULL_PAIRS, seed: int = 0) -> np.ndarray:
+  """Sorted cosines of all unordered pairs of distinct rows (or `max_pairs` random pairs)."""
+  u = unit_rows(features)
+  n = len(u)
+  if n < 2:
+    raise ValueError(f"the map has {n} perturbation(s); similarities need at least 2")
+  if n * (n - 1) // 2 <= max_pairs:
+    i, j = np.triu_indices(n, k=1)
+    values = (u @ u.T)[i, j]
+  else:
+    rng = np.random.default_rng(seed)
+    i = rng.integers(0, n, size=max_pairs)
+    j = (i + rng.integers(1, n, size=max_pairs)) % n  # uniform over j != i
+    values = np.einsum("pd,pd->p", u[i], u[j])
+  return np.sort(values)
+
+
+def _tail_counts(sorted_null, values):
+  """(#null <= v, #null < v) for each value v."""
+  return (np.searchsorted(sorted_null, values, side="right"),
+          np.searchsorted(sorted_null, values, side="left"))
+
+
+def _in_tails(le, lt, size, lower, upper):
+  return (le * 100.0 <= lower * size) | (lt * 100.0 >= upper * size)
+
+
+def query_pairs(genes: Sequence[str], pairs: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+  """Row indices (i, j) of the pairs whose genes are both in `genes`."""
+  index = pd.Index(np.asarray(genes, dtype=str))
+  i = index.get_indexer(pairs["entity1"].to_numpy(dtype=str))
+  j = index.get_indexer(pairs["entity2"].to_numpy(dtype=str))
+  keep = (i >= 0) & (j >= 0)
+  return i[keep], j[keep]
+
+
+def score_relationships(features, genes: Sequence[str], relationships: Mapping[str, pd.DataFrame],
+                        *, thresholds=THRESHOLDS, percentiles=CURVE_PERCENTILES,
+                        max_null_pairs: int = MAX_NULL_PAIRS, seed: int = 0
+                        ) -> tuple[pd.DataFrame, pd.DataFrame]:
+  """Known-relationship recall of a perturbation map.
+
+  Args:
+    features: [perturbations, d] one vector per perturbation (controls already removed).
+    genes: [perturbations] the gene symbol of each row (unique).
+    relationships: {database: DataFrame entity1,entity2} (load_relationships output).
+    thresholds: (lower, upper) percent pairs for the recall table.
+    percentiles: p values of the recall curve, each scored at (p, 100 - p).
+  Returns:
+    recall: DataFrame [database, lower, upper, recall, pairs, random_baseline, genes_in_map].
+    curve: DataFrame [database, percentile, recall, random_baseline] (database "random" too).
+  """
+  genes = np.asarray(genes, dtype=str)
+  features = np.asarray(features, dtype=np.float64)
+  if features.shape[0] != len(genes):
+    raise ValueError(f"{features.shape[0]} feature rows but {len(genes)} gene names")
+  duplicated = pd.Index(genes)[pd.Index(genes).duplicated()].unique().tolist()
+  if duplicated:
+    raise ValueError(f"genes occur more than once in the map ({duplicated[:10]}); aggregate "
+                     "wells to one row per perturbation first (maejax.eval.aggregate)")
+  null = null_cosines(features, max_pairs=max_null_pairs, seed=seed)
+  null_le, null_lt = _tail_counts(null, null)
+  u = unit_rows(features)
+
+  def baseline(lower, upper):
+    return float(np.mean(_in_tails(null_le, null_lt, len(null), lower, upper)))
+
+  recall_rows, curve_rows = [], []
+  for p in percentiles:
+    curve_rows.append(dict(database="random", percentile=p, recall=baseline(p, 100 - p)))
+  for name, pairs in relationships.items():
+    i, j = query_pairs(genes, pairs)
+    in_map = len(np.intersect1d(np.unique(np.r_[pairs.entity1, pairs.entity2]), genes))
+    if len(i) == 0:
+      warnings.warn(f"database {name}: none of its {len(pairs)} pairs has both genes in the "
+                    f"map ({in_map} of its genes are in the map); recall is NaN", stacklevel=2)
+    le, lt = _tail_counts(null, np.einsum("pd,pd->p", u[i], u[j]))
+
+    def recall(lower, upper):
+      return float(np.mean(_in_tails(le, lt, len(null), lower, upper))) if len(i) else np.nan
+
+    for lower, upper in thresholds:
+      recall_rows.append(dict(database=name, lower=lower, upper=upper, recall=recall(lower, upper),
+                              pairs=len(i), random_baseline=baseline(lower, upper),
+                              genes_in_map=in_map))
+    for p in percentiles:
+      curve_rows.append(dict(database=name, percentile=p, recall=recall(p, 100 - p)))
+  curve = pd.DataFrame(curve_rows, columns=["database", "percentile", "recall"])
+  base = curve[curve.database == "random"].set_index("percentile").recall
+  curve["random_baseline"] = curve.percentile.map(base)
+  recall = pd.DataFrame(recall_rows, columns=["database", "lower", "upper", "recall", "pairs",
+                                              "random_baseline", "genes_in_map"])
+  return recall, curve
+
+
+def known_relationship_recall(features, genes, relationships, *, thresholds=THRESHOLDS,
+                              max_null_pairs: int = MAX_NULL_PAIRS, seed: int = 0
+                              ) -> pd.DataFrame:
+  """The recall table of score_relationships alone."""
+  return score_relationships(features, genes, relationships, thresholds=thresholds,
+                             percentiles=(), max_null_pairs=max_null_pairs, seed=seed)[0]
+
+
+# ----------------------------------------------------------------------------- replicates
+
+def _mean_pairwise_cosine(unit_sum, norms_sq_sum, k):
+  """Mean cosine over the k(k-1) ordered pairs of a set from sum of unit vectors."""
+  return (np.sum(unit_sum**2, axis=-1) - norms_sq_sum) / (k * (k - 1))
+
+
+def replicate_consistency(features, perturbation: Sequence, *, n_null: int = 1000,
+                          seed: int = 0, alpha: float = 0.05
+                          ) -> tuple[pd.DataFrame, dict]:
+  """Do replicate wells of a perturbation agree more than random wells?
+
+  For each perturbation with k >= 2 wells: the mean cosine similarity over pairs of its wells,
+  against a null of `n_null` random sets of k wells drawn (without replacement) from all the
+  wells given; p = (1 + #null >= observed) / (1 + n_null).
+  Args: features [wells, d] (controls removed), perturbation [wells] labels.
+  Returns: per-perturbation DataFrame [perturbation, replicates, cosine, null_mean, p_value] and
+    a summary dict: perturbations, median_cosine, median_null_cosine, fraction_significant
+    (p < alpha; random = alpha) and binomial_p_value of that fraction against alpha.
+  """
+  u = unit_rows(features)
+  norms_sq = np.sum(u**2, axis=1)
+  codes, labels = pd.factorize(np.asarray(perturbation), sort=True)
+  rng = np.random.default_rng(seed)
+  nulls: dict[int, np.ndarray] = {}
+  rows = []
+  for g, label in enumerate(labels):
+    members = np.flatnonzero(codes == g)
+    k = len(members)
+    if k < 2:
+      continue
+    observed = _mean_pairwise_cosine(u[members].sum(0), norms_sq[members].sum(), k)
+    if k not in nulls:
+      draws = np.stack([rng.choice(len(u), size=k, replace=False) for _ in range(n_null)])
+      nulls[k] = _mean_pairwise_cosine(u[draws].sum(1), norms_sq[draws].sum(1), k)
+    null = nulls[k]
+    rows.append(dict(perturbation=label, replicates=k, cosine=float(observed),
+                     null_mean=float(null.mean()),
+                     p_value=float((1 + np.sum(null >= observed)) / (1 + n_null))))
+  table = pd.DataFrame(rows, columns=["perturbation", "replicates", "cosine", "null_mean",
+                                      "p_value"])
+  n = len(table)
+  if n == 0:
+    warnings.warn("no perturbation has 2 or more replicate wells; replicate consistency is "
+                  "NaN", stacklevel=2)
+  significant = int(np.sum(table.p_value < alpha))
+  summary = dict(
+      perturbations=n,
+      median_cosine=float(table.cosine.median()) if n else np.nan,
+      median_null_cosine=float(np.median(np.concatenate(list(nulls.values())))) if n else np.nan,
+      fraction_significant=significant / n if n else np.nan,
+      alpha=alpha,
+      binomial_p_value=float(stats.binomtest(significant, n, alpha, alternative="greater").pvalue)
+      if n else np.nan,
+  )
+  return table, summary

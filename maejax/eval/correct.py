@@ -1,0 +1,164 @@
+"""Batch correction on control wells: center-scale, PCA, TVN (typical variation normalization).
+
+All functions take well features `[wells, features]`, a boolean `is_control [wells]` and the
+batch label of every well `batch [wells]` (the experiment), and return new features
+`[wells, features']`. Statistics are fitted on control wells only and applied to every well.
+
+TVN follows Kraus et al. 2024 / Celik et al. 2024 (EFAAR):
+  1. standardize on controls (per batch), 2. PCA fitted on controls, 3. standardize on
+  controls again (per batch), 4. per batch, whiten by the control covariance:
+  x <- x @ (cov(controls of the batch) + 0.5 I)^(-1/2)   (CORAL without re-coloring).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+METHODS = ("none", "center_scale", "pca", "tvn")
+CORAL_RIDGE = 0.5
+
+
+def _batches(batch, n):
+  if batch is None:
+    return np.zeros(n, dtype=np.int64)
+  batch = np.asarray(batch)
+  if batch.shape != (n,):
+    raise ValueError(f"batch labels have shape {batch.shape}, expected ({n},) (one per well)")
+  return batch
+
+
+def _check_inputs(features, is_control):
+  features = np.asarray(features, dtype=np.float64)
+  if features.ndim != 2:
+    raise ValueError(f"features must be [wells, features], got shape {features.shape}")
+  is_control = np.asarray(is_control, dtype=bool)
+  if is_control.shape != (features.shape[0],):
+    raise ValueError(f"is_control has shape {is_control.shape}, expected "
+                     f"({features.shape[0]},) (one flag per well)")
+  return features, is_control
+
+
+def _check_controls(is_control, batch, needed, step):
+  for b in np.unique(batch):
+    count = int(np.sum(is_control & (batch == b)))
+    if count < needed:
+      raise ValueError(
+          f"batch {b!r} has {count} control wells but {step} needs at least {needed}; add "
+          "control wells to that batch, drop the batch, or pick a correction that needs "
+          "fewer (--correction center_scale / none)")
+
+
+def center_scale(features, is_control, batch=None, *, min_controls: int = 2):
+  """Per batch: subtract the control mean, divide by the control std (ddof=0).
+
+  Features with zero control variance are only centered (as sklearn's StandardScaler).
+  Args: features [wells, features], is_control [wells], batch [wells] or None (one batch).
+  Returns: float64 [wells, features].
+  """
+  features, is_control = _check_inputs(features, is_control)
+  batch = _batches(batch, features.shape[0])
+  _check_controls(is_control, batch, min_controls, "center-scaling on controls")
+  out = np.empty_like(features)
+  for b in np.unique(batch):
+    rows = batch == b
+    controls = features[rows & is_control]
+    mean = controls.mean(axis=0)
+    std = controls.std(axis=0)
+    std[std < 10 * np.finfo(np.float64).eps * np.maximum(np.abs(mean), 1.0)] = 1.0
+    out[rows] = (features[rows] - mean) / std
+  return out
+
+
+def fit_pca(controls, n_components: int | float | None = None):
+  """PCA of control rows [n, d] -> (mean [d], components [k, d], explained variance [k]).
+
+  n_components: int = keep that many; float in (0, 1) = smallest k explaining that fraction
+  of variance; None = all with non-zero variance (at most min(n - 1, d)).
+  Component signs are fixed so that each component's largest-magnitude loading is positive.
+  """
+  controls = np.asarray(controls, dtype=np.float64)
+  n, d = controls.shape
+  mean = controls.mean(axis=0)
+  _, singular, vt = np.linalg.svd(controls - mean, full_matrices=False)
+  variance = singular**2 / max(n - 1, 1)
+  rank = int(np.sum(singular > singular[0] * max(n, d) * np.finfo(np.float64).eps)) if len(
+      singular) else 0
+  if n_components is None:
+    k = min(rank, n - 1, d)
+  elif isinstance(n_components, float) and 0.0 < n_components < 1.0:
+    ratio = np.cumsum(variance) / variance.sum()
+    k = int(np.searchsorted(ratio, n_components) + 1)
+  else:
+    k = int(n_components)
+    if not 1 <= k <= min(n, d):
+      raise ValueError(
+          f"n_components={n_components} but PCA on {n} control wells x {d} features can "
+          f"give between 1 and {min(n, d)} components")
+  k = max(k, 1)
+  signs = np.sign(vt[np.arange(len(vt)), np.argmax(np.abs(vt), axis=1)])
+  vt = vt * signs[:, None]
+  return mean, vt[:k], variance[:k]
+
+
+def pca_on_controls(features, is_control, batch=None, *,
+                    n_components: int | float | None = None, min_controls: int = 2):
+  """Center-scale per batch, PCA fitted on (pooled) controls, center-scale per batch again.
+
+  Returns: float64 [wells, k] principal-component scores.
+  """
+  features, is_control = _check_inputs(features, is_control)
+  batch = _batches(batch, features.shape[0])
+  x = center_scale(features, is_control, batch, min_controls=min_controls)
+  mean, components, _ = fit_pca(x[is_control], n_components)
+  x = (x - mean) @ components.T
+  return center_scale(x, is_control, batch, min_controls=min_controls)
+
+
+def inverse_sqrt_psd(matrix):
+  """matrix^(-1/2) of a symmetric positive definite matrix via its eigendecomposition."""
+  eigenvalues, eigenvectors = np.linalg.eigh(matrix)
+  return (eigenvectors / np.sqrt(eigenvalues)) @ eigenvectors.T
+
+
+def coral_whiten(features, is_control, batch=None, *, ridge: float = CORAL_RIDGE,
+                 min_controls: int = 2):
+  """Per batch: x <- x @ (cov(controls of the batch, ddof=1) + ridge I)^(-1/2)."""
+  features, is_control = _check_inputs(features, is_control)
+  batch = _batches(batch, features.shape[0])
+  _check_controls(is_control, batch, min_controls, "CORAL whitening")
+  out = np.empty_like(features)
+  eye = np.eye(features.shape[1])
+  for b in np.unique(batch):
+    rows = batch == b
+    covariance = np.cov(features[rows & is_control], rowvar=False, ddof=1).reshape(eye.shape)
+    out[rows] = features[rows] @ inverse_sqrt_psd(covariance + ridge * eye)
+  return out
+
+
+def tvn(features, is_control, batch=None, *, n_components: int | float | None = None,
+        min_controls: int = 2):
+  """Typical variation normalization: pca_on_controls then per-batch CORAL whitening.
+
+  Returns: float64 [wells, k].
+  """
+  features, is_control = _check_inputs(features, is_control)
+  batch = _batches(batch, features.shape[0])
+  x = pca_on_controls(features, is_control, batch, n_components=n_components,
+                      min_controls=min_controls)
+  return coral_whiten(x, is_control, batch, min_controls=min_controls)
+
+
+def correct(features, is_control, batch=None, *, method: str = "tvn",
+            n_components: int | float | None = None, min_controls: int = 2):
+  """Applies one of METHODS; returns float64 [wells, features']."""
+  if method == "none":
+    return np.asarray(features, dtype=np.float64)
+  if method == "center_scale":
+    return center_scale(features, is_control, batch, min_controls=min_controls)
+  if method == "pca":
+    return pca_on_controls(features, is_control, batch, n_components=n_components,
+                           min_controls=min_controls)
+  if method == "tvn":
+    return tvn(features, is_control, batch, n_components=n_components,
+               min_controls=min_controls)
+  raise ValueError(f"unknown correction {method!r}; choose one of {METHODS}")

@@ -1,0 +1,121 @@
+"""PNG figures of the benchmark: recall curves, complex heat-map, replicate consistency."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-import-position
+import numpy as np
+import pandas as pd
+
+from maejax.eval import benchmark  # pylint: disable=wrong-import-position
+
+
+def plot_recall_curves(curve: pd.DataFrame, path: str | Path, title: str = "") -> Path:
+  """Recall vs percentile p (tails p and 100 - p), one line per database plus random."""
+  fig, ax = plt.subplots(figsize=(6, 4.5))
+  for name, rows in curve[curve.database != "random"].groupby("database", sort=True):
+    ax.plot(rows.percentile, rows.recall, label=name, lw=1.5)
+  random = curve[curve.database == "random"]
+  ax.plot(random.percentile, random.recall, "k--", lw=1, label="random")
+  ax.set_xlabel("percentile p (pairs in the bottom p% or top p% of cosines)")
+  ax.set_ylabel("recall of known relationships")
+  ax.set_xlim(0, max(curve.percentile.max(), 1))
+  ax.set_ylim(0, 1)
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=8)
+  ax.set_title(title or "known-relationship recall")
+  return _save(fig, path)
+
+
+def read_clusters(path: str | Path, min_genes: int = 2) -> dict[str, list[str]]:
+  """A clusters TSV: `name<TAB>gene gene gene` per line -> {name: genes}."""
+  clusters = {}
+  with open(path, encoding="utf-8") as f:
+    for number, line in enumerate(f, 1):
+      if not line.strip():
+        continue
+      parts = line.rstrip("\n").split("\t")
+      if len(parts) < 2:
+        raise ValueError(f"{path}:{number}: expected 'name<TAB>space-separated genes', got "
+                         f"{line.strip()[:80]!r}")
+      genes = list(dict.fromkeys(parts[-1].split()))
+      if len(genes) >= min_genes:
+        clusters[parts[0].strip()] = genes
+  return clusters
+
+
+def select_complexes(clusters: dict[str, list[str]], genes: Sequence[str], *,
+                     min_genes: int = 3, max_complexes: int = 8, max_genes: int = 60
+                     ) -> list[tuple[str, list[str]]]:
+  """The largest complexes (by genes in the map), each gene used once, at most max_genes."""
+  in_map = set(genes)
+  candidates = sorted(((name, [g for g in members if g in in_map])
+                       for name, members in clusters.items()),
+                      key=lambda item: (-len(item[1]), item[0]))
+  chosen, used = [], set()
+  for name, members in candidates:
+    members = [g for g in members if g not in used]
+    if len(members) < min_genes or sum(len(m) for _, m in chosen) + len(members) > max_genes:
+      continue
+    chosen.append((name, members))
+    used.update(members)
+    if len(chosen) == max_complexes:
+      break
+  return chosen
+
+
+def plot_complex_heatmap(features, genes: Sequence[str], clusters: dict[str, list[str]],
+                         path: str | Path, **select_kwargs) -> Path | None:
+  """Cosine-similarity heat-map of the genes of known complexes, grouped by complex.
+
+  Returns the path, or None when no complex has enough genes in the map.
+  """
+  chosen = select_complexes(clusters, genes, **select_kwargs)
+  if not chosen:
+    return None
+  index = pd.Index(np.asarray(genes, dtype=str))
+  order = [g for _, members in chosen for g in members]
+  similarity = benchmark.cosine_similarity(np.asarray(features)[index.get_indexer(order)])
+  size = 3 + 0.12 * len(order)
+  fig, ax = plt.subplots(figsize=(size + 2, size))
+  image = ax.imshow(similarity, cmap="RdBu_r", vmin=-1, vmax=1, interpolation="nearest")
+  fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="cosine similarity")
+  ax.set_xticks(range(len(order)), order, rotation=90, fontsize=6)
+  ax.set_yticks(range(len(order)), order, fontsize=6)
+  start = 0
+  for name, members in chosen:
+    ax.add_patch(plt.Rectangle((start - 0.5, start - 0.5), len(members), len(members),
+                               fill=False, lw=1.2, ec="k"))
+    ax.text(len(order) - 0.3, start + len(members) / 2 - 0.5, f" {name[:40]}", fontsize=6,
+            va="center")
+    start += len(members)
+  ax.set_title("known complexes")
+  return _save(fig, path)
+
+
+def plot_replicate_consistency(per_perturbation: pd.DataFrame, null_mean: float,
+                               path: str | Path) -> Path | None:
+  """Histogram of replicate cosines against the null mean."""
+  if per_perturbation.empty:
+    return None
+  fig, ax = plt.subplots(figsize=(5, 3.5))
+  ax.hist(per_perturbation.cosine, bins=30, color="tab:blue", alpha=0.8, label="replicates")
+  ax.axvline(null_mean, color="k", ls="--", label="random wells (median)")
+  ax.set_xlabel("mean cosine between replicate wells")
+  ax.set_ylabel("perturbations")
+  ax.legend(fontsize=8)
+  return _save(fig, path)
+
+
+def _save(fig, path) -> Path:
+  path = Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+  return path
