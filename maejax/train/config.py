@@ -1,0 +1,206 @@
+"""Training configs: defaults, loading `configs/<name>.py`, `--config.field=value` overrides.
+
+A config file is plain Python with `get_config(arg=None) -> ml_collections.ConfigDict`;
+`--config configs/vitl8.py:arg` passes `arg` through. Overrides are typed by the field they
+replace, so `--config.batch_size=abc` or `--config.no_such_field=1` is one clear ValueError.
+"""
+
+import ast
+import importlib.util
+import json
+import os
+from typing import Any, Sequence
+
+import ml_collections
+from ml_collections import config_dict
+
+# Logical axis -> mesh axes. Parameters carry the logical names (maejax/models); activations
+# use `batch` and `length`. Everything not named here is replicated.
+DEFAULT_SHARDING_RULES = (
+    ("batch", ("data", "fsdp")),
+    ("length", None),
+    ("embed", "fsdp"),
+    ("mlp", "tensor"),
+    ("heads", "tensor"),
+    ("kv", None),
+    ("vocab", None),
+    ("channels", None),
+    ("norm", None),
+)
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """Training defaults (the paper's recipe); config files override model/data/sizes."""
+  c = ml_collections.ConfigDict()
+  c.name = "default"
+  c.model = ml_collections.ConfigDict({"name": "vits16"})
+  c.data = _default_data_config()
+
+  c.batch_size = 4096  # Global batch, all hosts together.
+  c.grad_accum_steps = 1  # Micro-batches per optimizer step (scan inside the step).
+  c.total_steps = 100_000
+  c.optimizer = "lion"  # "lion" or "adamw".
+  c.lr = 1e-4
+  c.b1 = 0.9
+  c.b2 = 0.95
+  c.weight_decay = 0.05
+  c.warmup_frac = 0.1
+  c.min_lr_frac = 0.0  # Cosine ends at lr * min_lr_frac.
+  c.grad_clip_norm = 1.0  # <= 0 turns clipping off.
+  c.seed = 0
+
+  c.log_every = 50
+  c.ckpt_every = 1000
+  c.keep_last = 3  # Newest checkpoints kept ...
+  c.keep_every = 10_000  # ... plus every checkpoint whose step is a multiple of this.
+  c.plot_every = 5000  # <= 0 turns reconstruction PNGs off.
+  c.async_checkpoint = True
+  c.peak_tflops_per_device = -1.0  # <= 0: look the accelerator up (unknown: MFU not shown).
+
+  c.mesh = ml_collections.ConfigDict()
+  c.mesh.data = -1  # -1: all devices not used by the other axes.
+  c.mesh.fsdp = 1
+  c.mesh.tensor = 1
+  c.mesh.dcn_data = 1  # Slices/nodes joined by the slow network; they split `data`.
+  c.mesh.axis_types = "auto"  # "auto" (GSPMD propagation) or "explicit".
+  c.sharding_rules = DEFAULT_SHARDING_RULES
+
+  c.distributed = ml_collections.ConfigDict()
+  c.distributed.initialize = "auto"  # "auto" (when the env says so), "always", "never".
+  c.distributed.coordinator_address = ""
+  c.distributed.num_processes = -1
+  c.distributed.process_id = -1
+  return c
+
+
+def _default_data_config() -> ml_collections.ConfigDict:
+  """The data helper's defaults (synthetic screen when no path is set)."""
+  from maejax import data  # pylint: disable=g-import-not-at-top
+  return data.default_config()
+
+
+def load_config(spec: str) -> ml_collections.ConfigDict:
+  """Loads `path/to/config.py[:arg]` by calling its `get_config(arg)`."""
+  path, _, arg = spec.partition(":")
+  if not os.path.isfile(path):
+    raise FileNotFoundError(
+        f"--config: no config file at {path!r}; give a file such as configs/demo.py "
+        f"(configs available: {', '.join(available_configs())}).")
+  module_name = "maejax_config_" + os.path.splitext(os.path.basename(path))[0]
+  spec_ = importlib.util.spec_from_file_location(module_name, path)
+  module = importlib.util.module_from_spec(spec_)
+  spec_.loader.exec_module(module)
+  if not hasattr(module, "get_config"):
+    raise ValueError(f"--config: {path} defines no get_config(arg=None) function.")
+  config = module.get_config(arg or None)
+  if not isinstance(config, ml_collections.ConfigDict):
+    raise ValueError(
+        f"--config: {path}:get_config returned {type(config).__name__}, expected a "
+        "ml_collections.ConfigDict.")
+  return config
+
+
+def available_configs() -> list[str]:
+  root = os.path.join(os.path.dirname(__file__), "..", "..", "configs")
+  if not os.path.isdir(root):
+    return []
+  return sorted(f"configs/{f}" for f in os.listdir(root)
+                if f.endswith(".py") and not f.startswith("_"))
+
+
+def apply_overrides(config: ml_collections.ConfigDict,
+                    overrides: Sequence[str]) -> ml_collections.ConfigDict:
+  """Applies `--config.a.b=value` (or `config.a.b=value`) strings in order, in place."""
+  for item in overrides:
+    key, sep, text = item.lstrip("-").partition("=")
+    if not key.startswith("config.") or not sep:
+      raise ValueError(
+          f"override {item!r}: expected --config.<field>=<value>, e.g. --config.batch_size=64.")
+    set_field(config, key[len("config."):], text)
+  return config
+
+
+def set_field(config: ml_collections.ConfigDict, dotted: str, text: str) -> None:
+  """Sets `config.<dotted>` from its command-line text, typed by the current value."""
+  *parents, leaf = dotted.split(".")
+  node = config
+  for i, name in enumerate(parents):
+    child = node.get(name) if isinstance(node, ml_collections.ConfigDict) else None
+    if not isinstance(child, ml_collections.ConfigDict):
+      raise ValueError(_unknown(".".join(parents[:i + 1]), node))
+    node = child
+  if leaf not in node:
+    raise ValueError(_unknown(dotted, node))
+  field_type = node.get_type(leaf)
+  if isinstance(node[leaf], ml_collections.ConfigDict):
+    raise ValueError(f"--config.{dotted} is a group of fields; set one of its fields "
+                     f"({', '.join(sorted(node[leaf].keys()))}).")
+  value = _parse(text, field_type, dotted)
+  try:
+    node[leaf] = value
+  except TypeError as e:
+    raise ValueError(f"--config.{dotted}={text!r}: expected {field_type.__name__}.") from e
+
+
+def _unknown(dotted: str, node) -> str:
+  known = sorted(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
+  return (f"--config.{dotted}: no such config field. Fields here: {', '.join(known)}.")
+
+
+def _parse(text: str, field_type: type, dotted: str) -> Any:
+  """Command-line text -> value of `field_type` (None-typed fields take a Python literal)."""
+  where = f"--config.{dotted}={text!r}"
+  if field_type is bool:
+    lowered = text.strip().lower()
+    if lowered in ("true", "1", "yes"):
+      return True
+    if lowered in ("false", "0", "no"):
+      return False
+    raise ValueError(f"{where}: expected a bool (true/false).")
+  if field_type is int:
+    try:
+      return int(text.replace("_", ""))
+    except ValueError:
+      raise ValueError(f"{where}: expected an int, e.g. --config.{dotted}=64.") from None
+  if field_type is float:
+    try:
+      return float(text)
+    except ValueError:
+      raise ValueError(f"{where}: expected a float, e.g. --config.{dotted}=3e-5.") from None
+  if field_type is str:
+    return text
+  try:
+    value = ast.literal_eval(text)
+  except (ValueError, SyntaxError):
+    if field_type in (type(None), config_dict.FieldReference):
+      return text  # Unset field: a bare word is a string.
+    raise ValueError(f"{where}: expected a {field_type.__name__} Python literal, e.g. "
+                     "--config.sharding_rules=\"(('embed', 'fsdp'),)\".") from None
+  if field_type in (tuple, list) and not isinstance(value, (tuple, list)):
+    raise ValueError(f"{where}: expected a {field_type.__name__}.")
+  if field_type in (tuple, list):
+    value = field_type(value)
+  return value
+
+
+def to_json(config: ml_collections.ConfigDict) -> str:
+  """The config as JSON (tuples become lists); `from_json` undoes it."""
+  return config.to_json(indent=1, sort_keys=True)
+
+
+def from_json(text: str) -> ml_collections.ConfigDict:
+  """Inverse of `to_json`, restoring tuples where the defaults hold tuples."""
+  raw = json.loads(text)
+  return ml_collections.ConfigDict(_tuplify(raw))
+
+
+def _tuplify(x):
+  if isinstance(x, dict):
+    return {k: _tuplify(v) for k, v in x.items()}
+  if isinstance(x, list):
+    return tuple(_tuplify(v) for v in x)
+  return x
+
+
+def workdir_for(config: ml_collections.ConfigDict, workdir: str | None) -> str:
+  return workdir or os.path.join("runs", config.get("name", "default"))
