@@ -43,9 +43,9 @@ def _check_controls(is_control, batch, needed, step):
     count = int(np.sum(is_control & (batch == b)))
     if count < needed:
       raise ValueError(
-          f"batch {b!r} has {count} control wells but {step} needs at least {needed}; add "
-          "control wells to that batch, drop the batch, or pick a correction that needs "
-          "fewer (--correction center_scale / none)")
+          f"batch '{b}' has {count} control wells but {step} needs at least {needed}; add "
+          "control wells to that batch, drop the batch's wells, or skip the correction "
+          "(--correction none)")
 
 
 def center_scale(features, is_control, batch=None, *, min_controls: int = 2):
@@ -87,7 +87,7 @@ def fit_pca(controls, n_components: int | float | None = None):
     k = min(rank, n - 1, d)
   elif isinstance(n_components, float) and 0.0 < n_components < 1.0:
     ratio = np.cumsum(variance) / variance.sum()
-    k = int(np.searchsorted(ratio, n_components) + 1)
+    k = int(np.searchsorted(ratio, n_components, side="right") + 1)
   else:
     k = int(n_components)
     if not 1 <= k <= min(n, d):

@@ -82,18 +82,20 @@ def plot_complex_heatmap(features, genes: Sequence[str], clusters: dict[str, lis
   order = [g for _, members in chosen for g in members]
   similarity = benchmark.cosine_similarity(np.asarray(features)[index.get_indexer(order)])
   size = 3 + 0.12 * len(order)
-  fig, ax = plt.subplots(figsize=(size + 2, size))
+  fig, ax = plt.subplots(figsize=(size + 3, size + 1))
   image = ax.imshow(similarity, cmap="RdBu_r", vmin=-1, vmax=1, interpolation="nearest")
-  fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="cosine similarity")
+  fig.colorbar(image, ax=ax, orientation="horizontal", fraction=0.04, pad=0.12,
+               label="cosine similarity")
   ax.set_xticks(range(len(order)), order, rotation=90, fontsize=6)
   ax.set_yticks(range(len(order)), order, fontsize=6)
-  start = 0
-  for name, members in chosen:
+  start, centers = 0, []
+  for _, members in chosen:
     ax.add_patch(plt.Rectangle((start - 0.5, start - 0.5), len(members), len(members),
                                fill=False, lw=1.2, ec="k"))
-    ax.text(len(order) - 0.3, start + len(members) / 2 - 0.5, f" {name[:40]}", fontsize=6,
-            va="center")
+    centers.append(start + (len(members) - 1) / 2)
     start += len(members)
+  names = ax.secondary_yaxis("right")
+  names.set_yticks(centers, [name[:40] for name, _ in chosen], fontsize=7)
   ax.set_title("known complexes")
   return _save(fig, path)
 
