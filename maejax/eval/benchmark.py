@@ -143,7 +143,7 @@ def score_relationships(features, genes: Sequence[str], relationships: Mapping[s
   Args:
     features: [perturbations, d] one vector per perturbation (controls already removed).
     genes: [perturbations] the gene symbol of each row (unique).
-    relationships: {database: DataFrame entity1,entity2} (load_relationships output).
+    relationships: {database: DataFrame entity1,entity2}; made undirected here (again).
     thresholds: (lower, upper) percent pairs for the recall table.
     percentiles: p values of the recall curve, each scored at (p, 100 - p).
   Returns:
@@ -169,6 +169,7 @@ def score_relationships(features, genes: Sequence[str], relationships: Mapping[s
   for p in percentiles:
     curve_rows.append(dict(database="random", percentile=p, recall=baseline(p, 100 - p)))
   for name, pairs in relationships.items():
+    pairs = undirected_pairs(pairs)
     i, j = query_pairs(genes, pairs)
     in_map = len(np.intersect1d(np.unique(np.r_[pairs.entity1, pairs.entity2]), genes))
     if len(i) == 0:
