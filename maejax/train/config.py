@@ -204,3 +204,29 @@ def _tuplify(x):
 
 def workdir_for(config: ml_collections.ConfigDict, workdir: str | None) -> str:
   return workdir or os.path.join("runs", config.get("name", "default"))
+
+
+def experiment(name: str, model: str, **model_overrides) -> ml_collections.ConfigDict:
+  """Defaults + the registered model `model` (all its fields, so each is overridable).
+
+  The model sees crops of `config.data.crop_size` with `len(config.data.channels)` channels.
+  """
+  from maejax import models  # pylint: disable=g-import-not-at-top
+  c = default_config()
+  c.name = name
+  c.model = models.get_config(model, **model_overrides)
+  c.data.crop_size = int(c.model.img_size)
+  c.data.channels = tuple(range(int(c.model.channels)))
+  return c
+
+
+def apply_arg(config: ml_collections.ConfigDict, arg: str | None) -> ml_collections.ConfigDict:
+  """`configs/X.py:plus` -> the paper's "+" run (Fourier loss weight 0.01)."""
+  if not arg:
+    return config
+  if arg == "plus":
+    config.model.fourier_weight = 0.01
+    config.name = config.name + "_plus"
+    return config
+  raise ValueError(f"config argument {arg!r} not understood; expected nothing or 'plus' "
+                   f"(e.g. --config configs/{config.name}.py:plus).")

@@ -1,0 +1,24 @@
+"""Demo: a tiny MAE (ViT, width 64, depth 2, patch 8) on 32 px crops of the synthetic screen.
+
+Trains to a visibly lower loss in a few minutes on 2 CPU cores, with checkpoints, metrics and
+reconstruction plots in ./runs/demo:
+
+    python -m maejax.train --config configs/demo.py
+"""
+
+from maejax.train import config as config_lib
+
+
+def get_config(arg=None):
+  c = config_lib.experiment("demo", "vit_tiny", channels=6, decoder_channels=6)
+  c.data.synthetic.site_size = 64  # Small sites render fast; crops are 32 px.
+  c.batch_size = 32
+  c.total_steps = 300
+  # A tiny model and batch want a higher learning rate than the paper's large-batch runs.
+  c.optimizer = "adamw"
+  c.lr = 2e-3
+  c.log_every = 10
+  c.ckpt_every = 100
+  c.keep_every = 0
+  c.plot_every = 100
+  return config_lib.apply_arg(c, arg)

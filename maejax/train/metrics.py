@@ -1,0 +1,134 @@
+"""What the user sees: progress bar, metrics.jsonl, TensorBoard events, reconstruction PNGs.
+
+Only process 0 writes; on other processes every writer is a no-op.
+"""
+
+import json
+import math
+import os
+from typing import Any
+
+import jax
+import numpy as np
+
+# Dense bf16 peak FLOP/s per device (vendor figures, no sparsity).
+PEAK_TFLOPS = {
+    "H100": 989.0, "H200": 989.0, "GH200": 989.0, "B200": 2250.0, "A100": 312.0,
+    "L4": 121.0, "A10": 125.0, "V100": 125.0,
+    "TPU v4": 275.0, "TPU v5 lite": 197.0, "TPU v5e": 197.0, "TPU v5p": 459.0,
+    "TPU v5": 459.0, "TPU v6 lite": 918.0, "TPU v6e": 918.0, "TPU7x": 2307.0,
+}
+
+
+def peak_tflops_per_device(config=None) -> float | None:
+  """The config's `peak_tflops_per_device` if set, else the accelerator's; None if unknown."""
+  if config is not None and float(config.get("peak_tflops_per_device", -1)) > 0:
+    return float(config.peak_tflops_per_device)
+  kind = jax.devices()[0].device_kind
+  for name in sorted(PEAK_TFLOPS, key=len, reverse=True):  # Longest match first.
+    if name.lower() in kind.lower():
+      return PEAK_TFLOPS[name]
+  return None
+
+
+def throughput(images: int, seconds: float, flops_per_image: float | None,
+               peak_tflops: float | None, num_devices: int) -> dict[str, float]:
+  """images/s, and (when FLOPs are known) TFLOP/s over all devices and MFU."""
+  out = {"images_per_s": images / max(seconds, 1e-9)}
+  if flops_per_image:
+    out["tflops"] = out["images_per_s"] * flops_per_image / 1e12
+    if peak_tflops:
+      out["mfu"] = out["tflops"] / (peak_tflops * num_devices)
+  return out
+
+
+class Writer:
+  """metrics.jsonl (one object per logged step) and TensorBoard scalars under `workdir`."""
+
+  def __init__(self, workdir: str):
+    self.active = jax.process_index() == 0
+    self.workdir = workdir
+    self._jsonl = self._tb = None
+    if self.active:
+      os.makedirs(workdir, exist_ok=True)
+      self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
+      from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+      self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+
+  def write(self, step: int, scalars: dict[str, Any]) -> None:
+    if not self.active:
+      return
+    row = {"step": int(step)}
+    row.update({k: _jsonable(v) for k, v in scalars.items()})
+    self._jsonl.write(json.dumps(row) + "\n")
+    self._jsonl.flush()
+    for k, v in row.items():
+      if k != "step" and isinstance(v, (int, float)) and v is not None:
+        self._tb.add_scalar(k, v, step)
+    self._tb.flush()
+
+  def close(self) -> None:
+    if self.active:
+      self._jsonl.close()
+      self._tb.close()
+
+
+def _jsonable(v):
+  v = float(np.asarray(v)) if np.ndim(v) == 0 else np.asarray(v).tolist()
+  return v if not isinstance(v, float) or math.isfinite(v) else str(v)
+
+
+class Progress:
+  """A tqdm bar showing step, loss, images/s, TFLOP/s and MFU (process 0 only)."""
+
+  def __init__(self, start: int, total: int, enabled: bool = True):
+    self.bar = None
+    if enabled and jax.process_index() == 0:
+      from tqdm import tqdm  # pylint: disable=g-import-not-at-top
+      self.bar = tqdm(total=total, initial=start, unit="step", dynamic_ncols=True)
+
+  def update(self, n: int = 1, scalars: dict | None = None) -> None:
+    if self.bar is None:
+      return
+    self.bar.update(n)
+    if scalars:
+      post = {"loss": f"{scalars['loss']:.4f}", "img/s": f"{scalars['images_per_s']:.1f}"}
+      if "tflops" in scalars:
+        post["TFLOP/s"] = f"{scalars['tflops']:.2f}"
+      post["MFU"] = f"{100 * scalars['mfu']:.1f}%" if "mfu" in scalars else "n/a"
+      self.bar.set_postfix(post, refresh=False)
+
+  def close(self) -> None:
+    if self.bar is not None:
+      self.bar.close()
+
+
+def save_reconstruction_png(path: str, recon: dict[str, np.ndarray], step: int) -> None:
+  """One figure: rows = channels, columns = masked input / reconstruction / target.
+
+  recon: {"pred", "target", "mask"} float [height, width, channels] for one image
+  (standardized units; mask 1 = hidden from the encoder).
+  """
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  target, pred, mask = (np.asarray(recon[k], np.float32) for k in ("target", "pred", "mask"))
+  channels = target.shape[-1]
+  fig, axes = plt.subplots(channels, 3, figsize=(6, 2 * channels), squeeze=False)
+  for c in range(channels):
+    lo, hi = np.percentile(target[..., c], [1, 99])
+    masked = np.where(mask[..., c] > 0.5, np.nan, target[..., c])
+    for j, (img, title) in enumerate([(masked, "masked input"), (pred[..., c], "reconstruction"),
+                                      (target[..., c], "target")]):
+      ax = axes[c, j]
+      ax.imshow(img, cmap="gray", vmin=lo, vmax=hi)
+      ax.set_xticks([])
+      ax.set_yticks([])
+      if c == 0:
+        ax.set_title(title, fontsize=9)
+    axes[c, 0].set_ylabel(f"channel {c}", fontsize=9)
+  fig.suptitle(f"step {step}", fontsize=10)
+  fig.tight_layout()
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  fig.savefig(path, dpi=80)
+  plt.close(fig)
