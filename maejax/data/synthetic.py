@@ -28,6 +28,7 @@ import dataclasses
 import json
 import multiprocessing
 import os
+import sys
 import time
 
 import numpy as np
@@ -305,6 +306,14 @@ def site_paths(row, fmt: str = "png") -> list[str]:
           for c in range(len(CHANNEL_NAMES))]
 
 
+def _jax_started() -> bool:
+  """fork is fast and needs no __main__ guard, but is unsafe once JAX has started its backends."""
+  if "jax" not in sys.modules:
+    return False
+  from jax._src import xla_bridge  # pylint: disable=g-import-not-at-top
+  return xla_bridge.backends_are_initialized()
+
+
 def _write_chunk(spec: ScreenSpec, image_dir: str, fmt: str, indices: list[int]) -> int:
   import tifffile  # pylint: disable=g-import-not-at-top
   from PIL import Image  # pylint: disable=g-import-not-at-top
@@ -340,7 +349,7 @@ def write_screen(screen: SyntheticScreen, out_dir: str, *, fmt: str = "png",
     for chunk in chunks:
       _write_chunk(screen.spec, image_dir, fmt, chunk)
   else:
-    ctx = multiprocessing.get_context("spawn")
+    ctx = multiprocessing.get_context("spawn" if _jax_started() else "fork")
     with concurrent.futures.ProcessPoolExecutor(workers, mp_context=ctx) as pool:
       list(pool.map(_write_chunk, [screen.spec] * len(chunks), [image_dir] * len(chunks),
                     [fmt] * len(chunks), chunks))
