@@ -63,12 +63,13 @@ def feature_columns(table: pd.DataFrame) -> list[str]:
 
 def resolve_column(table: pd.DataFrame, name: str, *, what: str, flag: str) -> str:
   """Finds `name` or `Metadata_<name>` among the table's columns, else a clear error."""
-  for candidate in (name, METADATA_PREFIX + name):
+  base = name[len(METADATA_PREFIX):] if name.startswith(METADATA_PREFIX) else name
+  for candidate in (name, base, METADATA_PREFIX + base):
     if candidate in table.columns:
       return candidate
   raise ValueError(
-      f"missing metadata column for the {what}: neither {name!r} nor "
-      f"{METADATA_PREFIX + name!r} is in the table (metadata columns: "
+      f"missing metadata column for the {what}: neither {base!r} nor "
+      f"{METADATA_PREFIX + base!r} is in the table (metadata columns: "
       f"{metadata_columns(table)}); name the right one with {flag}")
 
 

@@ -1,0 +1,119 @@
+"""`python -m maejax.benchmark` on synthetic CellProfiler-style tables (nothing trained)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from maejax import benchmark as cli
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _cellprofiler_screen(seed=0, confounded=True, d=12):
+  """Complexes of 4 genes sharing a phenotype; every gene is in ONE batch (plate) when
+  `confounded`, complexes span plates, and plates add large shifts and scalings."""
+  rng = np.random.default_rng(seed)
+  genes = [f"GENE{i}" for i in range(32)]
+  complexes = [genes[i:i + 4] for i in range(0, 32, 4)]
+  phenotype = {}
+  for members in complexes:
+    center = rng.normal(size=d) * 1.5
+    for g in members:
+      phenotype[g] = center + rng.normal(size=d) * 0.4
+  plates = [f"P{b}" for b in range(4)]
+  effects = {p: (rng.normal(size=d) * 6, rng.uniform(0.3, 3, d)) for p in plates}
+  names = [f"Cells_AreaShape_F{k}" if k % 2 else f"Nuclei_Intensity_MeanIntensity_F{k}"
+           for k in range(d)]
+  rows = []
+  for gi, g in enumerate(genes + ["non-targeting"] * 40):
+    for plate in ([plates[gi % 4]] if confounded and g != "non-targeting" else plates):
+      for _ in range(2 if g != "non-targeting" else 1):
+        if g == "non-targeting" and gi % 4 != plates.index(plate):
+          continue  # 10 control wells per plate
+        shift, scale = effects[plate]
+        x = (phenotype.get(g, np.zeros(d)) + rng.normal(size=d) * 0.6) * scale + shift
+        rows.append({"Metadata_Plate": plate, "Metadata_Well": f"W{len(rows)}",
+                     "Metadata_Gene": g, "FileName_DNA": f"{plate}_{len(rows)}.tif",
+                     **dict(zip(names, x))})
+  relationships = pd.DataFrame([(a, b) for m in complexes for a in m for b in m if a < b],
+                               columns=["entity1", "entity2"])
+  clusters = "".join(f"cx{i}\t{' '.join(m)}\n" for i, m in enumerate(complexes))
+  return pd.DataFrame(rows), relationships, clusters
+
+
+def _write_inputs(tmp_path, **kwargs):
+  table, relationships, clusters = _cellprofiler_screen(**kwargs)
+  table.to_csv(tmp_path / "cellprofiler_wells.csv", index=False)
+  rel = tmp_path / "relationships"
+  rel.mkdir()
+  relationships.to_csv(rel / "Planted.txt", index=False)
+  (rel / "Planted_clusters.tsv").write_text(clusters)
+  return tmp_path / "cellprofiler_wells.csv", rel
+
+
+def test_cli_on_cellprofiler_csv_writes_recall_and_plots(tmp_path):
+  csv, rel = _write_inputs(tmp_path)
+  out = tmp_path / "out"
+  proc = subprocess.run(
+      [sys.executable, "-m", "maejax.benchmark", "--embeddings", str(csv), "--relationships",
+       str(rel), "--out", str(out), "--correction", "tvn", "--perturbation-col", "Gene",
+       "--batch-col", "Plate", "--control-key", "non-targeting", "--n-null", "200", "--json"],
+      cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
+  assert proc.returncode == 0, proc.stderr
+  summary = json.loads(proc.stdout.strip().splitlines()[-1])
+  assert summary["perturbations"] == 32 and summary["correction"] == "tvn"
+  recall = pd.read_csv(out / "recall.csv")
+  assert {"database", "threshold", "lower", "upper", "recall", "pairs",
+          "random_baseline"} <= set(recall.columns)
+  assert recall.threshold.tolist() == ["5-95", "10-90"]
+  assert (recall.pairs == 48).all()
+  assert recall.recall.tolist() == pytest.approx([r["recall"] for r in summary["recall"]])
+  assert (recall.recall > 2.5 * recall.random_baseline).all()  # planted complexes found
+  curve = pd.read_csv(out / "recall_curve.csv")
+  assert set(curve.database) == {"Planted", "random"}
+  for png in ("recall_curve.png", "complex_heatmap.png", "replicate_consistency.png"):
+    assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+  assert "FileName_DNA" in proc.stderr  # a non-numeric column is announced, not silently used
+  assert "Planted" in proc.stdout and "5-95" in proc.stdout
+
+
+def test_tvn_beats_no_correction_under_batch_effects():
+  table, relationships, _ = _cellprofiler_screen(seed=1)
+  kwargs = dict(perturbation_col="Gene", batch_col="Plate", control_key="non-targeting",
+                n_null=100)
+  with pytest.warns(UserWarning, match="FileName_DNA"):
+    none = cli.run_benchmark(table, {"Planted": relationships}, correction="none", **kwargs)
+    tvn = cli.run_benchmark(table, {"Planted": relationships}, correction="tvn", **kwargs)
+    center = cli.run_benchmark(table, {"Planted": relationships}, correction="center_scale",
+                               **kwargs)
+  recall = {name: r["recall"].set_index("threshold").recall
+            for name, r in (("none", none), ("tvn", tvn), ("center_scale", center))}
+  assert recall["tvn"]["10-90"] > recall["none"]["10-90"] + 0.2
+  assert recall["center_scale"]["10-90"] > recall["none"]["10-90"] + 0.2
+  # controls never enter the map
+  assert "non-targeting" not in set(tvn["map"].Metadata_Gene)
+
+
+def test_cli_error_messages(tmp_path, capsys):
+  csv, rel = _write_inputs(tmp_path)
+  table = pd.read_csv(csv)
+  drop = table.index[(table.Metadata_Gene == "non-targeting") & (table.Metadata_Plate == "P2")]
+  table.drop(drop[1:]).to_csv(tmp_path / "few.csv", index=False)
+  args = ["--embeddings", str(tmp_path / "few.csv"), "--relationships", str(rel), "--out",
+          str(tmp_path / "o"), "--perturbation-col", "Gene", "--batch-col", "Plate"]
+  with pytest.warns(UserWarning):
+    assert cli.main(args + ["--control-key", "non-targeting"]) == 2
+  assert "batch 'P2' has 1 control wells but" in capsys.readouterr().err
+  with pytest.warns(UserWarning):
+    assert cli.main(args) == 2
+  err = capsys.readouterr().err
+  assert "neither 'is_control' nor 'Metadata_is_control'" in err and "--control-key" in err
+  with pytest.warns(UserWarning):
+    assert cli.main(["--embeddings", str(csv), "--relationships", str(rel), "--out",
+                     str(tmp_path / "o")]) == 2
+  assert "neither 'perturbation' nor 'Metadata_perturbation'" in capsys.readouterr().err
