@@ -51,6 +51,37 @@ def _camae(name, size, patch, **kw):
               final_norm=False, **kw)
 
 
+def _munet(name, widths, depth, **kw):
+  """Masked U-Net config (maejax/models/munet.py); `widths` per level, `depth` blocks each."""
+  return ml_collections.ConfigDict({**dict(
+      name=name, kind="munet", img_size=256, patch_size=16, channels=6,
+      widths=tuple(widths), depth=depth, groups=32,
+      mask_ratio=0.75, fourier_weight=0.0, dtype="float32", remat=False), **kw})
+
+
+def _wsl_cnn(name, stage_sizes, widths, *, bottleneck, **kw):
+  """Weakly supervised ResNet classifier config (maejax/models/classifier.py)."""
+  return ml_collections.ConfigDict({**dict(
+      name=name, kind="wsl_cnn", img_size=256, channels=6, num_classes=1139,
+      label_smoothing=0.1, stage_sizes=tuple(stage_sizes), widths=tuple(widths),
+      bottleneck=bottleneck, stem_width=64, stem_kernel=7, stem_stride=2, stem_pool=True,
+      groups=32, dtype="float32", remat=False), **kw})
+
+
+# The ViT-MAE fields a plain ViT encoder reads (maejax.models.vit.Encoder, check_images).
+_ENCODER_FIELDS = ("img_size", "patch_size", "channels", "channel_agnostic", "max_channels",
+                   "width", "depth", "num_heads", "mlp_dim", "block", "qkv_bias", "qk_norm",
+                   "layerscale", "drop_path", "norm_eps", "final_norm", "dtype", "remat")
+
+
+def _wsl_vit(name, size, patch, **kw):
+  """Weakly supervised ViT classifier config: a ViT encoder's fields plus the head's."""
+  vit = _vit(name, size, patch)
+  cfg = {k: vit[k] for k in _ENCODER_FIELDS}
+  return ml_collections.ConfigDict({**cfg, **dict(
+      name=name, kind="wsl_vit", num_classes=1139, label_smoothing=0.1, pool="mean"), **kw})
+
+
 _TINY = dict(img_size=32, patch_size=8, decoder_width=64, decoder_depth=1, decoder_heads=4,
              decoder_mlp_dim=128, decoder_cross_heads=4, drop_path=0.0, layerscale=None)
 
@@ -66,6 +97,21 @@ REGISTRY = {
     "camae_l16": lambda: _camae("camae_l16", "l", 16),
     "vit_tiny": lambda: _vit("vit_tiny", "tiny", 8, **_TINY),
     "camae_tiny": lambda: _camae("camae_tiny", "tiny", 8, **_TINY),
+    "munet_m": lambda: _munet("munet_m", (32, 64, 128, 256, 576), 2),
+    "munet_l": lambda: _munet("munet_l", (64, 128, 256, 512, 1152), 2),
+    "munet_tiny": lambda: _munet("munet_tiny", (16, 32), 1, img_size=32, patch_size=8,
+                                 groups=8),
+    "wsl_resnet50": lambda: _wsl_cnn("wsl_resnet50", (3, 4, 6, 3), (64, 128, 256, 512),
+                                     bottleneck=True),
+    "wsl_resnet18": lambda: _wsl_cnn("wsl_resnet18", (2, 2, 2, 2), (64, 128, 256, 512),
+                                     bottleneck=False),
+    "wsl_vits16": lambda: _wsl_vit("wsl_vits16", "s", 16),
+    "wsl_vitb16": lambda: _wsl_vit("wsl_vitb16", "b", 16),
+    "wsl_tiny_cnn": lambda: _wsl_cnn("wsl_tiny_cnn", (1, 1), (16, 32), bottleneck=False,
+                                     img_size=32, num_classes=4, stem_width=16, stem_kernel=3,
+                                     stem_stride=1, stem_pool=False, groups=8),
+    "wsl_tiny_vit": lambda: _wsl_vit("wsl_tiny_vit", "tiny", 8, img_size=32, num_classes=4,
+                                     drop_path=0.0, layerscale=None),
 }
 
 BUILDERS = {}  # kind -> module class; filled by register_kind.
@@ -112,8 +158,13 @@ def create(config_or_name, *, rngs=None, **overrides):
 
 
 def _register_builtin():
+  from maejax.models.classifier import CNNClassifier, ViTClassifier
   from maejax.models.mae import MAE
+  from maejax.models.munet import MUNet
   register_kind("mae", MAE)
+  register_kind("munet", MUNet)
+  register_kind("wsl_cnn", CNNClassifier)
+  register_kind("wsl_vit", ViTClassifier)
 
 
 _register_builtin()
