@@ -46,7 +46,7 @@ class LayerScale(nnx.Module):
   """Per-channel learned residual scale (CaiT); identity when init is None."""
 
   def __init__(self, dim, init):
-    self.gamma = nnx.Param(jnp.full((dim,), init, jnp.float32), sharding=("embed",))
+    self.gamma = nnx.Param(jnp.full((dim,), init, jnp.float32), out_sharding=("embed",))
 
   def __call__(self, x):
     return x * self.gamma[...].astype(x.dtype)

@@ -63,7 +63,7 @@ class MAEDecoder(nnx.Module):
     self.grid = cfg.img_size // cfg.patch_size
     self.embed = layers.dense(cfg.width, dd, ("embed", None), dtype=dtype, rngs=rngs)
     self.mask_token = nnx.Param(
-        jax.random.normal(rngs.params(), (1, 1, dd)) * 0.02, sharding=(None, None, None))
+        jax.random.normal(rngs.params(), (1, 1, dd)) * 0.02, out_sharding=(None, None, None))
     self.pos = PosTable(jnp.asarray(sincos_2d(self.grid, self.grid, dd)))
     self.blocks = nnx.List([decoder_block(cfg, dtype, rngs) for _ in range(cfg.decoder_depth)])
     self.norm = layers.layer_norm(dd, cfg.norm_eps, dtype, rngs=rngs, name=None)
@@ -123,10 +123,10 @@ class ChannelAgnosticDecoder(nnx.Module):
     self.num_channels = cfg.decoder_channels
     self.embed = layers.dense(cfg.width, dd, ("embed", None), dtype=dtype, rngs=rngs)
     self.mask_token = nnx.Param(
-        jax.random.normal(rngs.params(), (1, 1, dd)) * 0.02, sharding=(None, None, None))
+        jax.random.normal(rngs.params(), (1, 1, dd)) * 0.02, out_sharding=(None, None, None))
     self.pos = PosTable(jnp.asarray(sincos_2d(self.grid, self.grid, dd)))
     self.channel_tokens = nnx.Param(
-        jax.random.normal(rngs.params(), (cfg.decoder_channels, dd)) * 0.02, sharding=(None, None))
+        jax.random.normal(rngs.params(), (cfg.decoder_channels, dd)) * 0.02, out_sharding=(None, None))
     self.query_norm = layers.layer_norm(dd, cfg.norm_eps, dtype, rngs=rngs, name=None)
     self.context_norm = layers.layer_norm(dd, cfg.norm_eps, dtype, rngs=rngs, name=None)
     self.cross_attention = layers.CrossAttention(dd, cfg.decoder_cross_heads, dtype=dtype, rngs=rngs)
@@ -164,6 +164,10 @@ class MAE(nnx.Module):
       self.decoder = ChannelAgnosticDecoder(cfg, rngs=rngs)
     else:
       self.decoder = MAEDecoder(cfg, rngs=rngs)
+
+  def check_images(self, images):
+    """Raises a clear ValueError for images [b, H, W, c] this model cannot take."""
+    check_images(images, self.cfg)
 
   # -- pieces -----------------------------------------------------------------------------
   def _channel_ids(self, images, channel_ids):

@@ -119,12 +119,9 @@ class MUNet(nnx.Module):
     multiple = max(self.cfg.patch_size, 2 ** (len(self.cfg.widths) - 1))
     cv.check_conv_images(images, self.cfg.channels, multiple)
 
-  def forward(self, images, key, mask_ratio=None):
-    """Mask patches of the standardized image and reconstruct it.
-
-    Returns float32 images [b, H, W, c]: `pred`, `target` (standardized input), and the
-    pixel mask `mask` [b, H, W, 1] (1 = masked), plus the patch mask `patch_mask` [b, n].
-    """
+  def mask_input(self, images, key, mask_ratio=None):
+    """uint8 [b, H, W, c] -> (masked input, target, pixel mask [b, H, W, 1], patch mask
+    [b, n]): the standardized image with masked patches set to 0; 1 = masked."""
     self._check(images)
     b, H, W, _ = images.shape
     p = self.cfg.patch_size
@@ -132,8 +129,16 @@ class MUNet(nnx.Module):
     target = standardize(images)
     mask = patch_mask(key, b, (H // p) * (W // p), ratio)
     pixels = mask_pixels(mask, p, H, W)
-    x = (target * (1.0 - pixels)).astype(self.dtype)
-    pred = self.decoder(self.encoder(x)).astype(jnp.float32)
+    return target * (1.0 - pixels), target, pixels, mask
+
+  def forward(self, images, key, mask_ratio=None):
+    """Mask patches of the standardized image and reconstruct it.
+
+    Returns float32 images [b, H, W, c]: `pred`, `target` (standardized input), and the
+    pixel mask `mask` [b, H, W, 1] (1 = masked), plus the patch mask `patch_mask` [b, n].
+    """
+    x, target, pixels, mask = self.mask_input(images, key, mask_ratio)
+    pred = self.decoder(self.encoder(x.astype(self.dtype))).astype(jnp.float32)
     return {"pred": pred, "target": target, "mask": pixels, "patch_mask": mask}
 
   # -- public API ---------------------------------------------------------------------------

@@ -50,7 +50,7 @@ class Encoder(nnx.Module):
       self.tokenizer = PatchEmbed(cfg.patch_size, cfg.channels, cfg.width, grid,
                                   dtype=dtype, rngs=rngs)
     self.cls_token = nnx.Param(
-        jax.random.normal(rngs.params(), (1, 1, cfg.width)) * 0.02, sharding=(None, None, "embed"))
+        jax.random.normal(rngs.params(), (1, 1, cfg.width)) * 0.02, out_sharding=(None, None, "embed"))
     rates = [float(r) for r in np.linspace(0.0, cfg.drop_path, cfg.depth)]
     self.blocks = nnx.List([
         layers.make_block(
