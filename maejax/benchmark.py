@@ -93,7 +93,8 @@ def run_benchmark(table: pd.DataFrame, relationships, *, correction: str = "tvn"
     raise ValueError("every well is a control; the map needs perturbation wells")
   _, treated_features, _ = io.split_table(treated)
   replicates, replicate_summary = bench.replicate_consistency(
-      treated_features, treated[pert_column].astype(str).to_numpy(), n_null=n_null, seed=seed)
+      treated_features, treated[pert_column].astype(str).to_numpy(),
+      None if batch is None else batch[~is_control], n_null=n_null, seed=seed)
   perturbation_map = aggregate_lib.aggregate(treated, by=pert_column)
   _, map_features, _ = io.split_table(perturbation_map)
   genes = perturbation_map[pert_column].astype(str).to_numpy()

@@ -209,15 +209,26 @@ def _mean_pairwise_cosine(unit_sum, norms_sq_sum, k):
   return (np.sum(unit_sum**2, axis=-1) - norms_sq_sum) / (k * (k - 1))
 
 
-def replicate_consistency(features, perturbation: Sequence, *, n_null: int = 1000,
-                          seed: int = 0, alpha: float = 0.05
+def _draw_without_replacement(rng, pool, count, n_null):
+  """[n_null, count] rows of `pool`, distinct within each row (with replacement if huge)."""
+  if count >= len(pool):
+    return np.broadcast_to(pool, (n_null, len(pool)))
+  if n_null * len(pool) > 20_000_000:  # repeats are then negligible
+    return pool[rng.integers(0, len(pool), size=(n_null, count))]
+  return pool[np.argpartition(rng.random((n_null, len(pool))), count, axis=1)[:, :count]]
+
+
+def replicate_consistency(features, perturbation: Sequence, batch: Sequence | None = None, *,
+                          n_null: int = 1000, seed: int = 0, alpha: float = 0.05
                           ) -> tuple[pd.DataFrame, dict]:
   """Do replicate wells of a perturbation agree more than random wells?
 
   For each perturbation with k >= 2 wells: the mean cosine similarity over pairs of its wells,
-  against a null of `n_null` random sets of k wells drawn (without replacement) from all the
-  wells given; p = (1 + #null >= observed) / (1 + n_null).
-  Args: features [wells, d] (controls removed), perturbation [wells] labels.
+  against a null of `n_null` random sets of k wells with the same batches (as EFAAR: a
+  perturbation with 2 wells in batch A and 1 in B is compared with random sets of 2 wells of A
+  and 1 of B, so shared batch effects do not count as consistency; one batch when `batch` is
+  None); p = (1 + #null >= observed) / (1 + n_null).
+  Args: features [wells, d] (controls removed), perturbation [wells] labels, batch [wells].
   Returns: per-perturbation DataFrame [perturbation, replicates, cosine, null_mean, p_value] and
     a summary dict: perturbations, median_cosine, median_null_cosine, fraction_significant
     (p < alpha; random = alpha) and binomial_p_value of that fraction against alpha.
@@ -225,8 +236,11 @@ def replicate_consistency(features, perturbation: Sequence, *, n_null: int = 100
   u = unit_rows(features)
   norms_sq = np.sum(u**2, axis=1)
   codes, labels = pd.factorize(np.asarray(perturbation), sort=True)
+  batch_codes = (np.zeros(len(u), dtype=np.int64) if batch is None
+                 else pd.factorize(np.asarray(batch))[0])
+  pools = [np.flatnonzero(batch_codes == b) for b in range(batch_codes.max() + 1)]
   rng = np.random.default_rng(seed)
-  nulls: dict[int, np.ndarray] = {}
+  nulls: dict[tuple, np.ndarray] = {}
   rows = []
   for g, label in enumerate(labels):
     members = np.flatnonzero(codes == g)
@@ -234,10 +248,12 @@ def replicate_consistency(features, perturbation: Sequence, *, n_null: int = 100
     if k < 2:
       continue
     observed = _mean_pairwise_cosine(u[members].sum(0), norms_sq[members].sum(), k)
-    if k not in nulls:
-      draws = np.stack([rng.choice(len(u), size=k, replace=False) for _ in range(n_null)])
-      nulls[k] = _mean_pairwise_cosine(u[draws].sum(1), norms_sq[draws].sum(1), k)
-    null = nulls[k]
+    composition = tuple(zip(*np.unique(batch_codes[members], return_counts=True)))
+    if composition not in nulls:
+      draws = np.concatenate([_draw_without_replacement(rng, pools[b], c, n_null)
+                              for b, c in composition], axis=1)
+      nulls[composition] = _mean_pairwise_cosine(u[draws].sum(1), norms_sq[draws].sum(1), k)
+    null = nulls[composition]
     rows.append(dict(perturbation=label, replicates=k, cosine=float(observed),
                      null_mean=float(null.mean()),
                      p_value=float((1 + np.sum(null >= observed)) / (1 + n_null))))

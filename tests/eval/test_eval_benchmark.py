@@ -177,3 +177,16 @@ def test_shared_relationship_files_load_undirected():
   corum = databases["CORUM"]
   assert len(corum) == len(expected)
   assert (corum.entity1 < corum.entity2).all()
+
+
+def test_replicate_null_matches_batches():
+  # No perturbation signal, but each perturbation sits in one batch with a strong batch effect:
+  # a pooled null calls that consistency, a batch-matched null does not.
+  rng = np.random.default_rng(5)
+  batch = np.repeat(["b0", "b1", "b2", "b3"], 30)
+  features = rng.normal(size=(120, 8)) + np.repeat(rng.normal(size=(4, 8)) * 3, 30, axis=0)
+  labels = np.array([f"P{i // 3}" for i in range(120)])
+  _, pooled = benchmark.replicate_consistency(features, labels, n_null=300)
+  _, matched = benchmark.replicate_consistency(features, labels, batch, n_null=300)
+  assert pooled["fraction_significant"] > 0.5
+  assert matched["fraction_significant"] < 0.25

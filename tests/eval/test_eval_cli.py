@@ -14,7 +14,7 @@ from maejax import benchmark as cli
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _cellprofiler_screen(seed=0, confounded=True, d=12):
+def _cellprofiler_screen(seed=0, confounded=True, d=12, controls_per_plate=10):
   """Complexes of 4 genes sharing a phenotype; every gene is in ONE batch (plate) when
   `confounded`, complexes span plates, and plates add large shifts and scalings."""
   rng = np.random.default_rng(seed)
@@ -30,11 +30,11 @@ def _cellprofiler_screen(seed=0, confounded=True, d=12):
   names = [f"Cells_AreaShape_F{k}" if k % 2 else f"Nuclei_Intensity_MeanIntensity_F{k}"
            for k in range(d)]
   rows = []
-  for gi, g in enumerate(genes + ["non-targeting"] * 40):
+  for gi, g in enumerate(genes + ["non-targeting"] * (4 * controls_per_plate)):
     for plate in ([plates[gi % 4]] if confounded and g != "non-targeting" else plates):
       for _ in range(2 if g != "non-targeting" else 1):
         if g == "non-targeting" and gi % 4 != plates.index(plate):
-          continue  # 10 control wells per plate
+          continue  # controls_per_plate control wells per plate
         shift, scale = effects[plate]
         x = (phenotype.get(g, np.zeros(d)) + rng.normal(size=d) * 0.6) * scale + shift
         rows.append({"Metadata_Plate": plate, "Metadata_Well": f"W{len(rows)}",
@@ -83,7 +83,7 @@ def test_cli_on_cellprofiler_csv_writes_recall_and_plots(tmp_path):
 
 
 def test_tvn_beats_no_correction_under_batch_effects():
-  table, relationships, _ = _cellprofiler_screen(seed=1)
+  table, relationships, _ = _cellprofiler_screen(seed=1, controls_per_plate=40)
   kwargs = dict(perturbation_col="Gene", batch_col="Plate", control_key="non-targeting",
                 n_null=100)
   with pytest.warns(UserWarning, match="FileName_DNA"):
@@ -93,8 +93,11 @@ def test_tvn_beats_no_correction_under_batch_effects():
                                **kwargs)
   recall = {name: r["recall"].set_index("threshold").recall
             for name, r in (("none", none), ("tvn", tvn), ("center_scale", center))}
-  assert recall["tvn"]["10-90"] > recall["none"]["10-90"] + 0.2
-  assert recall["center_scale"]["10-90"] > recall["none"]["10-90"] + 0.2
+  assert recall["tvn"]["10-90"] > recall["none"]["10-90"] + 0.5
+  assert recall["center_scale"]["10-90"] > recall["none"]["10-90"] + 0.5
+  # replicate consistency is tested against wells of the same plates: a plate effect shared
+  # by replicates does not make them look consistent once corrected.
+  assert tvn["replicate_summary"]["fraction_significant"] > 0.3
   # controls never enter the map
   assert "non-targeting" not in set(tvn["map"].Metadata_Gene)
 
