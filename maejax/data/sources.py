@@ -274,7 +274,7 @@ class FolderSource(Source):
       by_channel = dict(zip(grp[channel_column], grp[file_column]))
       missing = [n for n in wanted if n not in by_channel]
       if missing:
-        raise ValueError(f"{csv_path}: site {dict(zip(keys, np.atleast_1d(key)))} (rows "
+        raise ValueError(f"{csv_path}: site {_fmt_key(keys, key)} (rows "
                          f"{list(grp.index[:6])}) has no file for channel(s) {missing} in column "
                          f"{channel_column!r}; add the rows or drop that channel from "
                          "config.data.channels")
@@ -290,6 +290,11 @@ class FolderSource(Source):
     paths = self._paths[index]
     planes = [to_uint8(read_channel(p), path=p, **self._decode) for p in paths]
     return stack_channels(planes, paths, _site_name(self.metadata, index))
+
+
+def _fmt_key(names, values) -> str:
+  values = values if isinstance(values, tuple) else (values,)
+  return ", ".join(f"{n}={v}" for n, v in zip(names, values))
 
 
 def _site_name(metadata: pd.DataFrame, index: int) -> str:
