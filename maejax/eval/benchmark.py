@@ -159,11 +159,14 @@ def score_relationships(features, genes: Sequence[str], relationships: Mapping[s
     raise ValueError(f"genes occur more than once in the map ({duplicated[:10]}); aggregate "
                      "wells to one row per perturbation first (maejax.eval.aggregate)")
   null = null_cosines(features, max_pairs=max_null_pairs, seed=seed)
-  null_le, null_lt = _tail_counts(null, null)
+  null_le, null_lt = _tail_counts(null, null)  # both non-decreasing along the sorted null
   u = unit_rows(features)
 
   def baseline(lower, upper):
-    return float(np.mean(_in_tails(null_le, null_lt, len(null), lower, upper)))
+    # _in_tails over the null itself: the lower tail is a prefix, the upper tail a suffix.
+    prefix = np.searchsorted(null_le, lower * len(null) / 100.0, side="right")
+    suffix = np.searchsorted(null_lt, upper * len(null) / 100.0, side="left")
+    return float(prefix + len(null) - suffix - max(0, prefix - suffix)) / len(null)
 
   recall_rows, curve_rows = [], []
   for p in percentiles:
@@ -240,6 +243,7 @@ def replicate_consistency(features, perturbation: Sequence, batch: Sequence | No
                  else pd.factorize(np.asarray(batch))[0])
   pools = [np.flatnonzero(batch_codes == b) for b in range(batch_codes.max() + 1)]
   rng = np.random.default_rng(seed)
+  sums: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}  # (batch, count) -> draws
   nulls: dict[tuple, np.ndarray] = {}
   rows = []
   for g, label in enumerate(labels):
@@ -250,9 +254,13 @@ def replicate_consistency(features, perturbation: Sequence, batch: Sequence | No
     observed = _mean_pairwise_cosine(u[members].sum(0), norms_sq[members].sum(), k)
     composition = tuple(zip(*np.unique(batch_codes[members], return_counts=True)))
     if composition not in nulls:
-      draws = np.concatenate([_draw_without_replacement(rng, pools[b], c, n_null)
-                              for b, c in composition], axis=1)
-      nulls[composition] = _mean_pairwise_cosine(u[draws].sum(1), norms_sq[draws].sum(1), k)
+      for part in composition:
+        if part not in sums:
+          draws = _draw_without_replacement(rng, pools[part[0]], part[1], n_null)
+          sums[part] = (u[draws].sum(1), norms_sq[draws].sum(1))
+      unit_sum = sum(sums[part][0] for part in composition)
+      norm_sum = sum(sums[part][1] for part in composition)
+      nulls[composition] = _mean_pairwise_cosine(unit_sum, norm_sum, k)
     null = nulls[composition]
     rows.append(dict(perturbation=label, replicates=k, cosine=float(observed),
                      null_mean=float(null.mean()),

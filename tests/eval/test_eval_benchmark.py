@@ -77,6 +77,12 @@ def test_recall_matches_brute_force_on_random_map():
     expected, used = _brute_force_recall(features, genes, rows, row.lower, row.upper)
     assert row.recall == pytest.approx(expected)
     assert row.pairs == used
+  null = np.sort(sk_cosine(features)[np.triu_indices(60, k=1)])
+  le = np.array([np.sum(null <= v) for v in null])
+  lt = np.array([np.sum(null < v) for v in null])
+  for _, row in recall.iterrows():
+    expected = np.mean((le / len(null) <= row.lower / 100) | (lt / len(null) >= row.upper / 100))
+    assert row.random_baseline == pytest.approx(expected)
   for _, row in curve[curve.database == "db"].iterrows():
     expected, _ = _brute_force_recall(features, genes, rows, row.percentile, 100 - row.percentile)
     assert row.recall == pytest.approx(expected)
@@ -190,3 +196,18 @@ def test_replicate_null_matches_batches():
   _, matched = benchmark.replicate_consistency(features, labels, batch, n_null=300)
   assert pooled["fraction_significant"] > 0.5
   assert matched["fraction_significant"] < 0.25
+
+
+def test_random_baseline_with_tied_cosines():
+  # Rounded features give many identical cosines; the baseline must follow the same rule.
+  rng = np.random.default_rng(6)
+  features = np.round(rng.normal(size=(40, 2)))
+  genes = [f"G{i}" for i in range(40)]
+  recall, curve = benchmark.score_relationships(features, genes, {}, thresholds=[(5, 95)],
+                                                percentiles=(5, 20, 50))
+  null = np.sort(sk_cosine(features)[np.triu_indices(40, k=1)])
+  for _, row in curve.iterrows():
+    p = row.percentile
+    expected = np.mean([(np.sum(null <= v) / len(null) <= p / 100)
+                        or (np.sum(null < v) / len(null) >= 1 - p / 100) for v in null])
+    assert row.random_baseline == pytest.approx(expected)
