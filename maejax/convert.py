@@ -17,6 +17,7 @@ import argparse
 import dataclasses
 import json
 import os
+import re
 import sys
 import warnings
 from typing import Callable
@@ -323,6 +324,9 @@ def load_openphenom_state_dict(path):
 
 # -- HuggingFace ViTMAE -----------------------------------------------------------------------
 HF_UNUSED = {}
+# transformers 5 writes the decoder layers as decoder.decoder_encoder.layer.{j}; earlier versions
+# (and the Hub's facebook/vit-mae-* files) as decoder.decoder_layers.{j}, the name used here.
+HF_RENAMES = ((re.compile(r"^decoder\.decoder_encoder\.layer\."), "decoder.decoder_layers."),)
 
 
 def _square(value, field):
@@ -415,7 +419,11 @@ def hf_vitmae_entries(cfg):
 def convert_hf_vitmae(state_dict, hf_config):
   """HF ViTMAEForPreTraining state_dict + its config dict -> (MAE module, model ConfigDict)."""
   cfg = hf_model_config(hf_config)
-  sd = {k: _to_numpy(v) for k, v in state_dict.items()}
+  sd = {}
+  for key, value in state_dict.items():
+    for pattern, new in HF_RENAMES:
+      key = pattern.sub(new, key)
+    sd[key] = _to_numpy(value)
   entries = hf_vitmae_entries(cfg)
   check_keys(entries, sd, HF_UNUSED, source="HF ViTMAE checkpoint", model_name=cfg.name)
   # HF adds position row 0 to the CLS token; maejax keeps no CLS position, so fold it in.
