@@ -1,0 +1,21 @@
+"""`python -m maejax.bench model` prints figures and, with --json, one JSON object last."""
+
+import json
+
+import pytest
+
+from maejax import bench
+
+
+def test_bench_model_json_last_line(capsys):
+  bench.main(["model", "--model", "vit_tiny", "--batch-size", "2", "--steps", "1", "--json"])
+  last = capsys.readouterr().out.strip().splitlines()[-1]
+  result = json.loads(last)
+  assert result["model"] == "vit_tiny" and result["batch_size"] == 2
+  assert result["images_per_s"] > 0 and result["tflops_per_s"] > 0
+  assert result["gflop_per_image"] == pytest.approx(0.01139328, rel=1e-6)
+
+
+def test_bench_model_bad_channels_is_one_line_error():
+  with pytest.raises(SystemExit, match="expects 6 channels, got 3"):
+    bench.main(["model", "--model", "vit_tiny", "--channels", "3", "--steps", "1"])
