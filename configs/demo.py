@@ -12,13 +12,13 @@ from maejax.train import config as config_lib
 def get_config(arg=None):
   c = config_lib.experiment("demo", "vit_tiny", channels=6, decoder_channels=6)
   c.data.synthetic.site_size = 64  # Small sites render fast; crops are 32 px.
-  c.batch_size = 32
-  c.total_steps = 300
+  c.batch_size = 64
+  c.total_steps = 1000
   # A tiny model and batch want a higher learning rate than the paper's large-batch runs.
   c.optimizer = "adamw"
   c.lr = 2e-3
-  c.log_every = 10
-  c.ckpt_every = 100
+  c.log_every = 25
+  c.ckpt_every = 250
   c.keep_every = 0
-  c.plot_every = 100
+  c.plot_every = 250
   return config_lib.apply_arg(c, arg)

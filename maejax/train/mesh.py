@@ -60,7 +60,13 @@ def make_mesh(mesh_config, devices=None) -> jax.sharding.Mesh:
     if sizes[0] % dcn:
       raise ValueError(f"config.mesh.dcn_data={dcn} must divide the data axis ({sizes[0]}).")
     ici = (sizes[0] // dcn, sizes[1], sizes[2])
-    grid = mesh_utils.create_hybrid_device_mesh(ici, (dcn, 1, 1), devices)
+    if hasattr(devices[0], "slice_index"):  # TPU multi-slice: a granule is a slice.
+      grid = mesh_utils.create_hybrid_device_mesh(ici, (dcn, 1, 1), devices)
+    elif jax.process_count() > 1:  # GPU nodes: a granule is a process (one per node).
+      grid = mesh_utils.create_hybrid_device_mesh(ici, (dcn, 1, 1), devices,
+                                                  process_is_granule=True)
+    else:  # One process (tests): consecutive device blocks stand in for granules.
+      grid = np.asarray(devices).reshape(sizes)
   else:
     try:
       grid = mesh_utils.create_device_mesh(sizes, devices)

@@ -53,10 +53,10 @@ def make_spec(model_fn: Callable[[jax.Array], nnx.Module], tx: optax.GradientTra
   """Shapes and shardings of the whole train state (params, optimizer state, ...)."""
   graphdef, params, rest = abstract_model(model_fn)
   replicated = sharding_lib.replicated(mesh)
-  params_sh = sharding_lib.state_shardings(params, mesh, rules).to_pure_dict()
-  rest_sh = jax.tree.map(lambda _: replicated, rest.to_pure_dict())
+  params_sh = nnx.to_pure_dict(sharding_lib.state_shardings(params, mesh, rules))
+  rest_sh = jax.tree.map(lambda _: replicated, nnx.to_pure_dict(rest))
   key_paths = frozenset(
-      jax.tree_util.keystr(p) for p, x in jax.tree_util.tree_leaves_with_path(rest.to_pure_dict())
+      jax.tree_util.keystr(p) for p, x in jax.tree_util.tree_leaves_with_path(nnx.to_pure_dict(rest))
       if _is_key(x))
   abstract = jax.eval_shape(lambda: _fresh_state(model_fn, tx, jax.random.key(0)))
   opt_sh = optax.tree_map_params(tx, lambda _, s: s, abstract["opt_state"], params_sh,
@@ -73,9 +73,9 @@ def _fresh_state(model_fn, tx, key):
   with nnx.use_eager_sharding(False):
     model = model_fn(init_key)
   _, params, rest = nnx.split(model, nnx.Param, ...)
-  params = params.to_pure_dict()
+  params = nnx.to_pure_dict(params)
   return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params),
-          "rest": _keys_to_data(rest.to_pure_dict()),
+          "rest": _keys_to_data(nnx.to_pure_dict(rest)),
           "key": jax.random.key_data(train_key)}
 
 
@@ -93,7 +93,7 @@ def merge(spec: StateSpec, params, rest) -> nnx.Module:
 def split_rest(model: nnx.Module):
   """A model's non-parameter state as a storable pure dict."""
   _, _, rest = nnx.split(model, nnx.Param, ...)
-  return _keys_to_data(rest.to_pure_dict())
+  return _keys_to_data(nnx.to_pure_dict(rest))
 
 
 def num_params(spec: StateSpec) -> int:
