@@ -248,3 +248,21 @@ def test_rxrx3_core_parquet_shards(tmp_path):
   c.skip_bad_images = True
   src = md.make_source(c)
   assert len(src) == 2 and src.skipped == [("gene-002/Plate3/AC03_s1_", "missing channels")]
+
+
+def test_tfds_builder_over_manual_dir(tmp_path, screen_dir):
+  tfds = pytest.importorskip("tensorflow_datasets", reason="the TFDS builder needs tensorflow-datasets")
+  from maejax.data import tfds_builder
+  path, screen = screen_dir
+  c = md.default_config()
+  c.source = "folder"
+  builder = tfds_builder.CellPaintingSites(data_config=c, data_dir=str(tmp_path))
+  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=str(path)))
+  ds = builder.as_data_source("train")
+  assert len(ds) == len(screen)
+  for k in range(3):
+    ex = ds[k]
+    i = int(ex["site_index"])
+    np.testing.assert_array_equal(ex["image"], screen[i])
+    assert ex["well"].decode() == screen.metadata.well[i]
+    assert bool(ex["is_control"]) == bool(screen.metadata.is_control[i])
