@@ -161,7 +161,8 @@ def _cells(rng: np.random.Generator, spec: ScreenSpec, phenotype: np.ndarray) ->
       dna=0.55 * np.exp(0.2 * f[:, 1]),
       er_tex=1 / (1 + np.exp(-f[:, 4])), er=0.6 * np.exp(0.2 * f[:, 4]), actin=0.6 / (1 + np.exp(-f[:, 5])),
       nucleoli=0.5 * np.exp(0.35 * f[:, 6]), mito_exp=np.exp(0.5 * f[:, 7]),
-      golgi=0.6 * np.exp(0.4 * f[:, 8]), golgi_size=0.45 * np.exp(0.25 * f[:, 8]), golgi_dir=rng.uniform(0, 2 * np.pi, n),
+      golgi=0.6 * np.exp(0.4 * f[:, 8]), golgi_size=0.45 * np.exp(0.25 * f[:, 8]),
+      golgi_dir=rng.uniform(0, 2 * np.pi, n),
       spots=rng.uniform(-0.5, 0.5, (n, 3, 2)), phase=rng.uniform(0, 2 * np.pi, (n, 4)),
       spot_on=rng.uniform(0, 1, (n, 3)) < 0.5 + 0.2 * np.tanh(f[:, 6:7]),
   )
@@ -169,7 +170,6 @@ def _cells(rng: np.random.Generator, spec: ScreenSpec, phenotype: np.ndarray) ->
 
 def _render(cells: dict, size: int) -> np.ndarray:
   """Renders cells into float32 [size, size, 6] (wrapping at borders: sites tile a torus)."""
-  n = cells["n"]
   col = lambda x: np.asarray(x, np.float32)[:, None, None]  # noqa: E731  [n] -> [n, 1, 1]
   half = int(np.ceil(cells["a"].max() + 3))
   o = np.arange(-half, half + 1, dtype=np.float32)
@@ -206,14 +206,14 @@ def _render(cells: dict, size: int) -> np.ndarray:
   gd = col(cells["golgi"]) * rn + rn
   gu = nu + gd * col(np.cos(cells["golgi_dir"]))
   gv = gd * col(np.sin(cells["golgi_dir"]))
-  golgi = 0.15 * ring + 0.7 * cell * np.exp(-((u - gu) ** 2 + (v - gv) ** 2) / (2 * (col(cells["golgi_size"]) * rn) ** 2))
+  golgi_sd = col(cells["golgi_size"]) * rn
+  golgi = 0.15 * ring + 0.7 * cell * np.exp(-((u - gu) ** 2 + (v - gv) ** 2) / (2 * golgi_sd ** 2))
 
   planes = np.stack([dna, er, actin, rna, mito, golgi])  # [6, n, p, p]
   iy = (ci[:, 0, None, None] + o.astype(np.int64)[None, :, None]) % size
   ix = (ci[:, 1, None, None] + o.astype(np.int64)[None, None, :]) % size
   flat = (iy * size + ix)[None] + (np.arange(6) * size * size)[:, None, None, None]
   out = np.bincount(flat.ravel(), weights=planes.ravel(), minlength=6 * size * size)
-  del n
   return out.reshape(6, size, size).transpose(1, 2, 0).astype(np.float32)
 
 
