@@ -120,3 +120,46 @@ def test_cli_error_messages(tmp_path, capsys):
     assert cli.main(["--embeddings", str(csv), "--relationships", str(rel), "--out",
                      str(tmp_path / "o")]) == 2
   assert "neither 'perturbation' nor 'Metadata_perturbation'" in capsys.readouterr().err
+
+
+SHARED = REPO / ".." / "shared" / "benchmarks" / "relationships"
+
+
+@pytest.mark.filterwarnings("ignore:database .* none of its")
+def test_cli_with_shared_relationship_databases(tmp_path):
+  """Planted CORUM complexes in a synthetic map score far above random on CORUM."""
+  if not SHARED.is_dir():
+    pytest.skip(f"shared relationship files not found at {SHARED} (../shared beside the repo)")
+  from maejax.eval import plots  # pylint: disable=import-outside-toplevel
+  clusters = plots.read_clusters(SHARED / "CORUM_clusters.tsv")
+  chosen = plots.select_complexes(clusters, sorted({g for m in clusters.values() for g in m}),
+                                  min_genes=5, max_complexes=6, max_genes=40)
+  rng = np.random.default_rng(0)
+  rows = []
+  for _, members in chosen:
+    center = rng.normal(size=16) * 2
+    for gene in members:
+      for well in range(2):
+        rows.append({"Metadata_experiment": f"e{well}", "Metadata_perturbation": gene,
+                     "Metadata_is_control": False,
+                     **{f"f{k}": v for k, v in enumerate(center + rng.normal(size=16))}})
+  for gene in [f"NOT_A_GENE{i}" for i in range(100)]:  # background, in no database
+    for well in range(2):
+      rows.append({"Metadata_experiment": f"e{well}", "Metadata_perturbation": gene,
+                   "Metadata_is_control": False,
+                   **{f"f{k}": v for k, v in enumerate(rng.normal(size=16) * 2)}})
+  for well in range(20):
+    rows.append({"Metadata_experiment": f"e{well % 2}", "Metadata_perturbation": "EMPTY",
+                 "Metadata_is_control": True,
+                 **{f"f{k}": v for k, v in enumerate(rng.normal(size=16))}})
+  pd.DataFrame(rows).to_parquet(tmp_path / "wells.parquet")
+  out = tmp_path / "out"
+  assert cli.main(["--embeddings", str(tmp_path / "wells.parquet"), "--relationships",
+                   str(SHARED), "--out", str(out), "--correction", "center_scale",
+                   "--n-null", "100"]) == 0
+  recall = pd.read_csv(out / "recall.csv").set_index(["database", "threshold"])
+  assert set(recall.index.get_level_values(0)) >= {"CORUM", "HuMAP", "Reactome", "SIGNOR",
+                                                   "StringDB"}
+  corum = recall.loc[("CORUM", "5-95")]
+  assert corum.pairs > 50 and corum.recall > 3 * corum.random_baseline
+  assert (out / "complex_heatmap.png").is_file()
