@@ -306,15 +306,20 @@ def load_openphenom_state_dict(path):
         f"OpenPhenom release (it is under their license; maejax never fetches it) and pass its "
         f"path with --checkpoint")
   torch = _require_torch()
-  try:
-    obj = torch.load(path, map_location="cpu", weights_only=True)
-  except Exception as pickle_error:  # Maybe a real safetensors file after all.
+  with open(path, "rb") as f:
+    head = f.read(2)
+    is_pickle = head == b"PK" or head[:1] == b"\x80"  # torch zip archive or legacy pickle.
+    f.seek(0)
+    # A file object, not the path: torch >= 2.13 reads any *.safetensors path as safetensors.
     try:
-      from safetensors.torch import load_file
-      obj = load_file(path)
-    except Exception:
-      raise ValueError(f"{path} is neither a PyTorch pickle nor a safetensors file: "
-                       f"{pickle_error}") from None
+      if is_pickle:
+        obj = torch.load(f, map_location="cpu", weights_only=True)
+      else:
+        from safetensors.torch import load_file
+        obj = load_file(path)
+    except Exception as e:
+      raise ValueError(f"{path} could not be read as a PyTorch pickle or safetensors file: "
+                       f"{e}") from None
   if isinstance(obj, dict) and "state_dict" in obj:
     obj = obj["state_dict"]
   if not isinstance(obj, dict) or not all(hasattr(v, "shape") for v in obj.values()):
@@ -477,6 +482,20 @@ def count_params(model):
   return int(sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param))))
 
 
+def _parse_overrides(items):
+  """["width=64", "layerscale=null"] -> {"width": 64, "layerscale": None}."""
+  out = {}
+  for item in items:
+    field, sep, value = item.partition("=")
+    if not sep:
+      raise ValueError(f"--set {item!r}: expected FIELD=VALUE, e.g. --set width=64")
+    try:
+      out[field] = json.loads(value)
+    except json.JSONDecodeError:
+      out[field] = value
+  return out
+
+
 def main(argv=None):
   parser = argparse.ArgumentParser(
       prog="python -m maejax.convert", description=__doc__.split("\n\n")[0],
@@ -485,6 +504,8 @@ def main(argv=None):
   op = sub.add_parser("openphenom", help="Recursion's OpenPhenom (torch pickle model.safetensors)")
   op.add_argument("--model", default="camae_s16",
                   help="maejax model config the checkpoint is read into (default camae_s16)")
+  op.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                  help="override a model config field (JSON value), e.g. --set width=64")
   hf = sub.add_parser("hf-vitmae", help="a HuggingFace ViTMAEForPreTraining save_pretrained folder")
   for p in (op, hf):
     p.add_argument("--checkpoint", required=True, help="the file (openphenom) or folder (hf-vitmae)")
@@ -495,7 +516,8 @@ def main(argv=None):
     with warnings.catch_warnings(record=True) as caught:
       warnings.simplefilter("always")
       if args.format == "openphenom":
-        model, cfg = convert_openphenom(load_openphenom_state_dict(args.checkpoint), args.model)
+        model, cfg = convert_openphenom(load_openphenom_state_dict(args.checkpoint), args.model,
+                                        **_parse_overrides(args.set))
       else:
         model, cfg = convert_hf_vitmae(*load_hf_vitmae(args.checkpoint))
   except (ValueError, FileNotFoundError, ImportError) as e:

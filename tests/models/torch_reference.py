@@ -186,10 +186,9 @@ class OpenPhenomReference(nn.Module):
     return self
 
   # -- computation ----------------------------------------------------------------------------
-  @staticmethod
-  def standardize(pixels):
+  def standardize(self, pixels):
     """uint8 [b, c, H, W] -> x/255, instance norm per image and channel (eps 1e-5)."""
-    return F.instance_norm(pixels.to(torch.get_default_dtype()) / 255.0, eps=1e-5)
+    return F.instance_norm(pixels.to(self.decoder_pred.weight.dtype) / 255.0, eps=1e-5)
 
   def tokens(self, x):
     """Standardized [b, c, H, W] -> channel-major patch tokens + positions [b, c*n, width]."""
