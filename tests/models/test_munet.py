@@ -29,7 +29,7 @@ def num_params(name, part=None, **kw):
 def test_output_shape_equals_input_shape(channels):
   model = models.create("munet_tiny", channels=channels)
   x = images(2, 32, channels)
-  out = model.reconstruct(x, jax.random.key(0))
+  out = nnx.jit(lambda m, x: m.reconstruct(x, jax.random.key(0)))(model, x)
   assert out["pred"].shape == out["target"].shape == out["mask"].shape == (2, 32, 32, channels)
   assert model.embed(x).shape == (2, 32)  # widths[-1] of munet_tiny.
   assert model.embed(x, block=1).shape == (2, 16)
@@ -91,8 +91,8 @@ def test_loss_matches_numpy_masked_mse(fourier_weight):
 
 def test_gradients_reach_every_parameter():
   model = models.create("munet_tiny", channels=2)
-  grads = nnx.grad(lambda m: m.compute_loss({"image": images(2, 32, 2)}, jax.random.key(0))[0])(
-      model)
+  loss = lambda m: m.compute_loss({"image": images(2, 32, 2)}, jax.random.key(0))[0]
+  grads = nnx.jit(nnx.grad(loss))(model)
   zero = [jax.tree_util.keystr(k) for k, g in jax.tree_util.tree_leaves_with_path(grads)
           if not np.any(np.asarray(g))]
   assert not zero
