@@ -165,6 +165,12 @@ def check_keys(entries, state_dict, unused, *, source, model_name):
   return present
 
 
+def _abstract_model(cfg):
+  """The model's structure with shape-only variables: no time spent on a random init that
+  the checkpoint overwrites anyway."""
+  return nnx.eval_shape(lambda: models.create(cfg))
+
+
 def fill_model(model, entries, state_dict):
   """Writes every entry's converted tensor into `model`; every variable must be covered."""
   state = nnx.state(model)
@@ -281,7 +287,7 @@ def convert_openphenom(state_dict, model="camae_s16", **overrides):
   # timm adds pos_embed row 0 to the CLS token; maejax keeps no CLS position, so fold it in.
   v = "encoder.vit_backbone"
   sd[f"{v}.cls_token"] = sd[f"{v}.cls_token"] + sd[f"{v}.pos_embed"][:, :1]
-  module = models.create(cfg)
+  module = _abstract_model(cfg)
   return fill_model(module, entries, sd), cfg
 
 
@@ -434,7 +440,7 @@ def convert_hf_vitmae(state_dict, hf_config):
   # HF adds position row 0 to the CLS token; maejax keeps no CLS position, so fold it in.
   sd["vit.embeddings.cls_token"] = (sd["vit.embeddings.cls_token"]
                                     + sd["vit.embeddings.position_embeddings"][:, :1])
-  module = models.create(cfg)
+  module = _abstract_model(cfg)
   return fill_model(module, entries, sd), cfg
 
 

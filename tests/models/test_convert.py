@@ -12,6 +12,7 @@ import warnings
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
 torch = pytest.importorskip("torch", reason="torch (the maejax[torch] extra) reads checkpoints")
 transformers = pytest.importorskip(
@@ -31,6 +32,14 @@ OP_SIZES = dict(img_size=32, patch_size=16, width=64, depth=2, num_heads=4, mlp_
 REF_SIZES = dict(width=64, depth=2, heads=4, mlp_dim=256, patch=16, img=32, max_channels=11,
                  channels=6, dec_width=64, dec_depth=2, dec_heads=4, dec_cross_heads=2,
                  dec_mlp_dim=128)
+
+
+# Jitted once per shape: a few small compiles beat op-by-op dispatch of the whole model.
+embed = nnx.jit(lambda model, images, pool: model.embed(images, pool=pool), static_argnums=2)
+reconstruct = nnx.jit(lambda model, images, noise: model.reconstruct(images, None, noise=noise))
+forward = nnx.jit(lambda model, images, noise: model.forward(images, noise=noise, train=False))
+encode_kept = nnx.jit(lambda model, images, noise: model.encoder(
+    random_masking(model.encoder.tokenize(images), 0.75, noise=noise)[0]))
 
 
 def rel_err(ours, ref):
@@ -70,8 +79,8 @@ def test_openphenom_embeddings_match_torch(openphenom, channels):
   with torch.no_grad():
     mean_ref = ref.embed(to_torch(images)).numpy()
     chw_ref = ref.embed(to_torch(images), channelwise=True).numpy()
-  mean = model.embed(jnp.asarray(images), pool="mean")
-  chw = model.embed(jnp.asarray(images), pool="channelwise")
+  mean = embed(model, jnp.asarray(images), "mean")
+  chw = embed(model, jnp.asarray(images), "channelwise")
   assert mean.shape == (2, 64) and chw.shape == (2, 64 * channels)
   assert rel_err(mean, mean_ref) < TOL
   assert rel_err(chw, chw_ref) < TOL
@@ -83,8 +92,7 @@ def test_openphenom_reconstruction_matches_torch(openphenom):
   noise = torch.rand(2, 6 * 4, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
   with torch.no_grad():
     pred_ref, mask_ref, target_ref = ref.reconstruct(to_torch(images), noise, mask_ratio=0.75)
-  out = model.reconstruct(jnp.asarray(images), None, mask_ratio=0.75,
-                          noise=jnp.asarray(noise.numpy(), jnp.float32))
+  out = reconstruct(model, jnp.asarray(images), jnp.asarray(noise.numpy(), jnp.float32))
   # mask image [b, H, W, c] -> per token [b, c*n] (channel-major, one pixel per 16x16 patch).
   mask_tokens = np.asarray(out["mask"])[:, ::16, ::16, :].transpose(0, 3, 1, 2).reshape(2, -1)
   np.testing.assert_array_equal(mask_tokens, mask_ref.numpy())
@@ -194,12 +202,11 @@ def test_hf_vitmae_encoder_and_reconstruction_match(hf_vitmae):
     out = hf(standardized(images), noise=noise)
     hidden = hf.vit(standardized(images), noise=noise).last_hidden_state.numpy()
   noise_j = jnp.asarray(noise.numpy(), jnp.float32)
-  kept, mask, _ = random_masking(model.encoder.tokenize(jnp.asarray(images)), 0.75, noise=noise_j)
-  assert rel_err(model.encoder(kept), hidden) < TOL
-  np.testing.assert_array_equal(np.asarray(mask), out.mask.numpy())
-  ours = model.forward(jnp.asarray(images), noise=noise_j, train=False)
+  assert rel_err(encode_kept(model, jnp.asarray(images), noise_j), hidden) < TOL
+  ours = forward(model, jnp.asarray(images), noise_j)
+  np.testing.assert_array_equal(np.asarray(ours["mask"]), out.mask.numpy())
   assert rel_err(ours["pred"], out.logits.numpy()) < TOL
-  recon = model.reconstruct(jnp.asarray(images), None, noise=noise_j)
+  recon = reconstruct(model, jnp.asarray(images), noise_j)
   with torch.no_grad():
     ref_image = hf.unpatchify(out.logits).permute(0, 2, 3, 1).numpy()
   assert rel_err(recon["pred"], ref_image) < TOL
