@@ -97,10 +97,12 @@ def make_reconstruct(spec, mesh):
 
 
 def train(config, workdir: str, *, resume: bool = True, progress: bool = True,
-          stop_at: int | None = None) -> dict[str, Any]:
+          stop_at: int | None = None, compiler_options=None) -> dict[str, Any]:
   """Trains (or resumes) `config` in `workdir`; returns the summary dict.
 
-  stop_at: stop (with a checkpoint) after this step, as a pre-emption would; for tests.
+  stop_at: stop (with a checkpoint) after this step, as a pre-emption would.
+  compiler_options: XLA options for the jitted init and step (tests compile faster with
+  {"xla_backend_optimization_level": 0}).
   """
   from maejax import data  # pylint: disable=g-import-not-at-top
   mesh_lib.maybe_initialize_distributed(config.distributed)
@@ -137,11 +139,11 @@ def train(config, workdir: str, *, resume: bool = True, progress: bool = True,
       raise ValueError(f"{ckpt.directory} already holds checkpoints (latest step "
                        f"{ckpt.latest_step()}) and resume is off; pick another --workdir.")
     start, train_flops = 0, 0.0
-    state = state_lib.init_state(model_fn, tx, spec, int(config.seed))
+    state = state_lib.init_state(model_fn, tx, spec, int(config.seed), compiler_options)
 
   train_step = step_lib.jit_train_step(
       step_lib.make_train_step(spec, tx, schedule, int(config.grad_accum_steps)),
-      spec, mesh, rules)
+      spec, mesh, rules, compiler_options)
   total = int(config.total_steps)
   end = min(total, stop_at) if stop_at is not None else total
   writer = metrics_lib.Writer(workdir)

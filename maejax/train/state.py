@@ -79,9 +79,10 @@ def _fresh_state(model_fn, tx, key):
           "key": jax.random.key_data(train_key)}
 
 
-def init_state(model_fn, tx, spec: StateSpec, seed: int) -> dict:
+def init_state(model_fn, tx, spec: StateSpec, seed: int, compiler_options=None) -> dict:
   """A fresh train state, each array created on its devices (no host copy)."""
-  init = jax.jit(lambda k: _fresh_state(model_fn, tx, k), out_shardings=spec.shardings)
+  init = jax.jit(lambda k: _fresh_state(model_fn, tx, k), out_shardings=spec.shardings,
+                 compiler_options=compiler_options)
   return init(jax.random.key(seed))
 
 

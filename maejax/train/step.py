@@ -54,7 +54,7 @@ def make_train_step(spec: state_lib.StateSpec, tx: optax.GradientTransformation,
     updates, opt_state = tx.update(grads, state["opt_state"], params)
     params = optax.apply_updates(params, updates)
     metrics = dict(metrics)
-    metrics.update(loss=loss, grad_norm=optax.global_norm(grads), lr=schedule(step))
+    metrics.update(loss=loss, grad_norm=optax.tree.norm(grads), lr=schedule(step))
     new_state = {"step": step + 1, "params": params, "opt_state": opt_state, "rest": rest,
                  "key": state["key"]}
     return new_state, metrics
@@ -72,10 +72,13 @@ def _split_micro(x, n):
 
 
 def jit_train_step(train_step: Callable, spec: state_lib.StateSpec,
-                   mesh: jax.sharding.Mesh, rules) -> Callable:
+                   mesh: jax.sharding.Mesh, rules, compiler_options=None) -> Callable:
   """jit with the state's shardings in and out, the batch sharded over its mesh axes,
-  metrics replicated, and the old state's buffers donated to the new one."""
+  metrics replicated, and the old state's buffers donated to the new one.
+
+  compiler_options: XLA options (tests use {"xla_backend_optimization_level": 0}).
+  """
   batch_sh = NamedSharding(mesh, sharding_lib.batch_spec(rules, 1))
   return jax.jit(train_step, in_shardings=(spec.shardings, batch_sh),
                  out_shardings=(spec.shardings, sharding_lib.replicated(mesh)),
-                 donate_argnums=(0,))
+                 donate_argnums=(0,), compiler_options=compiler_options)

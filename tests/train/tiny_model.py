@@ -1,4 +1,5 @@
-"""A throwaway NNX model with the maejax model contract, for step/sharding tests only."""
+"""A throwaway NNX model with the maejax model contract: with a key-independent mask it
+checks gradient accumulation exactly (the registry models always draw masks from the key)."""
 
 import jax
 import jax.numpy as jnp
@@ -16,9 +17,10 @@ def _linear(din, dout, axes, rngs):
 class TinyMAE(nnx.Module):
   """Patchify -> MLP -> predict masked patches. images uint8 [B, H, W, C]."""
 
-  def __init__(self, *, rngs, patch=4, channels=2, dim=16, hidden=32, mask_ratio=0.5):
+  def __init__(self, *, rngs, patch=4, channels=2, dim=16, hidden=32, mask_ratio=0.5,
+               fixed_mask=False):
     pdim = patch * patch * channels
-    self.patch, self.mask_ratio = patch, mask_ratio
+    self.patch, self.mask_ratio, self.fixed_mask = patch, mask_ratio, fixed_mask
     self.embed_proj = _linear(pdim, dim, (None, "embed"), rngs)
     self.fc1 = _linear(dim, hidden, ("embed", "mlp"), rngs)
     self.fc2 = _linear(hidden, dim, ("mlp", "embed"), rngs)
@@ -36,7 +38,10 @@ class TinyMAE(nnx.Module):
 
   def compute_loss(self, batch, key):
     target = self._patches(batch["image"])
-    mask = jax.random.uniform(key, target.shape[:2]) < self.mask_ratio
+    if self.fixed_mask:  # Every other patch, independent of the key.
+      mask = jnp.broadcast_to(jnp.arange(target.shape[1]) % 2 == 0, target.shape[:2])
+    else:
+      mask = jax.random.uniform(key, target.shape[:2]) < self.mask_ratio
     x = jnp.where(mask[..., None], 0.0, target)
     h = self.embed_proj(x)
     h = h + self.fc2(jax.nn.gelu(self.fc1(self.norm(h))))
