@@ -21,6 +21,7 @@ transformers = pytest.importorskip(
 import maejax  # noqa: E402
 from maejax import convert  # noqa: E402
 from maejax.models.mae import random_masking  # noqa: E402
+from maejax.models.tokenizers import sincos_2d  # noqa: E402
 from torch_reference import OpenPhenomReference  # noqa: E402
 
 TOL = 1e-4
@@ -177,10 +178,10 @@ def hf_vitmae(tmp_path_factory):
       decoder_num_hidden_layers=2, decoder_num_attention_heads=4, decoder_intermediate_size=64,
       mask_ratio=0.75)
   hf = transformers.ViTMAEForPreTraining(config).eval()
-  with torch.no_grad():  # Move every learned tensor far from its init; keep sin-cos tables.
-    for name, p in hf.named_parameters():
-      if "pos" not in name:
-        p.add_(0.3 * torch.randn_like(p))
+  with torch.no_grad():  # Move every tensor far from its init (which leaves the tables zero
+    for p in hf.parameters():  # in transformers 5), so the importer's layout is exercised.
+      p.add_(0.3 * torch.randn_like(p))
+    hf.decoder.decoder_pos_embed[:, 0] = 0.0  # HF's decoder CLS position (maejax has none).
   folder = tmp_path_factory.mktemp("hf_vitmae")
   hf.save_pretrained(folder)
   model, _ = convert.convert_hf_vitmae(*convert.load_hf_vitmae(folder))
@@ -225,6 +226,14 @@ def test_hf_vitmae_cli_embeddings_match_unmasked_encoder(hf_vitmae, tmp_path, mo
   loaded = maejax.load(tmp_path)
   assert rel_err(loaded.embed(images, pool="cls"), hidden[:, 0]) < TOL
   assert rel_err(loaded.embed(images, pool="mean"), hidden[:, 1:].mean(1)) < TOL
+
+
+def test_imported_position_tables_equal_maejax_sincos(openphenom):
+  """Stored tables are loaded as-is; maejax regenerates them for other grid sizes, so its
+  sin-cos layout must be the one OpenPhenom stored (MAE's, written out in torch_reference)."""
+  _, _, model = openphenom
+  for table in (model.encoder.tokenizer.pos, model.decoder.pos):
+    np.testing.assert_allclose(table[...], sincos_2d(2, 2, table.shape[-1]), atol=1e-6)
 
 
 def test_hf_vitmae_rejects_a_nonzero_decoder_cls_position(hf_vitmae):
