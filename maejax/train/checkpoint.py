@@ -21,6 +21,12 @@ from maejax.train import config as config_lib
 
 ITEMS = ("state", "data", "config")
 
+# Replica-parallel saving splits each replicated array across its replicas; for small arrays
+# the slicing (one compiled slice per shape) costs more than the write it spreads.
+ocp.type_handlers.register_type_handler(
+    jax.Array, ocp.type_handlers.ArrayHandler(min_slice_bytes_for_replica_parallel=1 << 20),
+    override=True)
+
 
 class Checkpointer:
   """Async saves every `ckpt_every` steps; keeps the last `keep_last` plus every multiple of

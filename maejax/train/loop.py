@@ -87,13 +87,14 @@ def _local_batch(batch: dict) -> dict:
   return {k: np.asarray(v) for k, v in batch.items() if k in BATCH_KEYS}
 
 
-def make_reconstruct(spec, mesh):
+def make_reconstruct(spec, mesh, compiler_options=None):
   """jit(params, rest, images, channel_ids, key) -> reconstruction of one image, replicated."""
   def fn(params, rest, images, channel_ids, key):
     model = state_lib.merge(spec, params, rest)
     out = model.reconstruct(images, key, channel_ids=channel_ids)
     return {k: out[k][0] for k in ("pred", "target", "mask")}
-  return jax.jit(fn, out_shardings=sharding_lib.replicated(mesh))
+  return jax.jit(fn, out_shardings=sharding_lib.replicated(mesh),
+                 compiler_options=compiler_options)
 
 
 def train(config, workdir: str, *, resume: bool = True, progress: bool = True,
@@ -149,7 +150,7 @@ def train(config, workdir: str, *, resume: bool = True, progress: bool = True,
   writer = metrics_lib.Writer(workdir)
   bar = metrics_lib.Progress(start, total, enabled=progress)
   preempt = _Preemption()
-  reconstruct = make_reconstruct(spec, mesh) if int(config.plot_every) > 0 else None
+  reconstruct = make_reconstruct(spec, mesh, compiler_options) if int(config.plot_every) > 0 else None
   plot_example = None
   t0 = time.time()
   last = {"time": None, "step": start}
