@@ -156,12 +156,16 @@ class CNNClassifier(_Classifier):
     self.backbone = ResNet(cfg, self.dtype, rngs=rngs)
     self.head = self._head(self.backbone.dim, self.dtype, rngs)
 
+  def check_images(self, images):
+    """One clear error for images this model cannot take (shape only; no tracing). Any
+    height and width work (SAME-padded strided convs)."""
+    cv.check_conv_images(images, self.cfg.channels, 1)
+
   def features(self, images, key=None, *, pool="mean", block=None):
     """uint8 [b, H, W, c] -> float32 [b, D], global average pooled; block=K (1-based) pools
     the output of stage K instead. key is unused (no stochastic layers)."""
     del key
-    stride = self.cfg.stem_stride * (2 if self.cfg.stem_pool else 1)
-    cv.check_conv_images(images, self.cfg.channels, stride * 2 ** (len(self.cfg.widths) - 1))
+    self.check_images(images)
     if pool != "mean":
       raise ValueError(f"CNN embeddings are global averages: pool must be 'mean', got {pool!r}")
     stages = len(self.cfg.widths)
@@ -179,10 +183,14 @@ class ViTClassifier(_Classifier):
     self.encoder = Encoder(cfg, rngs=rngs)
     self.head = self._head(cfg.width, dtype_of(cfg.dtype), rngs)
 
+  def check_images(self, images):
+    """One clear error for images this model cannot take (shape only; no tracing)."""
+    check_images(images, self.cfg)
+
   def features(self, images, key=None, *, pool=None, block=None):
     """uint8 [b, H, W, c] -> float32 [b, width]; pool defaults to the head's (`cfg.pool`),
     block=K takes the K-th encoder block's output (1-based). key drives drop-path."""
-    check_images(images, self.cfg)
+    self.check_images(images)
     x = self.encoder(self.encoder.tokenize(images), key=key, num_blocks=block)
     return pool_tokens(x, pool or self.cfg.pool, images.shape[-1])
 

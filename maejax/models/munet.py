@@ -115,14 +115,15 @@ class MUNet(nnx.Module):
     self.encoder = Encoder(cfg, self.dtype, rngs=rngs)
     self.decoder = Decoder(cfg, self.dtype, rngs=rngs)
 
-  def _check(self, images):
+  def check_images(self, images):
+    """One clear error for images this model cannot take (shape only; no tracing)."""
     multiple = max(self.cfg.patch_size, 2 ** (len(self.cfg.widths) - 1))
     cv.check_conv_images(images, self.cfg.channels, multiple)
 
   def mask_input(self, images, key, mask_ratio=None):
     """uint8 [b, H, W, c] -> (masked input, target, pixel mask [b, H, W, 1], patch mask
     [b, n]): the standardized image with masked patches set to 0; 1 = masked."""
-    self._check(images)
+    self.check_images(images)
     b, H, W, _ = images.shape
     p = self.cfg.patch_size
     ratio = self.cfg.mask_ratio if mask_ratio is None else mask_ratio
@@ -157,7 +158,7 @@ class MUNet(nnx.Module):
     No masking. block=K (1-based) averages the output of encoder level K instead ([b, w_K]).
     """
     del channel_ids  # Channels are fixed by the config.
-    self._check(images)
+    self.check_images(images)
     if pool != "mean":
       raise ValueError(f"MU-Net embeddings are global averages: pool must be 'mean', got {pool!r}")
     levels = len(self.cfg.widths)

@@ -113,3 +113,15 @@ def test_encode_labels_rejects_unseen_perturbations():
   np.testing.assert_array_equal(classifier.encode_labels(["geneB", "EMPTY"], classes), [2, 0])
   with pytest.raises(ValueError, match=r"not among the 3 training classes.*geneZ"):
     classifier.encode_labels(["geneA", "geneZ"], classes)
+
+
+def test_bad_images_are_one_clear_error():
+  cnn = models.create("wsl_tiny_cnn", channels=3)
+  with pytest.raises(ValueError, match="expects 3 channels"):
+    cnn.check_images(images(1, 32, 5))
+  with pytest.raises(ValueError, match=r"\[batch, height, width, channels\]"):
+    cnn.embed(images(1, 32, 3)[0])
+  assert cnn.embed(images(1, 20, 3)).shape == (1, 32)  # Any size: SAME-padded convs.
+  vit = models.create("wsl_tiny_vit", channels=3)
+  with pytest.raises(ValueError, match="not divisible by the patch size 8"):
+    vit.check_images(images(1, 36, 3))
