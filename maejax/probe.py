@@ -80,11 +80,13 @@ def run(args) -> dict:
                                                 args.seed)
   nuclei = nuclei if args.nuclei_channel is None else args.nuclei_channel
   cell = cell if args.cell_channel is None else args.cell_channel
+  models = embedders(args.checkpoint, args.model, crops.shape[-1], args.seed)
+  for model in models.values():
+    model.embed(crops[:1], batch_size=1)  # wrong channels or sizes fail now, not after measuring
   features, categories = probe.measure(crops, names, nuclei_channel=nuclei, cell_channel=cell,
                                        max_objects=args.max_objects)
   measured_s = time.perf_counter() - start
-  embeddings = {label: model.embed(crops) for label, model in
-                embedders(args.checkpoint, args.model, crops.shape[-1], args.seed).items()}
+  embeddings = {label: model.embed(crops) for label, model in models.items()}
   per_feature, summary = probe.run_probe(features, categories, embeddings,
                                          groups=meta["group"].to_numpy(), folds=args.folds,
                                          seed=args.seed)

@@ -24,6 +24,7 @@ q < `threshold`.
 from __future__ import annotations
 
 import logging
+import warnings
 from typing import Mapping
 
 import numpy as np
@@ -190,3 +191,33 @@ def relationship_map(map_table: pd.DataFrame, relationships: Mapping[str, pd.Dat
   columns = ["database", "gene"] + MAP_COLUMNS + ["n_pos_pairs", "n_total_pairs"]
   maps = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=columns)
   return maps, summary
+
+
+def score(wells: pd.DataFrame, perturbation_map: pd.DataFrame,
+          relationships: Mapping[str, pd.DataFrame], *, perturbation_col: str = "perturbation",
+          control_col: str = "is_control", control_key: str | None = None,
+          negatives: str = "controls", null_size: int = NULL_SIZE,
+          threshold: float = THRESHOLD, seed: int = 0) -> dict:
+  """Both mAPs for `python -m maejax.benchmark`: replicate retrieval on the (corrected) wells,
+  known-relationship retrieval on the perturbation map. Replicate mAP is skipped, with a
+  warning, when no perturbation has replicate wells.
+
+  Returns: dict(replicates=per-perturbation DataFrame or None, relationships=per-gene
+    DataFrame, summary={"replicates": {...} or None, "relationships": {database: {...}}}).
+  """
+  replicates, replicate_summary = None, None
+  try:
+    _, replicates, replicate_summary = replicate_map(
+        wells, perturbation_col=perturbation_col, control_col=control_col,
+        control_key=control_key, negatives=negatives, null_size=null_size,
+        threshold=threshold, seed=seed)
+    replicate_summary["negatives"] = negatives
+  except ValueError as e:
+    if "replicate mAP needs replicates" not in str(e):
+      raise
+    warnings.warn(f"replicate mAP skipped: {e}", stacklevel=2)
+  relationship_maps, relationship_summary = relationship_map(
+      perturbation_map, relationships, perturbation_col=perturbation_col,
+      null_size=null_size, threshold=threshold, seed=seed)
+  return dict(replicates=replicates, relationships=relationship_maps,
+              summary=dict(replicates=replicate_summary, relationships=relationship_summary))

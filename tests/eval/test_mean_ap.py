@@ -118,3 +118,15 @@ def test_errors_are_clear():
   with pytest.raises(ValueError, match="one row per perturbation"):
     mean_ap.relationship_ap(np.zeros((2, 3)), ["A", "A"], pd.DataFrame(
         {"entity1": ["A"], "entity2": ["B"]}))
+
+
+def test_score_runs_both_and_skips_replicates_without_replicates():
+  wells = _wells()
+  table, pairs = _map_table()
+  out = mean_ap.score(wells, table, {"planted": pairs}, null_size=500)
+  assert out["summary"]["replicates"]["mean_average_precision"] > 0.8
+  assert out["summary"]["relationships"]["planted"]["n"] == 20
+  single = wells.drop_duplicates("Metadata_perturbation")
+  with pytest.warns(UserWarning, match="replicate mAP skipped"):
+    out = mean_ap.score(single, table, {"planted": pairs}, null_size=500)
+  assert out["replicates"] is None and out["summary"]["replicates"] is None
