@@ -6,7 +6,9 @@
 Works on any table with `Metadata_*` columns and numeric features: this package's embeddings,
 another model's, or CellProfiler features. Writes to --out: recall.csv, recall_curve.csv,
 replicate_consistency.csv, perturbation_map.parquet, recall_curve.png, complex_heatmap.png
-(when a clusters TSV is found), replicate_consistency.png.
+(when a clusters TSV is found), replicate_consistency.png, and mAP by copairs
+(maejax.eval.mean_ap): map_replicates.csv (replicate retrieval per perturbation) and
+map_relationships.csv (known-partner retrieval per gene and database).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from maejax.eval import aggregate as aggregate_lib
 from maejax.eval import benchmark as bench
 from maejax.eval import correct as correct_lib
 from maejax.eval import io
+from maejax.eval import mean_ap
 from maejax.eval import plots
 
 
@@ -60,7 +63,7 @@ def run_benchmark(table: pd.DataFrame, relationships, *, correction: str = "tvn"
                   thresholds=bench.THRESHOLDS, n_null: int = 1000, seed: int = 0,
                   max_null_pairs: int = bench.MAX_NULL_PAIRS, drop_nan_features: bool = False,
                   out_dir: str | Path | None = None, clusters: str | Path | None = None,
-                  h5ad: bool = False) -> dict:
+                  h5ad: bool = False, map_null_size: int = mean_ap.NULL_SIZE) -> dict:
   """Correct -> aggregate -> score a well table.
 
   Args:
@@ -68,6 +71,7 @@ def run_benchmark(table: pd.DataFrame, relationships, *, correction: str = "tvn"
     relationships: a directory / file(s) of entity1,entity2 pairs, or load_relationships output.
     correction: one of maejax.eval.correct.METHODS.
     out_dir: when given, CSVs, the perturbation map and PNG plots are written there.
+    map_null_size: copairs null size for the mAP p-values; 0 skips mAP.
   Returns: dict with `recall`, `curve`, `replicates` (DataFrames), `replicate_summary` (dict),
     `map` (perturbation table), `wells` (corrected well table), `files` (written paths).
   """
@@ -109,7 +113,12 @@ def run_benchmark(table: pd.DataFrame, relationships, *, correction: str = "tvn"
   recall["correction"] = correction
   result = dict(recall=recall, curve=curve, replicates=replicates,
                 replicate_summary=replicate_summary, map=perturbation_map, wells=wells,
-                files=[], correction=correction)
+                files=[], correction=correction, mean_ap=None)
+  if map_null_size:
+    result["mean_ap"] = mean_ap.score(
+        wells, perturbation_map, relationships, perturbation_col=pert_column,
+        control_col=control_col, control_key=control_key,
+        negatives="controls" if is_control.any() else "all", null_size=map_null_size, seed=seed)
   if out_dir is not None:
     result["files"] = write_outputs(result, Path(out_dir), map_features, genes, clusters, h5ad)
   return result
@@ -123,6 +132,12 @@ def write_outputs(result: dict, out: Path, map_features, genes, clusters, h5ad) 
   result["curve"].to_csv(files[1], index=False)
   result["replicates"].to_csv(files[2], index=False)
   files.append(io.write_embeddings(result["map"], out / "perturbation_map.parquet"))
+  if result.get("mean_ap"):
+    for name, key in (("map_replicates.csv", "replicates"), ("map_relationships.csv",
+                                                             "relationships")):
+      if result["mean_ap"][key] is not None:
+        result["mean_ap"][key].to_csv(out / name, index=False)
+        files.append(out / name)
   if h5ad:
     files.append(io.write_embeddings(result["wells"], out / "corrected_wells.h5ad"))
   files.append(plots.plot_recall_curves(result["curve"], out / "recall_curve.png",
@@ -152,6 +167,10 @@ def summary(result: dict) -> dict:
       return int(value)
     return value
 
+  def nested(value):
+    return ({k: nested(v) for k, v in value.items()} if isinstance(value, dict)
+            else clean(value))
+
   recall = [{k: clean(v) for k, v in row.items()}
             for row in result["recall"][["database", "threshold", "recall", "pairs",
                                          "random_baseline"]].to_dict("records")]
@@ -159,6 +178,8 @@ def summary(result: dict) -> dict:
               wells=int(len(result["wells"])), perturbations=int(len(result["map"])),
               recall=recall,
               replicate_consistency={k: clean(v) for k, v in result["replicate_summary"].items()},
+              mean_average_precision=nested(result["mean_ap"]["summary"])
+              if result.get("mean_ap") else None,
               files=result["files"])
 
 
@@ -208,6 +229,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                       help="random well sets per replicate count for replicate consistency")
   parser.add_argument("--max-null-pairs", type=int, default=bench.MAX_NULL_PAIRS,
                       help="above this many perturbation pairs the null cosines are sampled")
+  parser.add_argument("--map-null-size", type=int, default=mean_ap.NULL_SIZE,
+                      help="copairs null size for mAP p-values (0 skips mAP)")
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--drop-nan-features", action="store_true",
                       help="drop feature columns with NaN/inf instead of failing")
@@ -229,7 +252,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         n_components=args.n_components, min_controls=args.min_controls,
         thresholds=[tuple(t) for t in args.thresholds], n_null=args.n_null, seed=args.seed,
         max_null_pairs=args.max_null_pairs, drop_nan_features=args.drop_nan_features,
-        out_dir=args.out, clusters=args.clusters, h5ad=args.h5ad)
+        out_dir=args.out, clusters=args.clusters, h5ad=args.h5ad,
+        map_null_size=args.map_null_size)
   except (ValueError, FileNotFoundError, ImportError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
@@ -244,6 +268,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{_fmt(rep['median_cosine'])} vs random {_fmt(rep['median_null_cosine'])}, "
         f"{_fmt(rep['fraction_significant'])} with p < {rep['alpha']} "
         f"(binomial p {_fmt(rep['binomial_p_value'], '.2g')})")
+  maps = info["mean_average_precision"] or {}
+  if maps.get("replicates"):
+    print(f"replicate mAP (copairs, vs {maps['replicates']['negatives']}): "
+          f"{_fmt(maps['replicates']['mean_average_precision'])}, "
+          f"{_fmt(maps['replicates']['fraction_retrieved'])} retrieved at q < "
+          f"{maps['replicates']['threshold']}")
+  for database, row in maps.get("relationships", {}).items():
+    print(f"{database} mAP: {_fmt(row['mean_average_precision'])} over {row['n']} genes, "
+          f"{_fmt(row['fraction_retrieved'])} retrieved")
   print(f"wrote {len(info['files'])} files to {args.out}")
   if args.json:
     print(json.dumps(info))
