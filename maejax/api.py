@@ -62,20 +62,98 @@ def _restore_state(abstract_state, path):
 
 
 def load(directory, *, step=None):
-  """Loads any maejax checkpoint directory -> `Model` ready to embed images."""
+  """Loads any maejax checkpoint directory -> `Model` ready to embed images.
+
+  `directory`: a `save_pretrained` / `python -m maejax.convert` folder (config.json +
+  state/), or a training workdir of `python -m maejax.train` (also its `checkpoints/` folder
+  or one `checkpoints/<step>` folder). step: for workdirs, which checkpoint (default: newest).
+  """
   directory = os.path.abspath(os.path.expanduser(directory))
-  config = read_config(directory)
+  if not os.path.isdir(directory):
+    raise FileNotFoundError(
+        f"{directory} is not a directory: pass a training workdir, a save_pretrained folder "
+        "or a `python -m maejax.convert` output folder")
+  if (os.path.isdir(os.path.join(directory, STATE_DIR))
+      and os.path.isfile(os.path.join(directory, CONFIG_FILE))):
+    if step is not None:
+      raise ValueError(f"step={step}: {directory} is a pretrained folder with one state; "
+                       "step selects a checkpoint of a training workdir only")
+    config = read_config(directory)
+    module = models.create(config.model)
+    abstract = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), nnx.state(module))
+    nnx.update(module, _restore_state(abstract, os.path.join(directory, STATE_DIR)))
+    return Model(module, config)
+  workdir, step = _workdir_and_step(directory, step)
+  config, module, step = _restore_workdir(workdir, step)
+  return Model(module, config, step=step)
+
+
+def checkpoint_dir(workdir):
+  """`<workdir>/checkpoints` of a training workdir (or `workdir` when it is that folder)."""
+  nested = os.path.join(workdir, "checkpoints")
+  return nested if os.path.isdir(nested) else workdir
+
+
+def _workdir_and_step(directory, step):
+  """Accepts `<workdir>`, `<workdir>/checkpoints` and `<workdir>/checkpoints/<step>`."""
+  name = os.path.basename(directory)
+  if name.isdigit() and os.path.isdir(os.path.join(directory, "state")):
+    if step is not None and int(step) != int(name):
+      raise ValueError(f"step={step} contradicts the checkpoint folder {directory}")
+    return os.path.dirname(directory), int(name)
+  return directory, step
+
+
+def checkpoint_steps(workdir):
+  """Sorted steps of the checkpoints kept in a training workdir (read-only)."""
+  ckpt_dir = checkpoint_dir(workdir)
+  if not os.path.isdir(ckpt_dir):
+    return []
+  return sorted(int(d) for d in os.listdir(ckpt_dir)
+                if d.isdigit() and os.path.isdir(os.path.join(ckpt_dir, d, "state")))
+
+
+def _restore_workdir(workdir, step):
+  """(config, module with the checkpoint's params and non-param variables, step)."""
+  # pylint: disable=g-import-not-at-top
+  from maejax.train import checkpoint as train_checkpoint
+  from maejax.train import state as train_state
+  ckpt_dir = checkpoint_dir(workdir)
+  steps = checkpoint_steps(workdir)
+  if not steps:
+    raise FileNotFoundError(
+        f"{workdir} holds no model: expected {CONFIG_FILE} + {STATE_DIR}/ (save_pretrained) or "
+        f"checkpoints/<step>/state (a `python -m maejax.train` workdir)")
+  if step is None:
+    step = steps[-1]
+  elif int(step) not in steps:
+    raise ValueError(f"step={step}: no such checkpoint in {ckpt_dir}; kept steps: {steps}")
+  config = train_checkpoint.read_config(ckpt_dir)
   module = models.create(config.model)
-  abstract = jax.tree.map(
-      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), nnx.state(module))
-  state_path = os.path.join(directory, STATE_DIR)
-  if os.path.isdir(state_path):
-    state = _restore_state(abstract, state_path)
-  else:
-    from maejax.train import checkpoint as train_checkpoint
-    state = train_checkpoint.restore_model_state(directory, abstract, step=step)
-  nnx.update(module, state)
-  return Model(module, config)
+  _, params, rest = nnx.split(module, nnx.Param, ...)
+  # As the train state stores them: pure dicts, typed PRNG keys as raw key data.
+  target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
+                        {"params": nnx.to_pure_dict(params),
+                         "rest": train_state.split_rest(module)})
+  ckptr = train_checkpoint.Checkpointer(ckpt_dir, config, async_save=False)
+  try:  # Only params and rest are read: the optimizer state stays on disk.
+    restored = ckptr.manager.restore(int(step), args=ocp.args.Composite(
+        state=ocp.args.PyTreeRestore(
+            item=target, partial_restore=True,
+            restore_args=ocp.checkpoint_utils.construct_restore_args(target))))["state"]
+  except (ValueError, KeyError) as e:
+    raise ValueError(f"checkpoint step {step} in {ckpt_dir} does not fit the model in its "
+                     f"config ({config.model.name}): {e}") from None
+  finally:
+    ckptr.manager.close()
+  is_key = lambda x: jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)  # noqa: E731
+  nnx.replace_by_pure_dict(params, jax.tree.map(jnp.asarray, dict(restored["params"])))
+  nnx.replace_by_pure_dict(rest, jax.tree.map(
+      lambda old, new: jax.random.wrap_key_data(new) if is_key(old) else jnp.asarray(new),
+      nnx.to_pure_dict(rest), dict(restored["rest"])))
+  nnx.update(module, params, rest)
+  return config, module, int(step)
 
 
 def _check_uint8(images):
@@ -95,8 +173,8 @@ def _check_uint8(images):
 class Model:
   """A loaded model with NumPy in, NumPy out; each function compiles once per shape."""
 
-  def __init__(self, module, config):
-    self.module, self.config = module, config
+  def __init__(self, module, config, step=None):
+    self.module, self.config, self.step = module, config, step  # step: of a training checkpoint
     self.graphdef, self.state = nnx.split(module)
 
   @functools.partial(jax.jit, static_argnums=(0, 3, 4))
