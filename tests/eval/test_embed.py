@@ -1,0 +1,159 @@
+"""python -m maejax.embed: wells from tiled crops (vs a NumPy reference), resume, channel subsets."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import maejax
+from maejax import data as data_lib
+from maejax.eval import embed
+from maejax.eval import io
+from maejax.train import config as config_lib
+
+SCREEN = ["--data.synthetic.site_size=32", "--data.synthetic.n_groups=2",
+          "--data.synthetic.genes_per_group=2", "--data.synthetic.n_null_genes=1",
+          "--data.synthetic.controls_per_plate=2", "--data.synthetic.n_experiments=1",
+          "--data.synthetic.plates_per_experiment=2", "--data.synthetic.sites_per_well=2"]
+N_WELLS = 2 * (2 * 2 + 1 + 2)  # plates x (genes + null genes + controls)
+
+
+@pytest.fixture(scope="module")
+def camae(tmp_path_factory):
+  """A random-weights channel-agnostic model saved like imported OpenPhenom weights."""
+  path = tmp_path_factory.mktemp("camae")
+  config = config_lib.experiment("ca", "camae_tiny")
+  maejax.save_pretrained(maejax.create(config.model), config, path)
+  return str(path)
+
+
+def _run(args):
+  args = args + ["--no-progress", "--json"]
+  assert embed.main(args) == 0
+  return args
+
+
+def _source(channels=(0, 1, 2, 3, 4, 5)):
+  config = data_lib.default_config()
+  config.synthetic.update(dict(site_size=32, n_groups=2, genes_per_group=2, n_null_genes=1,
+                               controls_per_plate=2, n_experiments=1, plates_per_experiment=2,
+                               sites_per_well=2))
+  config.channels = tuple(channels)
+  return data_lib.make_source(config)
+
+
+def _reference(model, source, crop, channels=None):
+  """NumPy tiling + pandas averaging of model.embed (one device, unpadded batches)."""
+  site_vectors = []
+  for i in range(len(source)):
+    image = source[i]
+    crops = np.stack([image[y:y + crop, x:x + crop] for y in range(0, 32, crop)
+                      for x in range(0, 32, crop)])
+    site_vectors.append(model.embed(crops, batch_size=len(crops)).mean(0))
+  sites = pd.DataFrame(np.asarray(site_vectors))
+  keys = source.metadata[["experiment", "plate", "well"]]
+  return pd.concat([keys, sites], axis=1).groupby(["experiment", "plate", "well"]).mean()
+
+
+def test_one_row_per_well_matches_numpy_reference(camae, tmp_path, capsys):
+  out = tmp_path / "wells.parquet"
+  _run(["--checkpoint", camae, "--out", str(out), "--crop-size", "16", "--batch-size", "12",
+        "--h5ad"] + SCREEN)
+  info = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+  table = io.read_embeddings(out)
+  assert len(table) == N_WELLS and info["wells"] == N_WELLS
+  assert info["crops"] == 2 * N_WELLS * 4  # Two sites per well, four 16 px tiles per site.
+  metadata, features, _ = io.split_table(table)
+  assert features.shape == (N_WELLS, 64)  # camae_tiny width.
+  for column in ("experiment", "plate", "well", "perturbation", "is_control"):
+    assert f"Metadata_{column}" in metadata
+  assert "Metadata_site" not in metadata  # Varies within a well.
+  assert (metadata.Metadata_n_sites == 2).all() and (metadata.Metadata_n_crops == 8).all()
+  assert metadata.Metadata_is_control.sum() == 4
+  assert not (tmp_path / "wells.parquet.partial").exists()
+  expected = _reference(maejax.load(camae), _source(), 16)
+  got = table.set_index(["Metadata_experiment", "Metadata_plate", "Metadata_well"])
+  got = got.loc[list(expected.index), [f"feature_{i}" for i in range(64)]].to_numpy()
+  np.testing.assert_allclose(got, expected.to_numpy(), rtol=1e-4, atol=1e-5)
+  # The well's perturbation is the source's.
+  first = _source().metadata.iloc[0]
+  row = table[(table.Metadata_plate == first.plate) & (table.Metadata_well == first.well)]
+  assert row.Metadata_perturbation.item() == first.perturbation
+  h5ad = io.read_embeddings(tmp_path / "wells.h5ad")
+  np.testing.assert_allclose(h5ad[[f"feature_{i}" for i in range(64)]].to_numpy(), features,
+                             rtol=1e-6)
+
+
+def test_resume_after_interruption_gives_the_same_table(camae, tmp_path, monkeypatch):
+  args = ["--checkpoint", camae, "--crop-size", "16", "--batch-size", "8",
+          "--sites-per-shard", "6"] + SCREEN
+  _run(args + ["--out", str(tmp_path / "full.parquet")])
+  full = pd.read_parquet(tmp_path / "full.parquet")
+
+  out = tmp_path / "resumed.parquet"
+  real, calls = embed.embed_sites, []
+
+  def crash_on_third_block(*a, **kw):
+    calls.append(1)
+    if len(calls) == 3:
+      raise KeyboardInterrupt  # As if the job were killed while embedding block 3.
+    return real(*a, **kw)
+
+  monkeypatch.setattr(embed, "embed_sites", crash_on_third_block)
+  with pytest.raises(KeyboardInterrupt):
+    embed.main(args + ["--out", str(out), "--no-progress"])
+  assert sorted(p.name for p in (tmp_path / "resumed.parquet.partial").glob("shard_*")) == [
+      "shard_000000.parquet", "shard_000001.parquet"]
+  calls.clear()
+  monkeypatch.setattr(embed, "embed_sites", lambda *a, **kw: (calls.append(1), real(*a, **kw))[1])
+  _run(args + ["--out", str(out)])
+  assert len(calls) == 5 - 2  # 28 sites in 5 blocks of <= 6: only the unfinished blocks ran.
+  pd.testing.assert_frame_equal(pd.read_parquet(out), full)
+
+
+def test_resume_refuses_other_settings(camae, tmp_path):
+  out = tmp_path / "e.parquet"
+  partial = embed.partial_dir_for(out)
+  partial.mkdir()
+  (partial / embed.SETTINGS).write_text(json.dumps({"checkpoint": "elsewhere"}))
+  with pytest.raises(ValueError, match="other settings.*--restart"):
+    embed.run(*embed.parse_args(["--checkpoint", camae, "--out", str(out)] + SCREEN))
+  _run(["--checkpoint", camae, "--out", str(out), "--restart", "--crop-size", "32"] + SCREEN)
+  assert len(pd.read_parquet(out)) == N_WELLS
+
+
+def test_channel_subsets_on_a_channel_agnostic_model(camae, tmp_path):
+  model = maejax.load(camae)
+  for channels, pool, dim in (("0,2,4", None, 64), ("3", None, 64), ("1,5", "channelwise", 128)):
+    out = tmp_path / f"c{channels.replace(',', '')}.parquet"
+    extra = ["--pool", pool] if pool else []
+    _run(["--checkpoint", camae, "--out", str(out), "--channels", channels,
+          "--crop-size", "32"] + extra + SCREEN)
+    table = pd.read_parquet(out)
+    _, features, _ = io.split_table(table)
+    assert features.shape == (N_WELLS, dim)
+    if pool is None:
+      ids = [int(c) for c in channels.split(",")]
+      expected = _reference(model, _source(ids), 32)
+      got = table.set_index(["Metadata_experiment", "Metadata_plate", "Metadata_well"])
+      np.testing.assert_allclose(got.loc[list(expected.index), [f"feature_{i}" for i in range(dim)]],
+                                 expected.to_numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_bad_inputs_are_clear_errors(camae, tmp_path, capsys):
+  vit = tmp_path / "vit"
+  config = config_lib.experiment("v", "vit_tiny")
+  maejax.save_pretrained(maejax.create(config.model), config, vit)
+  out = str(tmp_path / "e.parquet")
+  cases = [
+      (["--checkpoint", str(vit), "--channels", "0,1,2"], "expects 6 channels, got 3"),
+      (["--checkpoint", camae, "--data.synthetic.nope=1"], "--data.synthetic.nope: no such"),
+      (["--checkpoint", camae, "--data.batch_size=1"], "--data.batch_size: no such"),
+      (["--checkpoint", camae, "--crop-size", "64"], "--crop-size 64 exceeds the sites"),
+      (["--checkpoint", camae, "--data", "nowhere"], "expected a source name"),
+      (["--checkpoint", str(tmp_path / "missing")], "is not a directory"),
+  ]
+  for args, message in cases:
+    assert embed.main(args + ["--out", out, "--no-progress"] + SCREEN) == 2
+    assert message in capsys.readouterr().err
