@@ -19,17 +19,7 @@ from flax import nnx
 
 from maejax import models
 from maejax.models import flops
-
-
-def peak_flops_per_device():
-  """Dense bf16 peak of known accelerators (FLOP/s), or None (CPU, unknown)."""
-  kind = jax.devices()[0].device_kind.lower()
-  for name, peak in [("h200", 989e12), ("h100", 989e12), ("a100", 312e12),
-                     ("v5p", 459e12), ("v5 lite", 197e12), ("v5e", 197e12), ("v4", 275e12),
-                     ("v6", 918e12)]:
-    if name in kind:
-      return peak
-  return None
+from maejax.train import metrics
 
 
 def bench_model(name, batch_size, channels, image_size, steps, dtype, overrides):
@@ -64,7 +54,7 @@ def bench_model(name, batch_size, channels, image_size, steps, dtype, overrides)
     times.append(time.perf_counter() - t0)
   step_s = float(np.median(times))
   flop = flops.train_flops_per_example(cfg, image_size, channels) * batch_size
-  peak = peak_flops_per_device()
+  peak = metrics.peak_tflops_per_device()
   result = {
       "bench": "model", "model": name, "backend": jax.default_backend(),
       "device": jax.devices()[0].device_kind, "batch_size": batch_size,
@@ -72,7 +62,7 @@ def bench_model(name, batch_size, channels, image_size, steps, dtype, overrides)
       "params_m": sum(int(np.prod(v.shape)) for v in jax.tree.leaves(nnx.state(model, nnx.Param))) / 1e6,
       "compile_s": round(compile_s, 3), "step_s": step_s, "images_per_s": batch_size / step_s,
       "tflops_per_s": flop / step_s / 1e12, "gflop_per_image": flop / batch_size / 1e9,
-      "mfu": flop / step_s / peak if peak else None, "loss": float(loss),
+      "mfu": flop / step_s / (peak * 1e12) if peak else None, "loss": float(loss),
   }
   return result
 
