@@ -17,7 +17,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.metadata_csv = ""         # relative to path; default metadata.csv (rxrx3_core: metadata_rxrx3_core.csv)
   c.crop_size = 256           # random square crops of this size (eval: tiles of this size)
   c.channels = (0, 1, 2, 3, 4, 5)  # physical channels to read, in this order
-  c.sample_channels = 0       # >0: random subset of this many channels per example (+ channel_ids)
+  c.sample_channels = 0       # >0: random subset of this many channels per batch (+ channel_ids)
   c.flips = True
   c.rotations = True          # random multiples of 90 degrees
   c.shuffle = True

@@ -73,12 +73,12 @@ class _Sites:
 
 
 class RandomCrop(grain.transforms.RandomMap):
-  """Random crop + flip + 90-degree rotation + optional channel subset; adds channel_ids."""
+  """Random crop + flip + 90-degree rotation of one site; adds channel_ids."""
 
   def __init__(self, crop_size: int, channel_ids: np.ndarray, *, flips: bool = True,
-               rotations: bool = True, sample_channels: int = 0):
+               rotations: bool = True):
     self.crop_size, self.channel_ids = crop_size, np.asarray(channel_ids, np.int32)
-    self.flips, self.rotations, self.sample_channels = flips, rotations, sample_channels
+    self.flips, self.rotations = flips, rotations
 
   def random_map(self, element, rng: np.random.Generator):
     image = element["image"]
@@ -88,10 +88,28 @@ class RandomCrop(grain.transforms.RandomMap):
                        f"{self.crop_size}; lower crop_size")
     params = draw_augment(rng, (h, w), self.crop_size, flips=self.flips,
                           rotations=self.rotations, n_channels=image.shape[-1],
-                          sample_channels=self.sample_channels)
+                          sample_channels=0)
     element["image"] = apply_augment(image, params, self.crop_size)
-    element["channel_ids"] = self.channel_ids[params["slots"]]
+    element["channel_ids"] = self.channel_ids
     return element
+
+
+class SampleChannels(grain.transforms.RandomMap):
+  """One random subset of `sample_channels` channels for a whole batch.
+
+  Channel-agnostic decoders pick one block stack per channel id, so every example of a batch
+  carries the same channel set: [b, H, W, C] -> [b, H, W, sample_channels].
+  """
+
+  def __init__(self, sample_channels: int):
+    self.sample_channels = sample_channels
+
+  def random_map(self, batch, rng: np.random.Generator):
+    n = batch["image"].shape[-1]
+    slots = np.sort(rng.choice(n, size=self.sample_channels, replace=False))
+    batch["image"] = np.ascontiguousarray(batch["image"][..., slots])
+    batch["channel_ids"] = np.ascontiguousarray(batch["channel_ids"][:, slots])
+    return batch
 
 
 def _labels(source, column: str) -> np.ndarray | None:
@@ -142,10 +160,11 @@ def train_dataset(config, *, batch_size: int, seed: int = 0, shard_index: int | 
     ds = ds.shuffle(seed=seed)
   ds = ds.repeat(config.num_epochs or None)
   ds = ds.random_map(RandomCrop(config.crop_size, source.channel_ids, flips=config.flips,
-                                rotations=config.rotations,
-                                sample_channels=config.sample_channels), seed=seed)
+                                rotations=config.rotations), seed=seed)
   read = grain.ReadOptions(num_threads=config.read_threads) if config.read_threads else None
   it = ds.to_iter_dataset(read).batch(batch_size // shard_count, drop_remainder=True)
+  if config.sample_channels:
+    it = it.random_map(SampleChannels(config.sample_channels), seed=seed)
   if config.worker_count:
     _mark_flags_parsed()
     it = it.mp_prefetch(grain.MultiprocessingOptions(

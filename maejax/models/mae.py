@@ -171,7 +171,11 @@ class MAE(nnx.Module):
 
   # -- pieces -----------------------------------------------------------------------------
   def _channel_ids(self, images, channel_ids):
-    """The decoder's channel ids [c] for this batch (shared by every example)."""
+    """The decoder's channel ids [c] for this batch.
+
+    A batch carries one channel set (maejax.data samples channel subsets per batch): rows of
+    a [b, c] `channel_ids` must be equal, and the first one is used.
+    """
     c = images.shape[-1]
     if channel_ids is None:
       channel_ids = jnp.arange(c, dtype=jnp.int32)

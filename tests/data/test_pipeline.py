@@ -72,6 +72,11 @@ def test_train_batches_are_crops_flips_rotations_of_the_sites():
     np.testing.assert_array_equal(batch["channel_ids"][i], src.channel_ids[list(found[2])])
     seen_k.add(found[:2])
   assert len(seen_k) > 1  # offsets vary
+  # One channel set per batch (the channel-agnostic decoder picks stacks per batch) ...
+  assert (batch["channel_ids"] == batch["channel_ids"][0]).all()
+  # ... drawn anew for each batch.
+  sets = {tuple(next(it)["channel_ids"][0]) for _ in range(12)}
+  assert len(sets) > 1
 
 
 def test_no_augmentation_is_a_plain_crop_with_all_channels():
