@@ -174,6 +174,30 @@ def embed_sites(embedder: ShardedEmbedder, source, indices: Sequence[int], crop_
   return table
 
 
+INTENSITY_PERCENTILES = (1, 5, 25, 50, 75, 95, 99)
+
+
+def intensity_sites(source, indices: Sequence[int] | None = None) -> pd.DataFrame:
+  """The classical baseline: per-channel mean, std and percentiles of each whole site.
+
+  Returns a DataFrame [site_index, n_crops (= 1), feature_<i>] with the features of channel c
+  at i = c * 9 + k for k over (mean, std, p1, p5, p25, p50, p75, p95, p99); sites_to_wells
+  turns it into wells like model embeddings.
+  """
+  indices = range(len(source)) if indices is None else indices
+  rows = []
+  for i in indices:
+    image = np.asarray(source[i], np.float64)
+    x = image.reshape(-1, image.shape[-1])  # [pixels, c]
+    stats = np.concatenate([x.mean(0, keepdims=True), x.std(0, keepdims=True),
+                            np.percentile(x, INTENSITY_PERCENTILES, axis=0)])  # [9, c]
+    rows.append(stats.T.ravel())
+  indices = list(indices)
+  return io.join_table(pd.DataFrame({"site_index": indices, "n_crops": np.ones(len(indices),
+                                                                               np.int64)}),
+                       np.asarray(rows, np.float32))
+
+
 def sites_to_wells(site_table: pd.DataFrame, metadata: pd.DataFrame) -> pd.DataFrame:
   """Site embeddings [site_index, n_crops, features] + the source's site metadata -> wells.
 

@@ -157,3 +157,15 @@ def test_bad_inputs_are_clear_errors(camae, tmp_path, capsys):
   for args, message in cases:
     assert embed.main(args + ["--out", out, "--no-progress"] + SCREEN) == 2
     assert message in capsys.readouterr().err
+
+
+def test_intensity_statistics_per_channel():
+  source = _source((0, 3))
+  sites = embed.intensity_sites(source, [0, 5])
+  image = source[5].astype(np.float64)
+  features = sites.iloc[1][[f"feature_{i}" for i in range(18)]].to_numpy(np.float64)
+  assert sites.site_index.tolist() == [0, 5]
+  # Channel c's block of 9: mean, std, then percentiles 1, 5, 25, 50, 75, 95, 99.
+  np.testing.assert_allclose(features[[0, 9]], image.mean((0, 1)), rtol=1e-5)
+  np.testing.assert_allclose(features[[1, 10]], image.std((0, 1)), rtol=1e-5)
+  np.testing.assert_allclose(features[[5, 14]], np.median(image.reshape(-1, 2), 0), rtol=1e-5)

@@ -1,0 +1,66 @@
+"""python -m maejax.compare on a very small screen: every model, weights and correction scored."""
+
+import contextlib
+import io
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from maejax.eval import compare
+
+SCREEN = ["--config.data.synthetic.site_size=32", "--config.data.synthetic.n_groups=3",
+          "--config.data.synthetic.genes_per_group=3", "--config.data.synthetic.n_null_genes=1",
+          "--config.data.synthetic.controls_per_plate=3",
+          "--config.data.synthetic.n_experiments=2",
+          "--config.data.synthetic.plates_per_experiment=1",
+          "--config.data.synthetic.sites_per_well=1", "--config.batch_size=8"]
+CONFIGS = "configs/demo.py,configs/munet_demo.py,configs/wsl_demo.py"
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+  out = tmp_path_factory.mktemp("compare")
+  stdout = io.StringIO()
+  with contextlib.redirect_stdout(stdout):
+    rc = compare.main(["--configs", CONFIGS, "--out", str(out), "--steps", "2", "--n-null", "20",
+                       "--no-progress", "--json"] + SCREEN)
+  return out, rc, stdout.getvalue()
+
+
+def test_table_has_every_row(run):
+  out, rc, stdout = run
+  summary = json.loads(stdout.strip().splitlines()[-1])
+  table = pd.read_csv(out / "comparison.csv")
+  expected = {(m, w, c) for m in ("demo", "munet_demo", "wsl_demo") for w in ("trained", "random")
+              for c in ("none", "tvn")} | {("intensity_stats", "none", c) for c in ("none", "tvn")}
+  assert set(zip(table.model, table.weights, table.correction)) == expected
+  assert len(table) == len(expected) == len(summary["rows"])
+  assert table[["recall_5_95", "recall_10_90"]].apply(lambda v: v.between(0, 1)).all().all()
+  assert (table.recall_10_90 >= table.recall_5_95).all()  # Wider tails hold more pairs.
+  assert set(summary["checks"]) == {"demo", "munet_demo", "wsl_demo"}
+  assert (table[table.weights == "trained"].steps == 2).all()
+  # 3 groups of 3 genes = 9 planted pairs: recall is a multiple of 1/9.
+  np.testing.assert_allclose((table.recall_5_95 * 9) % 1, 0, atol=1e-9)
+  assert "num_classes 37 -> 11" in stdout  # The WSL head follows the screen's labels.
+  for name in ("recall_curve_none.png", "recall_curve_tvn.png", "wells/demo.parquet",
+               "wells/intensity_stats.parquet", "demo_random/tvn/recall.csv"):
+    assert (out / name).is_file(), name
+
+
+def test_finished_workdirs_are_reused(run):
+  out, _, _ = run
+  config = compare.load_configs(["configs/demo.py"], SCREEN, steps=2)[0]
+  assert compare.train_or_reuse(config, str(out / "runs" / "demo"))["status"] == "reused"
+  longer = compare.load_configs(["configs/demo.py"], SCREEN, steps=1)[0]
+  with pytest.raises(ValueError, match="up to step 2 but not step 1"):
+    compare.train_or_reuse(longer, str(out / "runs" / "demo"))
+
+
+def test_bad_arguments_are_clear_errors(tmp_path, capsys):
+  assert compare.main(["--configs", "configs/nope.py", "--out", str(tmp_path)]) == 2
+  assert "no config file" in capsys.readouterr().err
+  assert compare.main(["--configs", "configs/demo.py,configs/demo.py", "--out",
+                       str(tmp_path)]) == 2
+  assert "share a name" in capsys.readouterr().err
