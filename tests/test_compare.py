@@ -25,7 +25,7 @@ def run(tmp_path_factory):
   stdout = io.StringIO()
   with contextlib.redirect_stdout(stdout):
     rc = compare.main(["--configs", CONFIGS, "--out", str(out), "--steps", "2", "--n-null", "20",
-                       "--no-progress", "--json"] + SCREEN)
+                       "--no-progress", "--json", "--eval-data.synthetic.site_size=64"] + SCREEN)
   return out, rc, stdout.getvalue()
 
 
@@ -44,6 +44,9 @@ def test_table_has_every_row(run):
   # 3 groups of 3 genes = 9 planted pairs: recall is a multiple of 1/9.
   np.testing.assert_allclose((table.recall_5_95 * 9) % 1, 0, atol=1e-9)
   assert "num_classes 37 -> 11" in stdout  # The WSL head follows the screen's labels.
+  # Trained on 32 px sites, scored on 64 px sites of the same screen: four 32 px tiles each.
+  wells = pd.read_parquet(out / "wells" / "munet_demo_random.parquet")
+  assert (wells.Metadata_n_crops == 4).all() and len(wells) == 2 * (9 + 1 + 3)
   for name in ("recall_curve_none.png", "recall_curve_tvn.png", "wells/demo.parquet",
                "wells/intensity_stats.parquet", "demo_random/tvn/recall.csv"):
     assert (out / name).is_file(), name
