@@ -9,13 +9,16 @@ import pandas as pd
 import pytest
 
 from maejax.eval import compare
+from maejax.eval import sweep
+from maejax.train import loop
 
 SCREEN = ["--config.data.synthetic.site_size=32", "--config.data.synthetic.n_groups=3",
           "--config.data.synthetic.genes_per_group=3", "--config.data.synthetic.n_null_genes=1",
           "--config.data.synthetic.controls_per_plate=3",
           "--config.data.synthetic.n_experiments=2",
           "--config.data.synthetic.plates_per_experiment=1",
-          "--config.data.synthetic.sites_per_well=1", "--config.batch_size=8"]
+          "--config.data.synthetic.sites_per_well=1", "--config.batch_size=8",
+          "--config.ckpt_every=1"]
 CONFIGS = "configs/demo.py,configs/munet_demo.py,configs/wsl_demo.py"
 
 
@@ -52,13 +55,14 @@ def test_table_has_every_row(run):
     assert (out / name).is_file(), name
 
 
-def test_finished_workdirs_are_reused(run):
+def test_finished_workdirs_are_reused(run, tmp_path):
   out, _, _ = run
-  config = compare.load_configs(["configs/demo.py"], SCREEN, steps=2)[0]
-  assert compare.train_or_reuse(config, str(out / "runs" / "demo"))["status"] == "reused"
-  longer = compare.load_configs(["configs/demo.py"], SCREEN, steps=1)[0]
-  with pytest.raises(ValueError, match="up to step 2 but not step 1"):
-    compare.train_or_reuse(longer, str(out / "runs" / "demo"))
+  for steps in (1, 2):  # Checkpoints 1 and 2 are kept.
+    config = compare.load_configs(["configs/demo.py"], SCREEN, steps=steps)[0]
+    assert compare.train_or_reuse(config, str(out / "runs" / "demo"))["status"] == "reused"
+  (tmp_path / "checkpoints" / "5" / "state").mkdir(parents=True)
+  with pytest.raises(ValueError, match="up to step 5 but not step 2"):
+    compare.train_or_reuse(config, str(tmp_path))
 
 
 def test_bad_arguments_are_clear_errors(tmp_path, capsys):
@@ -67,3 +71,33 @@ def test_bad_arguments_are_clear_errors(tmp_path, capsys):
   assert compare.main(["--configs", "configs/demo.py,configs/demo.py", "--out",
                        str(tmp_path)]) == 2
   assert "share a name" in capsys.readouterr().err
+
+
+def test_sweep_scores_every_checkpoint_against_its_flops(run):
+  out, _, _ = run
+  args = ["--sweep", str(out / "runs" / "demo"), "--out", str(out / "sweep"), "--n-null", "20",
+          "--no-progress"]
+  assert sweep.main(args) == 0
+  table = pd.read_csv(out / "sweep" / "sweep.csv")
+  assert table.step.tolist() == [1, 2] and set(table.database) == {"planted"}
+  config = compare.load_configs(["configs/demo.py"], SCREEN, steps=2)[0]
+  per_step = loop.flops_per_image(config) * 8  # Analytic FLOPs per image x batch.
+  np.testing.assert_allclose(table.train_flops, per_step * table.step, rtol=1e-9)
+  assert table.recall_5_95.between(0, 1).all() and (table.pairs == 9).all()
+  assert (out / "sweep" / "recall_vs_flops.png").is_file()
+  assert sweep.main(args) == 0  # Rerun: cached well tables, same numbers.
+  pd.testing.assert_frame_equal(pd.read_csv(out / "sweep" / "sweep.csv"), table)
+
+
+def test_block_sweep_embeds_each_level(run):
+  out, _, _ = run
+  assert sweep.main(["--sweep", str(out / "runs" / "munet_demo"), "--blocks", "all", "--out",
+                     str(out / "blocks"), "--n-null", "20", "--no-progress"]) == 0
+  table = pd.read_csv(out / "blocks" / "blocks.csv")
+  assert table.block.tolist() == [1, 2] and (table.step == 2).all()
+  # munet_tiny widths (16, 32): level 1 averages 16 channels, the bottleneck 32.
+  assert pd.read_parquet(out / "blocks" / "wells" / "munet_demo_step2_block1.parquet").filter(
+      like="feature_").shape[1] == 16
+  assert (out / "blocks" / "recall_vs_block.png").is_file()
+  assert sweep.main(["--sweep", str(out / "runs" / "demo"), "--blocks", "3", "--out",
+                     str(out / "blocks")]) == 2

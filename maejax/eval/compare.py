@@ -14,7 +14,8 @@ benchmark outputs in `<out>/<model>/<correction>/` and the well tables in `<out>
 
 `--eval-data.<field>=<value>` changes only the screen that is embedded and scored: the demo
 configs train on 64 px sites (fast to render) holding ~3 cells each, too few for stable well
-profiles; the same screen rendered at 256 px (same cells, wells and batches) is scored.
+profiles; the same screen rendered at 256 px (same genes, wells, plates and batch effects,
+more cells per site) is scored.
 """
 
 from __future__ import annotations
