@@ -83,7 +83,7 @@ def train_or_reuse(config, workdir: str, *, progress: bool = True, compiler_opti
   total = int(config.total_steps)
   kept = api.checkpoint_steps(workdir)
   if total in kept:
-    return {"status": "reused", "step": total, "wall_s": 0.0, "workdir": workdir}
+    return {"status": "reused", "step": total, "wall_s": None, "workdir": workdir}
   if kept and kept[-1] > total:
     raise ValueError(f"{workdir} holds checkpoints up to step {kept[-1]} but not step {total} "
                      f"(kept: {kept}); pass --steps {kept[-1]} or another --out")
@@ -177,7 +177,7 @@ def compare(configs, out_dir, *, eval_overrides: Sequence[str] = (), relationshi
     log(f"{config.name} ({config.model.name}): training {config.total_steps} steps in {workdir}")
     summary = train_or_reuse(config, workdir, progress=progress,
                              compiler_options=compiler_options)
-    wall = float(summary.get("wall_s", 0.0))
+    wall = summary.get("wall_s")  # None when an existing workdir was reused.
     for weights, model in (("trained", maejax.load(workdir, step=int(config.total_steps))),
                            ("random", random_model(config))):
       label = config.name if weights == "trained" else f"{config.name}_random"
