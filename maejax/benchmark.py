@@ -9,6 +9,11 @@ replicate_consistency.csv, perturbation_map.parquet, recall_curve.png, complex_h
 (when a clusters TSV is found), replicate_consistency.png, and mAP by copairs
 (maejax.eval.mean_ap): map_replicates.csv (replicate retrieval per perturbation) and
 map_relationships.csv (known-partner retrieval per gene and database).
+
+  python -m maejax.benchmark --sweep runs/demo [runs/other ...] --out results/sweep [--blocks all]
+
+embeds and scores every kept checkpoint of training runs against their cumulative training
+FLOPs, or (--blocks) the newest checkpoint from each encoder block (maejax.eval.sweep).
 """
 
 from __future__ import annotations
@@ -242,6 +247,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+  argv = sys.argv[1:] if argv is None else list(argv)
+  if any(a == "--sweep" or a.startswith("--sweep=") for a in argv):
+    # Recall vs training compute / encoder block: embeds checkpoints, then scores each.
+    from maejax.eval import sweep  # pylint: disable=g-import-not-at-top
+    return sweep.main(argv)
   args = parse_args(argv)
   try:
     table = io.read_embeddings(args.embeddings)
