@@ -179,7 +179,8 @@ class Model:
 
   @functools.partial(jax.jit, static_argnums=(0, 3, 4))
   def _embed(self, state, images, pool, block):
-    return nnx.merge(self.graphdef, state).embed(images, pool=pool, block=block)
+    kwargs = {"block": block} if pool is None else {"block": block, "pool": pool}
+    return nnx.merge(self.graphdef, state).embed(images, **kwargs)
 
   @functools.partial(jax.jit, static_argnums=(0,), static_argnames=("mask_ratio",))
   def _reconstruct(self, state, images, key, channel_ids, mask_ratio):
@@ -192,10 +193,13 @@ class Model:
     if check is not None:
       check(images)
 
-  def embed(self, images, channel_ids=None, *, batch_size=64, pool="mean", block=None):
+  def embed(self, images, channel_ids=None, *, batch_size=64, pool=None, block=None):
     """uint8 [batch, height, width, channels] -> float32 [batch, dim].
 
-    The last partial batch is padded, so a run compiles once per image shape.
+    pool: None (the model's own: mean of patch tokens for MAEs, the penultimate features for
+    classifiers), "mean", "cls" or "channelwise" ([batch, channels * dim], channel-agnostic).
+    block: K takes the K-th encoder block's output. The last partial batch is padded, so a run
+    compiles once per image shape.
     """
     del channel_ids  # Embeddings depend on channel order only through the pixels.
     images = _check_uint8(images)
