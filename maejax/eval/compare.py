@@ -263,13 +263,8 @@ def parse_args(argv):
   parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True)
   parser.add_argument("--json", action="store_true",
                       help="print one JSON summary object as the last stdout line")
-  args, rest = parser.parse_known_args(argv)
-  bad = [a for a in rest if not a.startswith(("--config.", "--eval-data."))]
-  if bad:
-    parser.error(f"unrecognized arguments: {' '.join(bad)} (config fields are set with "
-                 "--config.<field>=<value>, evaluation data with --eval-data.<field>=<value>)")
-  from maejax.train import __main__ as train_cli  # pylint: disable=g-import-not-at-top
-  rest = train_cli._join_values(rest, parser)  # pylint: disable=protected-access
+  from maejax.train import config as config_lib  # pylint: disable=g-import-not-at-top
+  args, rest = config_lib.parse_known_overrides(parser, argv, ("--config.", "--eval-data."))
   return (args, [r for r in rest if r.startswith("--config.")],
           [r[len("--eval-"):] for r in rest if r.startswith("--eval-data.")])
 

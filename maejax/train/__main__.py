@@ -27,26 +27,7 @@ def parse_args(argv):
                       help="show the progress bar")
   parser.add_argument("--json", action="store_true",
                       help="print the run summary as one JSON object on the last line")
-  args, rest = parser.parse_known_args(argv)
-  bad = [a for a in rest if not a.startswith("--config.")]
-  if bad:
-    parser.error(f"unrecognized arguments: {' '.join(bad)} (config fields are set with "
-                 "--config.<field>=<value>)")
-  return args, _join_values(rest, parser)
-
-
-def _join_values(rest, parser):
-  """Accepts `--config.x=v` and `--config.x v`."""
-  out, i = [], 0
-  while i < len(rest):
-    item = rest[i]
-    if "=" not in item:
-      if i + 1 >= len(rest) or rest[i + 1].startswith("--"):
-        parser.error(f"{item}: missing value (use {item}=<value>)")
-      item, i = f"{item}={rest[i + 1]}", i + 1
-    out.append(item)
-    i += 1
-  return out
+  return config_lib.parse_known_overrides(parser, argv)
 
 
 def load(args, overrides):

@@ -26,11 +26,7 @@ def parse_args(argv):
   p.add_argument("--num-devices", type=int, default=0,
                  help="use only the first N devices (default: all)")
   p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
-  args, rest = p.parse_known_args(argv)
-  bad = [a for a in rest if not a.startswith("--config.")]
-  if bad:
-    p.error(f"unrecognized arguments: {' '.join(bad)}")
-  return args, cli._join_values(rest, p)  # pylint: disable=protected-access
+  return config_lib.parse_known_overrides(p, argv)
 
 
 def bench(config, steps: int = 10, num_devices: int = 0) -> dict:

@@ -120,6 +120,30 @@ def apply_overrides(config: ml_collections.ConfigDict,
   return config
 
 
+def parse_known_overrides(parser, argv: Sequence[str], prefixes: Sequence[str] = ("--config.",)):
+  """`parser` arguments plus field overrides: (args, ["--prefix.field=value", ...]).
+
+  Accepts `--config.x=v` and `--config.x v`; any other unknown argument is a parser error.
+  """
+  args, rest = parser.parse_known_args(argv)
+  bad = [a for a in rest if a.startswith("--") and not a.startswith(tuple(prefixes))]
+  if bad:
+    fields = ", ".join(f"{p}<field>=<value>" for p in prefixes)
+    parser.error(f"unrecognized arguments: {' '.join(bad)} (fields are set with {fields})")
+  out, i = [], 0
+  while i < len(rest):
+    item = rest[i]
+    if not item.startswith("--"):
+      parser.error(f"unrecognized argument: {item}")
+    if "=" not in item:
+      if i + 1 >= len(rest) or rest[i + 1].startswith("--"):
+        parser.error(f"{item}: missing value (use {item}=<value>)")
+      item, i = f"{item}={rest[i + 1]}", i + 1
+    out.append(item)
+    i += 1
+  return args, out
+
+
 def set_field(config: ml_collections.ConfigDict, dotted: str, text: str) -> None:
   """Sets `config.<dotted>` from its command-line text, typed by the current value."""
   *parents, leaf = dotted.split(".")
