@@ -47,14 +47,8 @@ def ingest(source, out_dir: str, *, num_shards: int | None = None, skip_bad_imag
   written = np.zeros(num_shards, np.int64)
 
   def read(i):
-    try:
-      return source[i]
-    except sources_lib.BadImageError as e:
-      if not skip_bad_images:
-        raise
-      log.warning("skip_bad_images: skipping site %d: %s", i, e)
-      skipped.append((i, e.path, str(e)))
-      return None
+    return sources_lib.read_site(source, i, skip_bad_images,
+                                 on_skip=lambda i, e: skipped.append((i, e.path, str(e))))
 
   try:
     with concurrent.futures.ThreadPoolExecutor(num_threads) as pool:

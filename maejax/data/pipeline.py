@@ -11,7 +11,6 @@ examples from its own disjoint shard of the sites (default: one shard per JAX pr
 from __future__ import annotations
 
 import concurrent.futures
-import logging
 from typing import Iterator
 
 import grain
@@ -19,8 +18,6 @@ import numpy as np
 import pandas as pd
 
 from maejax.data import sources as sources_lib
-
-log = logging.getLogger(__name__)
 
 
 def draw_augment(rng: np.random.Generator, site_hw: tuple[int, int], crop_size: int, *,
@@ -59,12 +56,8 @@ class _Sites:
     return len(self.source)
 
   def __getitem__(self, index):
-    try:
-      image = self.source[index]
-    except sources_lib.BadImageError as e:
-      if not self.skip_bad_images:
-        raise
-      log.warning("skip_bad_images: skipping site %d: %s", index, e)
+    image = sources_lib.read_site(self.source, index, self.skip_bad_images)
+    if image is None:
       return None
     element = {"image": image}
     if self.labels is not None:
@@ -219,13 +212,7 @@ def eval_tiles(source, crop_size: int | None, batch_size: int, *, skip_bad_image
   images, rows = [], []
 
   def read(i):
-    try:
-      return source[i]
-    except sources_lib.BadImageError as e:
-      if not skip_bad_images:
-        raise
-      log.warning("skip_bad_images: skipping site %d: %s", i, e)
-      return None
+    return sources_lib.read_site(source, i, skip_bad_images)
 
   def flush():
     batch = {"image": np.stack(images),

@@ -50,6 +50,20 @@ class BadImageError(ValueError):
 _SKIP_HINT = "or set config.data.skip_bad_images=True to skip (and log) such sites"
 
 
+def read_site(source, index: int, skip_bad_images: bool, on_skip=None):
+  """source[index], or None (logged, and `on_skip(index, error)` called) for a bad image
+  when skip_bad_images; otherwise a bad image raises BadImageError."""
+  try:
+    return source[index]
+  except BadImageError as e:
+    if not skip_bad_images:
+      raise
+    log.warning("skip_bad_images: skipping site %d: %s", index, e)
+    if on_skip is not None:
+      on_skip(index, e)
+    return None
+
+
 # ------------------------------------------------------------------------------ decoding
 
 def to_uint8(img: np.ndarray, *, path: str = "", rule: str = "error", bit_depth: int = 16,

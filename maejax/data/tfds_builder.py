@@ -63,12 +63,8 @@ class CellPaintingSites(tfds.core.GeneratorBasedBuilder):
     source = sources_lib.make_source(config)
     for i in range(len(source)):
       row = source.metadata.iloc[i]
-      try:
-        image = source[i]
-      except sources_lib.BadImageError:
-        if not config.skip_bad_images:
-          raise
-        sources_lib.log.warning("skip_bad_images: skipping site %d (%s)", i, row.to_dict())
+      image = sources_lib.read_site(source, i, config.skip_bad_images)
+      if image is None:
         continue
       example = {"image": image, "channel_ids": source.channel_ids,
                  "is_control": bool(row.is_control), "site_index": i}
