@@ -27,6 +27,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.read_threads = 0          # threads reading sites (0 = Grain's default)
   c.label_column = ""         # e.g. "perturbation": batches get "label" int32 (weak supervision)
   c.skip_bad_images = False   # True: skip, count and log sites with bad images instead of raising
+  c.cache_sites = False       # True: keep every site in memory once read (small screens, demos)
   c.uint16 = "error"          # 16-bit images: error | shift | percentile (see sources.to_uint8)
   c.bit_depth = 16            # for uint16="shift": camera bit depth (value >> (bit_depth - 8))
   c.percentiles = (0.1, 99.9)  # for uint16="percentile"

@@ -145,6 +145,7 @@ class Source:
   channel_ids: np.ndarray
   channel_names: tuple[str, ...]
   site_shape: tuple[int, int, int] | None = None
+  cache: dict | None = None  # index -> read-only site, with config.data.cache_sites
 
   def __len__(self) -> int:
     return len(self.metadata)
@@ -153,7 +154,14 @@ class Source:
     index = int(index)
     if not 0 <= index < len(self):
       raise IndexError(f"site index {index} out of range for a source of {len(self)} sites")
-    return self._read(index)
+    if self.cache is None:
+      return self._read(index)
+    site = self.cache.get(index)
+    if site is None:
+      site = self._read(index)
+      site.setflags(write=False)
+      self.cache[index] = site
+    return site
 
   def _read(self, index: int) -> np.ndarray:
     raise NotImplementedError
@@ -478,7 +486,15 @@ RXRX1_FOLDER = dict(
 
 
 def make_source(config) -> Source:
-  """Builds the source named by `config.source` from a data ConfigDict (see default_config)."""
+  """Builds the source named by `config.source` from a data ConfigDict (see default_config);
+  with `config.cache_sites` every site is read (or rendered) once and kept in memory."""
+  source = _make_source(config)
+  if config.get("cache_sites"):
+    source.cache = {}
+  return source
+
+
+def _make_source(config) -> Source:
   kind = config.source
   decode = dict(uint16=config.uint16, bit_depth=config.bit_depth,
                 percentiles=tuple(config.percentiles))

@@ -266,3 +266,23 @@ def test_tfds_builder_over_manual_dir(tmp_path, screen_dir):
     np.testing.assert_array_equal(ex["image"], screen[i])
     assert ex["well"].decode() == screen.metadata.well[i]
     assert bool(ex["is_control"]) == bool(screen.metadata.is_control[i])
+
+
+def test_cache_sites_reads_each_site_once_and_returns_read_only_copies():
+  from maejax.data import default_config, make_source
+  config = default_config()
+  config.synthetic.site_size = 32
+  config.cache_sites = True
+  source = make_source(config)
+  reads = []
+  read = source._read  # pylint: disable=protected-access
+  source._read = lambda i: reads.append(i) or read(i)  # pylint: disable=protected-access
+  first = source[3]
+  again = source[3]
+  assert reads == [3] and again is first
+  np.testing.assert_array_equal(first, read(3))
+  with pytest.raises(ValueError):
+    first[0, 0, 0] = 1  # Cached sites are shared: no caller may change them.
+  config.cache_sites = False
+  plain = make_source(config)
+  assert plain.cache is None and plain[3] is not plain[3]

@@ -22,6 +22,7 @@ def _demo(**kw):
   c = config_lib.load_config("configs/demo.py")
   c.batch_size, c.total_steps, c.log_every, c.ckpt_every, c.plot_every = 16, STEPS, 1, 10, STEPS
   c.lr = 3e-3
+  c.data.synthetic.site_size = 64  # Renders 16x faster than the demo's 256 px sites.
   c.update(kw)
   return c
 
