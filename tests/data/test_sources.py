@@ -251,7 +251,7 @@ def test_rxrx3_core_parquet_shards(tmp_path):
 
 
 def test_tfds_builder_over_manual_dir(tmp_path, screen_dir):
-  tfds = pytest.importorskip("tensorflow_datasets", reason="the TFDS builder needs tensorflow-datasets")
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   from maejax.data import tfds_builder
   path, screen = screen_dir
   c = md.default_config()

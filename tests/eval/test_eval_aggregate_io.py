@@ -1,6 +1,5 @@
 """Aggregation to perturbations and the embeddings-table reader/writer."""
 
-import importlib.util
 
 import numpy as np
 import pandas as pd
@@ -80,8 +79,6 @@ def test_write_read_round_trip(tmp_path, suffix):
 
 
 def test_h5ad_round_trip(tmp_path):
-  if importlib.util.find_spec("anndata") is None:
-    pytest.skip("anndata (optional, only for .h5ad output) is not installed")
   path = io.write_embeddings(_wells(), tmp_path / "wells.h5ad")
   back = io.read_embeddings(path)
   np.testing.assert_allclose(back[["f0", "f1"]].to_numpy(), _wells()[["f0", "f1"]].to_numpy())
