@@ -2,6 +2,7 @@
 
 import argparse
 import json
+import logging
 import sys
 
 from maejax.train import config as config_lib
@@ -51,6 +52,10 @@ def main(argv=None) -> int:
   except loop.NonFiniteLossError as e:
     print(f"error: {e}", file=sys.stderr)
     return 1
+  except (ValueError, FileNotFoundError) as e:  # Bad input (data, config): one line, no trace.
+    logging.debug("training stopped", exc_info=True)
+    print(f"error: {e}", file=sys.stderr)
+    return 2
   if args.json:
     print(json.dumps(summary))
   return 0

@@ -76,6 +76,15 @@ def test_cli_help_and_errors(capsys):
   assert "unrecognized arguments: --wrkdir" in capsys.readouterr().err
 
 
+def test_cli_bad_data_is_one_line_error(tmp_path, capsys):
+  (tmp_path / "metadata.csv").write_text("plate,well,site,perturbation,is_control\n1,A01,1,G1,False\n")
+  code = cli.main(["--config", "configs/demo.py", f"--config.data.path={tmp_path}",
+                   "--config.data.source=folder", f"--workdir={tmp_path / 'w'}", "--no-progress"])
+  err = capsys.readouterr().err
+  assert code == 2 and "Traceback" not in err
+  assert err.startswith("error: ") and "metadata.csv" in err
+
+
 def test_config_json_round_trip():
   c = config_lib.load_config("configs/camae_s16.py")
   back = config_lib.from_json(config_lib.to_json(c))
