@@ -23,9 +23,19 @@ ITEMS = ("state", "data", "config")
 
 # Replica-parallel saving splits each replicated array across its replicas; for small arrays
 # the slicing (one compiled slice per shape) costs more than the write it spreads.
-ocp.type_handlers.register_type_handler(
-    jax.Array, ocp.type_handlers.ArrayHandler(min_slice_bytes_for_replica_parallel=1 << 20),
-    override=True)
+def _register_array_handler():
+  absl_log = logging.getLogger("absl")
+  level = absl_log.level
+  absl_log.setLevel(logging.ERROR)  # The override is intended: no "overriding" warning.
+  try:
+    ocp.type_handlers.register_type_handler(
+        jax.Array, ocp.type_handlers.ArrayHandler(min_slice_bytes_for_replica_parallel=1 << 20),
+        override=True)
+  finally:
+    absl_log.setLevel(level)
+
+
+_register_array_handler()
 
 
 class Checkpointer:
