@@ -29,7 +29,7 @@ def plot_recall_curves(curve: pd.DataFrame, path: str | Path, title: str = "") -
   ax.grid(alpha=0.3)
   ax.legend(fontsize=8)
   ax.set_title(title or "known-relationship recall")
-  return _save(fig, path)
+  return save_figure(fig, path)
 
 
 def read_clusters(path: str | Path, min_genes: int = 2) -> dict[str, list[str]]:
@@ -97,7 +97,7 @@ def plot_complex_heatmap(features, genes: Sequence[str], clusters: dict[str, lis
   names = ax.secondary_yaxis("right")
   names.set_yticks(centers, [name[:40] for name, _ in chosen], fontsize=7)
   ax.set_title("known complexes")
-  return _save(fig, path)
+  return save_figure(fig, path)
 
 
 def plot_replicate_consistency(per_perturbation: pd.DataFrame, null_mean: float,
@@ -111,10 +111,11 @@ def plot_replicate_consistency(per_perturbation: pd.DataFrame, null_mean: float,
   ax.set_xlabel("mean cosine between replicate wells")
   ax.set_ylabel("perturbations")
   ax.legend(fontsize=8)
-  return _save(fig, path)
+  return save_figure(fig, path)
 
 
-def _save(fig, path) -> Path:
+def save_figure(fig, path) -> Path:
+  """Writes a figure as PNG (creating its folder) and closes it."""
   path = Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
   fig.tight_layout()

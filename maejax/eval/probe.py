@@ -324,7 +324,7 @@ def plot_probe(summary: pd.DataFrame, path, title: str = "") -> "Path":
   ax.grid(axis="y", alpha=0.3)
   ax.legend(fontsize=8)
   ax.set_title(title or "CellProfiler features linearly decodable from embeddings")
-  return plots._save(fig, path)  # pylint: disable=protected-access
+  return plots.save_figure(fig, path)
 
 
 # ------------------------------------------------------------------------------ crop sets

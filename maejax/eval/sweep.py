@@ -33,6 +33,7 @@ import pandas as pd
 
 from maejax.eval import embed as embed_lib
 from maejax.eval import io
+from maejax.eval import plots
 
 THRESHOLD_COLUMNS = {(5, 95): "recall_5_95", (10, 90): "recall_10_90"}
 
@@ -184,12 +185,7 @@ def plot_lines(table: pd.DataFrame, x: str, y: str, path, *, database: str, logx
   ax.grid(alpha=0.3, which="both")
   ax.legend(fontsize=8)
   ax.set_title(title)
-  path = Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
-  return path
+  return plots.save_figure(fig, path)
 
 
 def pick_database(table: pd.DataFrame, wanted: str | None) -> str:
