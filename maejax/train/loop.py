@@ -162,8 +162,9 @@ def train(config, workdir: str, *, resume: bool = True, progress: bool = True,
       while step < end:
         local = _local_batch(next(data_iter))
         if plot_example is None and reconstruct is not None:
+          i = _busiest(local["image"])
           plot_example = multihost_utils.broadcast_one_to_all(
-              {k: v[:1] for k, v in local.items() if k in ("image", "channel_ids")})
+              {k: v[i:i + 1] for k, v in local.items() if k in ("image", "channel_ids")})
         batch = sharding_lib.to_global_batch(local, mesh, rules)
         state, metrics = train_step(state, batch)
         step += 1
@@ -227,6 +228,12 @@ def train(config, workdir: str, *, resume: bool = True, progress: bool = True,
 
 def _fmt(x):
   return "n/a" if x is None else f"{x:.4f}"
+
+
+def _busiest(images) -> int:
+  """Index of the crop with the most contrast (cells rather than background) to plot;
+  images uint8 [b, h, w, c]."""
+  return int(np.argmax(np.asarray(images, np.float32).std(axis=(1, 2)).sum(-1)))
 
 
 def _plot(reconstruct, state, example, workdir, step, seed):
