@@ -52,6 +52,12 @@ def read_config(directory):
     return ml_collections.ConfigDict(json.load(f))
 
 
+def _on_local_device(x) -> jax.ShapeDtypeStruct:
+  # Not the saved sharding: its device (cpu:0) is not this process's in a multi-host run.
+  return jax.ShapeDtypeStruct(x.shape, x.dtype,
+                              sharding=jax.sharding.SingleDeviceSharding(jax.local_devices()[0]))
+
+
 def _restore_state(abstract_state, path):
   with ocp.StandardCheckpointer() as ckptr:
     try:
@@ -80,8 +86,7 @@ def load(directory, *, step=None):
                        "step selects a checkpoint of a training workdir only")
     config = read_config(directory)
     module = models.create(config.model)
-    abstract = jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), nnx.state(module))
+    abstract = jax.tree.map(_on_local_device, nnx.state(module))
     nnx.update(module, _restore_state(abstract, os.path.join(directory, STATE_DIR)))
     return Model(module, config)
   workdir, step = _workdir_and_step(directory, step)
@@ -133,7 +138,7 @@ def _restore_workdir(workdir, step):
   module = models.create(config.model)
   _, params, rest = nnx.split(module, nnx.Param, ...)
   # As the train state stores them: pure dicts, typed PRNG keys as raw key data.
-  target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
+  target = jax.tree.map(_on_local_device,
                         {"params": nnx.to_pure_dict(params),
                          "rest": train_state.split_rest(module)})
   ckptr = train_checkpoint.Checkpointer(ckpt_dir, config, async_save=False)
