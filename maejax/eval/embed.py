@@ -12,6 +12,12 @@ n_crops) and `feature_<i>` columns, the layout `python -m maejax.benchmark` read
 Resumable: finished sites go to `<out>.partial/shard_<k>.parquet` (site embeddings of a fixed
 block of sites) with the run settings in `<out>.partial/settings.json`; a rerun with the same
 settings skips finished shards, and the folder is removed once the table is written.
+
+Multi-host: started on N processes (jax.distributed, as `python -m maejax.train`: the
+launcher's environment or JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID),
+process i embeds the shards k with k % N == i on its own devices; after a barrier process 0
+assembles the table from all shards in `<out>.partial/` (which every host must see) and
+writes it, the others write nothing.
 """
 
 from __future__ import annotations
@@ -231,8 +237,12 @@ def embed_wells(model, data_config, *, crop_size: int | None = None, batch_size:
                 pool: str | None = None, block: int | None = None,
                 partial_dir: str | os.PathLike | None = None, settings: dict | None = None,
                 sites_per_shard: int = 256, progress: bool = True, source=None,
-                devices=None) -> tuple[pd.DataFrame, dict]:
+                devices=None) -> tuple[pd.DataFrame | None, dict]:
   """Embeds every site of `data_config`'s source and averages to wells.
+
+  With several JAX processes each embeds its share of the shards (k % process_count ==
+  process_index) into `partial_dir`, which is then required; process 0 returns the table
+  of all shards, the others (None, info).
 
   Args:
     model: a `maejax.Model` (maejax.load) or anything with `graphdef`, `state`, `module`.
@@ -240,10 +250,16 @@ def embed_wells(model, data_config, *, crop_size: int | None = None, batch_size:
     crop_size: tile size (default `data_config.crop_size`; 0 = whole sites).
     partial_dir: resume folder; finished blocks of `sites_per_shard` sites are kept there.
     settings: what identifies the run (checked against the partial folder's on resume).
-  Returns: (well table, info dict with sites, crops, wells, dim, wall_s, resumed_sites).
+  Returns: (well table, info dict with sites, crops, wells, dim, wall_s, resumed_sites; with
+    several processes also process_index, process_count and the shards embedded here).
   """
+  import jax  # pylint: disable=g-import-not-at-top
   from maejax import data as data_lib  # pylint: disable=g-import-not-at-top
   t0 = time.time()
+  index, count = jax.process_index(), jax.process_count()
+  if count > 1 and partial_dir is None:
+    raise ValueError(f"embedding on {count} processes needs a partial_dir (a folder every "
+                     "host sees) to exchange the shards through")
   source = source if source is not None else data_lib.make_source(data_config)
   crop = int(data_config.crop_size if crop_size is None else crop_size) or None
   embedder = ShardedEmbedder(model, batch_size=batch_size, pool=pool, block=block,
@@ -258,11 +274,13 @@ def embed_wells(model, data_config, *, crop_size: int | None = None, batch_size:
   blocks = [indices[i:i + sites_per_shard] for i in range(0, len(indices), sites_per_shard)]
   partial = _Partial(partial_dir, settings or {}) if partial_dir is not None else None
   done = partial.finished() if partial is not None else {}
-  resumed = sum(len(blocks[k]) for k in done if k < len(blocks))
-  bar = _progress(len(indices), resumed, progress)
-  tables = []
+  mine = [k for k in range(len(blocks)) if k % count == index]
+  resumed = sum(len(blocks[k]) for k in done if k < len(blocks) and k % count == index)
+  bar = _progress(sum(len(blocks[k]) for k in mine), resumed, progress)
+  tables, embedded = [], []
   try:
-    for k, block_indices in enumerate(blocks):
+    for k in mine:
+      block_indices = blocks[k]
       if k in done:
         tables.append(done[k])
         continue
@@ -272,9 +290,25 @@ def embed_wells(model, data_config, *, crop_size: int | None = None, batch_size:
       if partial is not None:
         partial.write(k, table)
       tables.append(table)
+      embedded.append(k)
   finally:
     if bar is not None:
       bar.close()
+  hosts = {}
+  if count > 1:
+    hosts = dict(process_index=index, process_count=count, shards=embedded,
+                 local_sites=sum(len(blocks[k]) for k in embedded))
+    _barrier("maejax_embed_shards_written")
+    if index != 0:
+      return None, dict(hosts, crop_size=crop, devices=len(embedder.mesh.devices.ravel()),
+                        batch_size=embedder.batch_size, resumed_sites=int(resumed),
+                        wall_s=round(time.time() - t0, 2))
+    done = partial.finished()
+    missing = [k for k in range(len(blocks)) if k not in done]
+    if missing:
+      raise ValueError(f"{partial.dir} lacks shards {missing} after all {count} processes "
+                       "finished; is the folder shared by every host (same path)?")
+    tables = [done[k] for k in range(len(blocks))]
   sites = pd.concat(tables, ignore_index=True)
   if sites.empty:
     raise ValueError("no site could be embedded (all skipped as bad images?)")
@@ -284,8 +318,13 @@ def embed_wells(model, data_config, *, crop_size: int | None = None, batch_size:
               dim=int(sum(str(c).startswith("feature_") for c in sites.columns)),
               crop_size=crop, devices=len(embedder.mesh.devices.ravel()),
               batch_size=embedder.batch_size, resumed_sites=int(resumed),
-              wall_s=round(time.time() - t0, 2))
+              wall_s=round(time.time() - t0, 2), **hosts)
   return wells, info
+
+
+def _barrier(name: str) -> None:
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  multihost_utils.sync_global_devices(name)
 
 
 def _progress(total, initial, enabled):
@@ -310,9 +349,11 @@ class _Partial:
         raise ValueError(
             f"{self.dir} holds a partial embedding run with other settings ({changed}); "
             "rerun with the same arguments to resume, or pass --restart to start over")
-    else:
+    else:  # Atomic, as every process of a multi-host run writes the same file.
       self.dir.mkdir(parents=True, exist_ok=True)
-      path.write_text(json.dumps(self.settings, indent=1, sort_keys=True))
+      tmp = self.dir / f".{SETTINGS}.{os.getpid()}.tmp"
+      tmp.write_text(json.dumps(self.settings, indent=1, sort_keys=True))
+      os.replace(tmp, path)
 
   def finished(self) -> dict[int, pd.DataFrame]:
     out = {}
@@ -385,6 +426,10 @@ def parse_args(argv):
   parser.add_argument("--h5ad", action="store_true",
                       help="also write <out stem>.h5ad (AnnData: X = features, obs = metadata)")
   parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True)
+  parser.add_argument("--distributed", default="auto", choices=("auto", "always", "never"),
+                      help="jax.distributed.initialize: auto = when the launcher (SLURM, Open "
+                      "MPI, TPU pod) or JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / "
+                      "JAX_PROCESS_ID say several processes run this command")
   parser.add_argument("--json", action="store_true",
                       help="print one JSON summary object as the last stdout line")
   from maejax.train import config as config_lib  # pylint: disable=g-import-not-at-top
@@ -392,31 +437,41 @@ def parse_args(argv):
 
 
 def run(args, overrides) -> dict:
-  import maejax  # pylint: disable=g-import-not-at-top
+  # pylint: disable=g-import-not-at-top
+  import jax
+  import maejax
+  from maejax.train import mesh as mesh_lib
   out = Path(args.out)
   if not out.name.lower().endswith((".parquet", ".pq", ".csv", ".csv.gz")):
     raise ValueError(f"--out {out}: use a .parquet or .csv file name")
   if args.batch_size < 1 or args.sites_per_shard < 1:
     raise ValueError("--batch-size and --sites-per-shard must be >= 1")
+  mesh_lib.maybe_initialize_distributed(
+      ml_collections.ConfigDict({"initialize": args.distributed}))
   model = maejax.load(args.checkpoint, step=args.step)
   data_config = data_config_for(model.config, args.data, overrides, args.channels)
   settings = dict(checkpoint=os.path.abspath(args.checkpoint), step=model.step,
                   data=data_config.to_dict(), crop_size=args.crop_size, pool=args.pool,
                   block=args.block, sites_per_shard=args.sites_per_shard)
   partial = partial_dir_for(out)
-  if args.restart:
+  if args.restart and jax.process_index() == 0:
     shutil.rmtree(partial, ignore_errors=True)
+  if jax.process_count() > 1:  # No host writes shards before the folder is (re)made.
+    _barrier("maejax_embed_start")
   wells, info = embed_wells(model, data_config, crop_size=args.crop_size,
                             batch_size=args.batch_size, pool=args.pool, block=args.block,
                             partial_dir=partial, settings=settings,
                             sites_per_shard=args.sites_per_shard, progress=args.progress)
+  summary = dict(checkpoint=os.path.abspath(args.checkpoint), step=model.step,
+                 model=str(model.config.model.name), channels=list(data_config.channels),
+                 pool=args.pool, block=args.block)
+  if wells is None:  # Another process assembles and writes the table.
+    return dict(info, **summary, files=[])
   files = [str(io.write_embeddings(wells, out))]
   if args.h5ad:
     files.append(str(io.write_embeddings(wells, out.with_name(out.name.split(".")[0] + ".h5ad"))))
   shutil.rmtree(partial, ignore_errors=True)
-  return dict(info, checkpoint=os.path.abspath(args.checkpoint), step=model.step,
-              model=str(model.config.model.name), channels=list(data_config.channels),
-              pool=args.pool, block=args.block, files=files)
+  return dict(info, **summary, files=files)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -426,10 +481,15 @@ def main(argv: Sequence[str] | None = None) -> int:
   except (ValueError, FileNotFoundError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
-  print(f"{info['wells']} wells ({info['sites']} sites, {info['crops']} crops of "
-        f"{info['crop_size'] or 'whole-site'} px, {info['dim']} features) from "
-        f"{info['model']}{'' if info['step'] is None else ' step %d' % info['step']} in "
-        f"{info['wall_s']:.0f} s on {info['devices']} device(s) -> {', '.join(info['files'])}")
+  if "wells" not in info:
+    print(f"process {info['process_index']} of {info['process_count']}: embedded shards "
+          f"{info['shards']} ({info['local_sites']} sites) in {info['wall_s']:.0f} s; process 0 "
+          "writes the table")
+  else:
+    print(f"{info['wells']} wells ({info['sites']} sites, {info['crops']} crops of "
+          f"{info['crop_size'] or 'whole-site'} px, {info['dim']} features) from "
+          f"{info['model']}{'' if info['step'] is None else ' step %d' % info['step']} in "
+          f"{info['wall_s']:.0f} s on {info['devices']} device(s) -> {', '.join(info['files'])}")
   if args.json:
     print(json.dumps(info))
   return 0
