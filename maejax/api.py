@@ -17,6 +17,7 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec as P
 
 from maejax import models
 
@@ -175,50 +176,91 @@ def _check_uint8(images):
   return images
 
 
+class ShardedEmbedder:
+  """jit(embed) with the batch split over all local devices and the model replicated.
+
+  `__call__(images uint8 [n, h, w, c], channel_ids int32 [n, c]) -> float32 [n, dim]` with
+  n <= batch_size; shorter batches are zero-padded so each crop shape compiles once.
+  """
+
+  def __init__(self, model, *, batch_size: int, pool: str | None = None,
+               block: int | None = None, devices=None):
+    devices = list(devices or jax.local_devices())
+    self.mesh = jax.sharding.Mesh(np.asarray(devices), ("data",))
+    n = len(devices)
+    self.batch_size = -(-int(batch_size) // n) * n  # A multiple of the device count.
+    self.data = NamedSharding(self.mesh, P("data"))
+    replicated = NamedSharding(self.mesh, P())
+    self.model = model
+    self.state = jax.device_put(model.state, replicated)
+    kwargs = {"block": block}
+    if pool is not None:
+      kwargs["pool"] = pool
+    graphdef = model.graphdef
+
+    def embed(state, images, channel_ids):
+      return nnx.merge(graphdef, state).embed(images, channel_ids, **kwargs)
+
+    self._embed = jax.jit(embed, in_shardings=(replicated, self.data, self.data),
+                          out_shardings=self.data)
+
+  def check(self, crop_shape):
+    """Raises the model's own clear error for crops [h, w, c] it cannot take, before running."""
+    self.model.check(np.zeros((1,) + tuple(crop_shape), np.uint8))
+
+  def __call__(self, images, channel_ids):
+    n = images.shape[0]
+    pad = self.batch_size - n
+    if pad < 0:
+      raise ValueError(f"{n} crops exceed the batch size {self.batch_size}")
+    if pad:
+      images = np.concatenate([images, np.zeros((pad,) + images.shape[1:], images.dtype)])
+      channel_ids = np.concatenate([channel_ids, np.repeat(channel_ids[:1], pad, 0)])
+    out = self._embed(self.state, jax.device_put(images, self.data),
+                      jax.device_put(channel_ids.astype(np.int32), self.data))
+    return np.asarray(out, np.float32)[:n]
+
+
 class Model:
   """A loaded model with NumPy in, NumPy out; each function compiles once per shape."""
 
   def __init__(self, module, config, step=None):
     self.module, self.config, self.step = module, config, step  # step: of a training checkpoint
     self.graphdef, self.state = nnx.split(module)
-
-  @functools.partial(jax.jit, static_argnums=(0, 3, 4))
-  def _embed(self, state, images, pool, block):
-    kwargs = {"block": block} if pool is None else {"block": block, "pool": pool}
-    return nnx.merge(self.graphdef, state).embed(images, **kwargs)
+    self._embedders = {}
 
   @functools.partial(jax.jit, static_argnums=(0,), static_argnames=("mask_ratio",))
   def _reconstruct(self, state, images, key, channel_ids, mask_ratio):
     m = nnx.merge(self.graphdef, state)
     return m.reconstruct(images, key, mask_ratio=mask_ratio, channel_ids=channel_ids)
 
-  def _check(self, images):
+  def check(self, images):
     """Shape errors raised here, before tracing, read as one clear line."""
     check = getattr(self.module, "check_images", None)
     if check is not None:
       check(images)
 
   def embed(self, images, channel_ids=None, *, batch_size=64, pool=None, block=None):
-    """uint8 [batch, height, width, channels] -> float32 [batch, dim].
+    """uint8 [batch, height, width, channels] -> float32 [batch, dim], over all local devices.
 
     pool: None (the model's own: mean of patch tokens for MAEs, the penultimate features for
     classifiers), "mean", "cls" or "channelwise" ([batch, channels * dim], channel-agnostic).
     block: K takes the K-th encoder block's output. The last partial batch is padded, so a run
     compiles once per image shape.
     """
-    del channel_ids  # Embeddings depend on channel order only through the pixels.
     images = _check_uint8(images)
-    n = images.shape[0]
-    self._check(images)
-    out = []
-    for start in range(0, n, batch_size):
-      chunk = images[start:start + batch_size]
-      pad = batch_size - chunk.shape[0] if n > batch_size else 0
-      if pad:
-        chunk = np.concatenate([chunk, np.zeros((pad,) + chunk.shape[1:], np.uint8)])
-      emb = np.asarray(self._embed(self.state, jnp.asarray(chunk), pool, block))
-      out.append(emb[: emb.shape[0] - pad])
-    return np.concatenate(out).astype(np.float32)
+    self.check(images)
+    n, c = images.shape[0], images.shape[-1]
+    ids = np.broadcast_to(np.arange(c, dtype=np.int32) if channel_ids is None
+                          else np.asarray(channel_ids, np.int32), (n, c))
+    size = min(batch_size, n)
+    if (size, pool, block) not in self._embedders:
+      self._embedders[size, pool, block] = ShardedEmbedder(self, batch_size=size, pool=pool,
+                                                           block=block)
+    embedder = self._embedders[size, pool, block]
+    return np.concatenate([embedder(images[i:i + embedder.batch_size],
+                                    ids[i:i + embedder.batch_size])
+                           for i in range(0, n, embedder.batch_size)])
 
   def reconstruct(self, images, mask_ratio=0.75, seed=0, channel_ids=None):
     """Masks `mask_ratio` of the tokens and reconstructs them.
@@ -227,7 +269,7 @@ class Model:
     standardized units (target = the model's per-channel standardized input); mask 1 = hidden.
     """
     images = _check_uint8(images)
-    self._check(images)
+    self.check(images)
     ids = None if channel_ids is None else jnp.asarray(channel_ids, jnp.int32)
     out = self._reconstruct(self.state, jnp.asarray(images), jax.random.key(seed), ids,
                             mask_ratio=float(mask_ratio))

@@ -99,61 +99,9 @@ def _to_dict(config):
 
 # ----------------------------------------------------------------------------- embedding
 
-class ShardedEmbedder:
-  """jit(embed) with the batch split over all local devices and the model replicated.
-
-  `__call__(images uint8 [n, h, w, c], channel_ids int32 [n, c]) -> float32 [n, dim]` with
-  n <= batch_size; shorter batches are zero-padded so each crop shape compiles once.
-  """
-
-  def __init__(self, model, *, batch_size: int, pool: str | None = None,
-               block: int | None = None, devices=None):
-    # pylint: disable=g-import-not-at-top
-    import jax
-    from flax import nnx
-    from jax.sharding import NamedSharding, PartitionSpec as P
-    devices = list(devices or jax.local_devices())
-    self.mesh = jax.sharding.Mesh(np.asarray(devices), ("data",))
-    n = len(devices)
-    self.batch_size = -(-int(batch_size) // n) * n  # A multiple of the device count.
-    self.data = NamedSharding(self.mesh, P("data"))
-    replicated = NamedSharding(self.mesh, P())
-    self.model = model
-    self.state = jax.device_put(model.state, replicated)
-    kwargs = {"block": block}
-    if pool is not None:
-      kwargs["pool"] = pool
-    graphdef = model.graphdef
-
-    def embed(state, images, channel_ids):
-      return nnx.merge(graphdef, state).embed(images, channel_ids, **kwargs)
-
-    self._embed = jax.jit(embed, in_shardings=(replicated, self.data, self.data),
-                          out_shardings=self.data)
-
-  def check(self, crop_shape):
-    """Raises the model's own clear error for crops [h, w, c] it cannot take, before running."""
-    check = getattr(self.model.module, "check_images", None)
-    if check is not None:
-      check(np.zeros((1,) + tuple(crop_shape), np.uint8))
-
-  def __call__(self, images, channel_ids):
-    import jax  # pylint: disable=g-import-not-at-top
-    n = images.shape[0]
-    pad = self.batch_size - n
-    if pad < 0:
-      raise ValueError(f"{n} crops exceed the batch size {self.batch_size}")
-    if pad:
-      images = np.concatenate([images, np.zeros((pad,) + images.shape[1:], images.dtype)])
-      channel_ids = np.concatenate([channel_ids, np.repeat(channel_ids[:1], pad, 0)])
-    out = self._embed(self.state, jax.device_put(images, self.data),
-                      jax.device_put(channel_ids.astype(np.int32), self.data))
-    return np.asarray(out, np.float32)[:n]
-
-
-def embed_sites(embedder: ShardedEmbedder, source, indices: Sequence[int], crop_size: int | None,
-                *, skip_bad_images: bool = False, on_site=None) -> pd.DataFrame:
-  """Mean crop embedding of each site in `indices`.
+def embed_sites(embedder, source, indices: Sequence[int], crop_size: int | None, *,
+                skip_bad_images: bool = False, on_site=None) -> pd.DataFrame:
+  """Mean crop embedding of each site in `indices` (embedder: a maejax.api.ShardedEmbedder).
 
   Returns a DataFrame [site_index, n_crops, feature_0..] (sites that were skipped as bad
   images are absent). on_site(k) is called with the number of sites just finished.
@@ -254,7 +202,7 @@ def embed_wells(model, data_config, *, crop_size: int | None = None, batch_size:
     several processes also process_index, process_count and the shards embedded here).
   """
   import jax  # pylint: disable=g-import-not-at-top
-  from maejax import data as data_lib  # pylint: disable=g-import-not-at-top
+  from maejax import api, data as data_lib  # pylint: disable=g-import-not-at-top
   t0 = time.time()
   index, count = jax.process_index(), jax.process_count()
   if count > 1 and partial_dir is None:
@@ -262,8 +210,8 @@ def embed_wells(model, data_config, *, crop_size: int | None = None, batch_size:
                      "host sees) to exchange the shards through")
   source = source if source is not None else data_lib.make_source(data_config)
   crop = int(data_config.crop_size if crop_size is None else crop_size) or None
-  embedder = ShardedEmbedder(model, batch_size=batch_size, pool=pool, block=block,
-                             devices=devices)
+  embedder = api.ShardedEmbedder(model, batch_size=batch_size, pool=pool, block=block,
+                                 devices=devices)
   shape = getattr(source, "site_shape", None)
   if shape is not None:
     if crop is not None and min(shape[:2]) < crop:
