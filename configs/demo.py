@@ -6,7 +6,7 @@ reconstruction plots in ./runs/demo:
     python -m maejax.train --config configs/demo.py
 """
 
-from maejax.train import config as config_lib
+from maejax import config as config_lib
 
 
 def get_config(arg=None):

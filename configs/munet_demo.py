@@ -8,7 +8,7 @@ optimizer), so it compares with the demo MAE at equal cost:
 import os
 
 from maejax import models
-from maejax.train import config as config_lib
+from maejax import config as config_lib
 
 
 def get_config(arg=None):

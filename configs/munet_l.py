@@ -7,7 +7,7 @@ patches masked at 0.75 (the paper also studied 0.25), Lion 0.9/0.95, lr 1e-4, we
     python -m maejax.train --config configs/munet_l.py --config.model.mask_ratio=0.25
 """
 
-from maejax.train import config as config_lib
+from maejax import config as config_lib
 
 
 def get_config(arg=None):

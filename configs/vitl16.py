@@ -5,7 +5,7 @@
     python -m maejax.train --config configs/vitl16.py:plus   # "+" run: Fourier loss weight 0.01
 """
 
-from maejax.train import config as config_lib
+from maejax import config as config_lib
 
 
 def get_config(arg=None):

@@ -5,7 +5,7 @@ lr 1e-4, weight decay 0.05, 10% warm-up + cosine, drop-path 0.1).
     python -m maejax.train --config configs/vits16.py:plus   # "+" run: Fourier loss weight 0.01
 """
 
-from maejax.train import config as config_lib
+from maejax import config as config_lib
 
 
 def get_config(arg=None):

@@ -13,7 +13,7 @@ import os
 
 from maejax import models
 from maejax.data import synthetic
-from maejax.train import config as config_lib
+from maejax import config as config_lib
 
 
 def get_config(arg=None):

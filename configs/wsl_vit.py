@@ -12,7 +12,7 @@ training data (the default synthetic screen: its genes + the EMPTY control); on 
 """
 
 from maejax.data import synthetic
-from maejax.train import config as config_lib
+from maejax import config as config_lib
 
 
 def get_config(arg=None):

@@ -8,49 +8,24 @@ A pretrained directory (written by `save_pretrained` or `python -m maejax.conver
 from __future__ import annotations
 
 import functools
-import json
-import os
+import logging
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
-import orbax.checkpoint as ocp
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from maejax import models
-
-CONFIG_FILE = "config.json"
-STATE_DIR = "state"
-
-
-def config_to_json(config):
-  """A ConfigDict (or dict) -> a JSON string; tuples become lists."""
-  d = config.to_dict() if hasattr(config, "to_dict") else dict(config)
-  return json.dumps(d, indent=2, sort_keys=True, default=str)
+from maejax import workdir as workdir_lib
 
 
 def save_pretrained(model, config, out_dir):
   """Writes `model` and its run config (ConfigDict or dict with a `model` entry)."""
-  out_dir = os.path.abspath(out_dir)
-  os.makedirs(out_dir, exist_ok=True)
-  with open(os.path.join(out_dir, CONFIG_FILE), "w") as f:
-    f.write(config_to_json(config))
-  path = os.path.join(out_dir, STATE_DIR)
-  with ocp.StandardCheckpointer() as ckptr:
-    ckptr.save(path, nnx.state(model), force=True)
-  return out_dir
-
-
-def read_config(directory):
-  path = os.path.join(directory, CONFIG_FILE)
-  if not os.path.exists(path):
-    raise FileNotFoundError(
-        f"{path} not found: pass a directory written by maejax (training workdir, "
-        f"save_pretrained or `python -m maejax.convert`)")
-  with open(path) as f:
-    return ml_collections.ConfigDict(json.load(f))
+  out = workdir_lib.path(out_dir)
+  workdir_lib.write_config(out, config)
+  workdir_lib.save_pretrained_state(out, nnx.state(model))
+  return str(out)
 
 
 def _on_local_device(x) -> jax.ShapeDtypeStruct:
@@ -59,107 +34,66 @@ def _on_local_device(x) -> jax.ShapeDtypeStruct:
                               sharding=jax.sharding.SingleDeviceSharding(jax.local_devices()[0]))
 
 
-def _restore_state(abstract_state, path):
-  with ocp.StandardCheckpointer() as ckptr:
-    try:
-      return ckptr.restore(path, abstract_state)
-    except ValueError as e:
-      raise ValueError(
-          f"checkpoint {path} does not fit the model in {CONFIG_FILE}: {e}") from None
-
-
 def load(directory, *, step=None):
   """Loads any maejax checkpoint directory -> `Model` ready to embed images.
 
-  `directory`: a `save_pretrained` / `python -m maejax.convert` folder (config.json +
-  state/), or a training workdir of `python -m maejax.train` (also its `checkpoints/` folder
-  or one `checkpoints/<step>` folder). step: for workdirs, which checkpoint (default: newest).
+  `directory` (local or `gs://...`): a `save_pretrained` / `python -m maejax.convert` folder
+  (config.json + state/), or a training workdir of `python -m maejax.train` (also its
+  `checkpoints/` folder or one `checkpoints/<step>` folder). step: for workdirs, which
+  checkpoint (default: the newest one that can be read).
   """
-  directory = os.path.abspath(os.path.expanduser(directory))
-  if not os.path.isdir(directory):
+  d = workdir_lib.path(directory)
+  if not d.is_dir():
     raise FileNotFoundError(
-        f"{directory} is not a directory: pass a training workdir, a save_pretrained folder "
+        f"{d} is not a directory: pass a training workdir, a save_pretrained folder "
         "or a `python -m maejax.convert` output folder")
-  if (os.path.isdir(os.path.join(directory, STATE_DIR))
-      and os.path.isfile(os.path.join(directory, CONFIG_FILE))):
+  if workdir_lib.is_pretrained(d):
     if step is not None:
-      raise ValueError(f"step={step}: {directory} is a pretrained folder with one state; "
+      raise ValueError(f"step={step}: {d} is a pretrained folder with one state; "
                        "step selects a checkpoint of a training workdir only")
-    config = read_config(directory)
+    config = workdir_lib.read_config(d)
     module = models.create(config.model)
     abstract = jax.tree.map(_on_local_device, nnx.state(module))
-    nnx.update(module, _restore_state(abstract, os.path.join(directory, STATE_DIR)))
+    nnx.update(module, workdir_lib.restore_pretrained_state(d, abstract))
     return Model(module, config)
-  workdir, step = _workdir_and_step(directory, step)
-  config, module, step = _restore_workdir(workdir, step)
-  return Model(module, config, step=step)
+  return _load_checkpoint(*workdir_lib.resolve(d, step))
 
 
-def checkpoint_dir(workdir):
-  """`<workdir>/checkpoints` of a training workdir (or `workdir` when it is that folder)."""
-  nested = os.path.join(workdir, "checkpoints")
-  return nested if os.path.isdir(nested) else workdir
-
-
-def _workdir_and_step(directory, step):
-  """Accepts `<workdir>`, `<workdir>/checkpoints` and `<workdir>/checkpoints/<step>`."""
-  name = os.path.basename(directory)
-  if name.isdigit() and os.path.isdir(os.path.join(directory, "state")):
-    if step is not None and int(step) != int(name):
-      raise ValueError(f"step={step} contradicts the checkpoint folder {directory}")
-    return os.path.dirname(directory), int(name)
-  return directory, step
-
-
-def checkpoint_steps(workdir):
-  """Sorted steps of the checkpoints kept in a training workdir (read-only)."""
-  ckpt_dir = checkpoint_dir(workdir)
-  if not os.path.isdir(ckpt_dir):
-    return []
-  return sorted(int(d) for d in os.listdir(ckpt_dir)
-                if d.isdigit() and os.path.isdir(os.path.join(ckpt_dir, d, "state")))
-
-
-def _restore_workdir(workdir, step):
-  """(config, module with the checkpoint's params and non-param variables, step)."""
-  # pylint: disable=g-import-not-at-top
-  from maejax.train import checkpoint as train_checkpoint
-  from maejax.train import state as train_state
-  ckpt_dir = checkpoint_dir(workdir)
-  steps = checkpoint_steps(workdir)
+def _load_checkpoint(workdir, step):
+  """A training checkpoint's model (params only: the optimizer state stays on disk). With no
+  step, a newest checkpoint that cannot be read is passed over with one warning line."""
+  steps = workdir_lib.checkpoint_steps(workdir)
   if not steps:
     raise FileNotFoundError(
-        f"{workdir} holds no model: expected {CONFIG_FILE} + {STATE_DIR}/ (save_pretrained) or "
-        f"checkpoints/<step>/state (a `python -m maejax.train` workdir)")
-  if step is None:
-    step = steps[-1]
-  elif int(step) not in steps:
-    raise ValueError(f"step={step}: no such checkpoint in {ckpt_dir}; kept steps: {steps}")
-  config = train_checkpoint.read_config(ckpt_dir)
+        f"{workdir} holds no model: expected {workdir_lib.CONFIG} + {workdir_lib.STATE}/ "
+        "(save_pretrained) or checkpoints/<step>/ (a `python -m maejax.train` workdir)")
+  if step is not None and int(step) not in steps:
+    raise ValueError(f"step={step}: no such checkpoint in "
+                     f"{workdir_lib.checkpoints_dir(workdir)}; kept steps: {steps}")
+  candidates = [int(step)] if step is not None else steps[::-1]
+  errors = []
+  with workdir_lib.manager(workdir) as m:
+    for s in candidates:
+      try:
+        return _restore(m, s)
+      except Exception as e:  # pylint: disable=broad-except  (unreadable: try the previous)
+        logging.debug("checkpoint %d of %s unreadable", s, workdir, exc_info=True)
+        errors.append(f"step {s}: {type(e).__name__}: {str(e).strip()[:200]}")
+        if s != candidates[-1]:
+          print(f"WARNING: checkpoint step {s} in {workdir} cannot be read ({errors[-1]}); "
+                "loading the previous one.", flush=True)
+  raise ValueError(f"no checkpoint in {workdir} can be read ({'; '.join(errors)})")
+
+
+def _restore(m, step):
+  config = workdir_lib.checkpoint_config(m, step)
   module = models.create(config.model)
-  _, params, rest = nnx.split(module, nnx.Param, ...)
-  # As the train state stores them: pure dicts, typed PRNG keys as raw key data.
-  target = jax.tree.map(_on_local_device,
-                        {"params": nnx.to_pure_dict(params),
-                         "rest": train_state.split_rest(module)})
-  ckptr = train_checkpoint.Checkpointer(ckpt_dir, config, async_save=False)
-  try:  # Only params and rest are read: the optimizer state stays on disk.
-    restored = ckptr.manager.restore(int(step), args=ocp.args.Composite(
-        state=ocp.args.PyTreeRestore(
-            item=target, partial_restore=True,
-            restore_args=ocp.checkpoint_utils.construct_restore_args(target))))["state"]
-  except (ValueError, KeyError) as e:
-    raise ValueError(f"checkpoint step {step} in {ckpt_dir} does not fit the model in its "
-                     f"config ({config.model.name}): {e}") from None
-  finally:
-    ckptr.manager.close()
-  is_key = lambda x: jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)  # noqa: E731
-  nnx.replace_by_pure_dict(params, jax.tree.map(jnp.asarray, dict(restored["params"])))
-  nnx.replace_by_pure_dict(rest, jax.tree.map(
-      lambda old, new: jax.random.wrap_key_data(new) if is_key(old) else jnp.asarray(new),
-      nnx.to_pure_dict(rest), dict(restored["rest"])))
-  nnx.update(module, params, rest)
-  return config, module, int(step)
+  params = nnx.state(module, nnx.Param)
+  target = jax.tree.map(_on_local_device, nnx.to_pure_dict(params))
+  nnx.replace_by_pure_dict(params, jax.tree.map(jnp.asarray,
+                                                workdir_lib.restore_params(m, step, target)))
+  nnx.update(module, params)
+  return Model(module, config, step=step)
 
 
 def _check_uint8(images):

@@ -8,7 +8,7 @@ reading it needs torch (`pip install 'maejax[torch]'`). A HuggingFace `ViTMAEFor
 `save_pretrained` folder (config.json + model.safetensors or pytorch_model.bin) is read directly.
 Every source tensor is mapped by a table of `Entry`s with its expected shape (from the model
 config); missing, unexpected and misshapen tensors are errors, tensors the computation does not
-use are warned about. The output is a `maejax.load`-able directory.
+use are warned about, and the fixed sin-cos position tables must equal the ones maejax computes. The output is a `maejax.load`-able directory.
 """
 
 from __future__ import annotations
@@ -29,18 +29,21 @@ import numpy as np
 from flax import nnx
 
 from maejax import models
+from maejax.models.tokenizers import sincos_2d
 
 
 @dataclasses.dataclass(frozen=True)
 class Entry:
   """One source tensor: its name and shape, the maejax parameter it fills and how.
 
+  path None: a fixed table maejax computes itself (the sin-cos positions); `fn` only checks
+  that the stored one equals it.
   index: where in the target the converted tensor goes (a leading channel slot of the stacked
   per-channel decoder blocks, or the q/k/v slot of a fused projection); () = the whole target.
   """
   key: str
   shape: tuple
-  path: str
+  path: str | None
   fn: Callable[[np.ndarray], np.ndarray] = lambda w: w
   index: tuple = ()
 
@@ -94,6 +97,26 @@ def _spatial_table(key):
           f"(max |value| {np.abs(w[0, 0]).max():.3g}); maejax's MAE decoder adds no position to "
           f"the CLS token, so this checkpoint cannot be imported exactly")
     return w[0, 1:]
+  return fn
+
+
+def _fixed_sincos(key, grid, spatial=lambda w: w[0, 1:]):
+  """Checks that a stored table is maejax's [grid*grid, d] sin-cos table.
+
+  maejax computes its positions from the image size at call time (tokenizers.sincos_2d), so a
+  checkpoint is imported exactly only if its table (`spatial(w)`, CLS row dropped) is that one.
+  """
+  def fn(w):
+    table = spatial(w)
+    expected = sincos_2d(grid, grid, table.shape[-1])
+    diff = np.abs(table - expected).max()
+    if diff > 1e-5:
+      raise ValueError(
+          f"{key}: the positional table is not maejax's fixed 2-D sin-cos table (MAE's layout, "
+          f"first half encoding the column) of a {grid}x{grid} grid (max difference "
+          f"{diff:.3g}); maejax computes its positions and cannot represent learned or "
+          f"differently laid out tables")
+    return table
   return fn
 
 
@@ -177,6 +200,9 @@ def fill_model(model, entries, state_dict):
   variables = {".".join(map(str, p)): v for p, v in nnx.to_flat_state(state)}
   buffers, written = {}, {}
   for e in entries:
+    if e.path is None:
+      e.fn(state_dict[e.key])
+      continue
     if e.path not in variables:
       raise ValueError(f"internal: {e.key} maps to {e.path}, which the model does not have")
     if e.path not in buffers:
@@ -217,15 +243,16 @@ def openphenom_entries(cfg):
         f"OpenPhenom is a channel-agnostic MAE of parallel blocks; model {cfg.name!r} has "
         f"channel_agnostic={cfg.channel_agnostic}, block={cfg.block!r} (use camae_s16)")
   d, h, m, p = cfg.width, cfg.num_heads, cfg.mlp_dim, cfg.patch_size
-  hd, n = d // h, (cfg.img_size // p) ** 2
+  grid = cfg.img_size // p
+  hd, n = d // h, grid ** 2
   dd, dm, ch = cfg.decoder_width, cfg.decoder_mlp_dim, cfg.decoder_channels
   ch_heads = cfg.decoder_cross_heads
   v = "encoder.vit_backbone"
   pos_key, dpos_key = f"{v}.pos_embed", "decoder.pos_embeddings"
   out = [
       Entry(f"{v}.cls_token", (1, 1, d), "encoder.cls_token"),
-      Entry(pos_key, (1, 1 + cfg.max_channels * n, d), "encoder.tokenizer.pos",
-            _tiled_table(pos_key, n, cfg.max_channels)),
+      Entry(pos_key, (1, 1 + cfg.max_channels * n, d), None,
+            _fixed_sincos(pos_key, grid, _tiled_table(pos_key, n, cfg.max_channels))),
       Entry(f"{v}.patch_embed.proj.weight", (d, 1, p, p), "encoder.tokenizer.proj.kernel",
             _conv_patch),
       Entry(f"{v}.patch_embed.proj.bias", (d,), "encoder.tokenizer.proj.bias"),
@@ -250,7 +277,8 @@ def openphenom_entries(cfg):
   out += [
       *_linear("encoder_decoder_proj", "decoder.embed", d, dd),
       Entry("decoder.mask_token", (1, 1, dd), "decoder.mask_token"),
-      Entry(dpos_key, (1, 1 + ch * n, dd), "decoder.pos", _tiled_table(dpos_key, n, ch)),
+      Entry(dpos_key, (1, 1 + ch * n, dd), None,
+            _fixed_sincos(dpos_key, grid, _tiled_table(dpos_key, n, ch))),
       *[Entry(f"decoder.modality_tokens.{c}", (1, 1, dd), "decoder.channel_tokens",
               lambda w: w.reshape(-1), (c,)) for c in range(ch)],
       *_linear("decoder.cross_attention.q", "decoder.cross_attention.q", dd, dd, bias=False,
@@ -402,19 +430,20 @@ def _hf_layer(key, path, dim, heads, mlp_dim, qkv_bias):
 
 def hf_vitmae_entries(cfg):
   d, p, c = cfg.width, cfg.patch_size, cfg.channels
-  n, dd = (cfg.img_size // p) ** 2, cfg.decoder_width
+  grid, dd = cfg.img_size // p, cfg.decoder_width
+  n = grid ** 2
+  pos_key, dpos_key = "vit.embeddings.position_embeddings", "decoder.decoder_pos_embed"
   out = [
       Entry("vit.embeddings.cls_token", (1, 1, d), "encoder.cls_token"),
-      Entry("vit.embeddings.position_embeddings", (1, 1 + n, d), "encoder.tokenizer.pos",
-            lambda w: w[0, 1:]),
+      Entry(pos_key, (1, 1 + n, d), None, _fixed_sincos(pos_key, grid)),
       Entry("vit.embeddings.patch_embeddings.projection.weight", (d, c, p, p),
             "encoder.tokenizer.proj.kernel", _conv_patch),
       Entry("vit.embeddings.patch_embeddings.projection.bias", (d,), "encoder.tokenizer.proj.bias"),
       *_norm("vit.layernorm", "encoder.norm", d),
       *_linear("decoder.decoder_embed", "decoder.embed", d, dd),
       Entry("decoder.mask_token", (1, 1, dd), "decoder.mask_token"),
-      Entry("decoder.decoder_pos_embed", (1, 1 + n, dd), "decoder.pos",
-            _spatial_table("decoder.decoder_pos_embed")),
+      Entry(dpos_key, (1, 1 + n, dd), None,
+            _fixed_sincos(dpos_key, grid, _spatial_table(dpos_key))),
       *_norm("decoder.decoder_norm", "decoder.norm", dd),
       *_linear("decoder.decoder_pred", "decoder.pred", dd, p * p * c),
   ]

@@ -6,7 +6,7 @@ import pytest
 
 import maejax
 from maejax.train import checkpoint as checkpoint_lib
-from maejax.train import config as config_lib
+from maejax import config as config_lib
 from maejax.train import loop
 from maejax.train import mesh as mesh_lib
 from maejax.train import optimizer as optimizer_lib

@@ -1,5 +1,5 @@
 """Input-pipeline speed: crops/s and MB/s per worker for the synthetic source, a PNG folder and
-ArrayRecord shards (`python -m maejax.bench data`).
+ArrayRecord shards (`python -m maejax.bench data`, maejax/cli/bench.py).
 
 Each source is read through `train_iterator` in the main process with one reading thread, so
 the figures are per CPU core; `--workers N` also times N Grain worker processes. The PNG folder
@@ -8,19 +8,14 @@ and the ArrayRecord shards are written once from the synthetic screen into --wor
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
-import tempfile
 import time
 
 from maejax.data import config as config_lib
-from maejax.data import ingest as ingest_lib
+from maejax.data import shards
 from maejax.data import pipeline
 from maejax.data import sources
 from maejax.data import synthetic
-
-H100_BF16_FLOPS = 989e12  # dense bf16 peak
 
 
 def _time_iterator(config, batch_size: int, seconds: float, min_batches: int = 3) -> dict:
@@ -39,18 +34,8 @@ def _time_iterator(config, batch_size: int, seconds: float, min_batches: int = 3
               crop_shape=list(batch["image"].shape[1:]), batches=n, seconds=round(dt, 2))
 
 
-def _vit_l16_images_per_s(crop: int, channels: int, mfu: float) -> float | None:
-  """Analytic ViT-L/16 MAE training throughput on one H100 at `mfu` (None if unavailable)."""
-  try:
-    from maejax.models import flops  # pylint: disable=g-import-not-at-top
-    per_example = flops.train_flops_per_example("vitl16", crop, channels)
-  except Exception:  # noqa: BLE001  the model package is optional for this bench
-    return None
-  return H100_BF16_FLOPS * mfu / per_example
-
-
 def run(*, workdir: str, sites: int, site_size: int, crop_size: int, batch_size: int,
-        seconds: float, workers: int, mfu: float) -> dict:
+        seconds: float, workers: int) -> dict:
   spec = dict(site_size=site_size, n_groups=4, genes_per_group=4, n_null_genes=0,
               n_experiments=1, plates_per_experiment=1, controls_per_plate=4,
               sites_per_well=max(1, sites // 20))
@@ -68,8 +53,7 @@ def run(*, workdir: str, sites: int, site_size: int, crop_size: int, batch_size:
     return c
 
   t0 = time.perf_counter()
-  ingest_lib.ingest(sources.make_source(cfg("folder", png_dir)),
-                    ar_dir, num_shards=4)
+  shards.ingest(sources.make_source(cfg("folder", png_dir)), ar_dir, num_shards=4)
   ingest_s = time.perf_counter() - t0
   results = {}
   for name, c in [("synthetic", cfg("synthetic")), ("png_folder", cfg("folder", png_dir)),
@@ -78,44 +62,7 @@ def run(*, workdir: str, sites: int, site_size: int, crop_size: int, batch_size:
     if workers:
       multi = _time_iterator(cfg(c.source, c.path, workers), batch_size, seconds)
       results[name][f"crops_per_s_{workers}_workers"] = multi["crops_per_s"]
-  out = dict(bench="data", sites=len(screen), site_size=site_size, crop_size=crop_size,
-             batch_size=batch_size, cpu_count=os.cpu_count(), per_worker=results,
-             write_png_sites_per_s=round(len(screen) / write_s, 1),
-             ingest_sites_per_s=round(len(screen) / ingest_s, 1))
-  vit = _vit_l16_images_per_s(crop_size, 6, mfu)
-  if vit:
-    per_core = results["arrayrecord"]["crops_per_s"]
-    out["vitl16_h100_images_per_s_at_mfu"] = dict(mfu=mfu, images_per_s=round(vit, 1),
-                                                  arrayrecord_cores_needed=round(vit / per_core, 2))
-  return out
-
-
-def main(argv=None) -> dict:
-  p = argparse.ArgumentParser(prog="python -m maejax.bench data", description=__doc__,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("--sites", type=int, default=200, help="sites written for folder/ArrayRecord")
-  p.add_argument("--site-size", type=int, default=256)
-  p.add_argument("--crop-size", type=int, default=256)
-  p.add_argument("--batch-size", type=int, default=32)
-  p.add_argument("--seconds", type=float, default=3.0, help="time per measurement")
-  p.add_argument("--workers", type=int, default=0, help="also time N Grain worker processes")
-  p.add_argument("--mfu", type=float, default=0.4, help="assumed H100 utilisation for ViT-L/16")
-  p.add_argument("--workdir", default="", help="where to write the test data (default: a temp dir)")
-  p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
-  args = p.parse_args(argv)
-  with tempfile.TemporaryDirectory() as tmp:
-    out = run(workdir=args.workdir or tmp, sites=args.sites, site_size=args.site_size,
-              crop_size=args.crop_size, batch_size=args.batch_size, seconds=args.seconds,
-              workers=args.workers, mfu=args.mfu)
-  if args.json:
-    print(json.dumps(out))
-  else:
-    for name, r in out["per_worker"].items():
-      print(f"{name:12s} {r['crops_per_s']:9.1f} crops/s  {r['mb_per_s']:8.1f} MB/s  "
-            f"crop {r['crop_shape']}")
-    print({k: v for k, v in out.items() if k != "per_worker"})
-  return out
-
-
-if __name__ == "__main__":
-  main()
+  return dict(bench="data", sites=len(screen), site_size=site_size, crop_size=crop_size,
+              batch_size=batch_size, cpu_count=os.cpu_count(), per_worker=results,
+              write_png_sites_per_s=round(len(screen) / write_s, 1),
+              ingest_sites_per_s=round(len(screen) / ingest_s, 1))

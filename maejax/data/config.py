@@ -6,7 +6,7 @@ import dataclasses
 
 import ml_collections
 
-from maejax.data import synthetic
+from maejax.data import sources, synthetic
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -32,11 +32,13 @@ def default_config() -> ml_collections.ConfigDict:
   c.bit_depth = 16            # for uint16="shift": camera bit depth (value >> (bit_depth - 8))
   c.percentiles = (0.1, 99.9)  # for uint16="percentile"
   c.synthetic = ml_collections.ConfigDict(dataclasses.asdict(synthetic.ScreenSpec()))
+  rxrx1 = sources.RXRX1_FOLDER
   c.folder = ml_collections.ConfigDict(dict(
       # One CSV row per site: any CSV column and {channel} (= channel_numbers[c]) may appear.
-      path_template="images/{experiment}/Plate{plate}/{well}_s{site}_w{channel}.png",
-      channel_numbers=(1, 2, 3, 4, 5, 6),
-      channel_names=("nuclei", "er", "actin", "rna", "mito", "golgi"),
+      # Default: RxRx1's file layout with the standard column names.
+      path_template=rxrx1["path_template"],
+      channel_numbers=rxrx1["channel_numbers"],
+      channel_names=rxrx1["channel_names"],
       # Or one CSV row per site and channel: set file_column (and channel_column).
       file_column="",
       channel_column="",

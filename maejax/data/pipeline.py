@@ -21,24 +21,19 @@ from maejax.data import sources as sources_lib
 
 
 def draw_augment(rng: np.random.Generator, site_hw: tuple[int, int], crop_size: int, *,
-                 flips: bool, rotations: bool, n_channels: int, sample_channels: int) -> dict:
-  """Draws crop offset, flip, rotation and channel subset for one example."""
+                 flips: bool, rotations: bool) -> dict:
+  """Draws crop offset, flip and rotation for one example (channel subsets are drawn per
+  batch, by `SampleChannels`)."""
   h, w = site_hw
-  params = dict(y=int(rng.integers(0, h - crop_size + 1)), x=int(rng.integers(0, w - crop_size + 1)),
-                flip=bool(rng.integers(2)) if flips else False,
-                k=int(rng.integers(4)) if rotations else 0,
-                slots=np.arange(n_channels))
-  if sample_channels:
-    params["slots"] = np.sort(rng.choice(n_channels, size=sample_channels, replace=False))
-  return params
+  return dict(y=int(rng.integers(0, h - crop_size + 1)), x=int(rng.integers(0, w - crop_size + 1)),
+              flip=bool(rng.integers(2)) if flips else False,
+              k=int(rng.integers(4)) if rotations else 0)
 
 
 def apply_augment(image: np.ndarray, params: dict, crop_size: int) -> np.ndarray:
-  """uint8 [H, W, C] -> [crop, crop, len(slots)]: crop, then left-right flip, then rot90 k times."""
+  """uint8 [H, W, C] -> [crop, crop, C]: crop, then left-right flip, then rot90 k times."""
   y, x = params["y"], params["x"]
   out = image[y:y + crop_size, x:x + crop_size]
-  if len(params["slots"]) != image.shape[-1]:
-    out = out[..., params["slots"]]
   if params["flip"]:
     out = out[:, ::-1]
   if params["k"]:
@@ -80,8 +75,7 @@ class RandomCrop(grain.transforms.RandomMap):
       raise ValueError(f"site of size {h}x{w} is smaller than config.data.crop_size="
                        f"{self.crop_size}; lower crop_size")
     params = draw_augment(rng, (h, w), self.crop_size, flips=self.flips,
-                          rotations=self.rotations, n_channels=image.shape[-1],
-                          sample_channels=0)
+                          rotations=self.rotations)
     element["image"] = apply_augment(image, params, self.crop_size)
     element["channel_ids"] = self.channel_ids
     return element

@@ -305,9 +305,6 @@ class FolderSource(Source):
     site_df = df.loc[sites].drop(columns=[file_column, channel_column]).reset_index(drop=True)
     return site_df, paths
 
-  def site_paths(self, index: int) -> list[str]:
-    return list(self._paths[index])
-
   def _read(self, index):
     paths = self._paths[index]
     planes = [to_uint8(read_channel(p), path=p, **self._decode) for p in paths]
@@ -475,6 +472,7 @@ class ArrayRecordSource(Source):
 
 # ------------------------------------------------------------------------------ factory
 
+# The RxRx1 layout; its file layout is also the default of config.data.folder.
 RXRX1_FOLDER = dict(
     path_template="images/{experiment}/Plate{plate}/{well}_s{site}_w{channel}.png",
     channel_numbers=(1, 2, 3, 4, 5, 6),

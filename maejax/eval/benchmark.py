@@ -197,14 +197,6 @@ def score_relationships(features, genes: Sequence[str], relationships: Mapping[s
   return recall, curve
 
 
-def known_relationship_recall(features, genes, relationships, *, thresholds=THRESHOLDS,
-                              max_null_pairs: int = MAX_NULL_PAIRS, seed: int = 0
-                              ) -> pd.DataFrame:
-  """The recall table of score_relationships alone."""
-  return score_relationships(features, genes, relationships, thresholds=thresholds,
-                             percentiles=(), max_null_pairs=max_null_pairs, seed=seed)[0]
-
-
 # ----------------------------------------------------------------------------- replicates
 
 def _mean_pairwise_cosine(unit_sum, norms_sq_sum, k):

@@ -8,31 +8,38 @@ other models' embeddings in this layout work as they are.
 
 from __future__ import annotations
 
+import os
+import tempfile
 import warnings
-from pathlib import Path
 
+import anndata
 import numpy as np
 import pandas as pd
+from etils import epath
+
+from maejax import workdir
 
 METADATA_PREFIX = "Metadata_"
 
 
-def read_embeddings(path: str | Path) -> pd.DataFrame:
-  """Reads a Parquet (.parquet/.pq), CSV (.csv, .csv.gz) or TSV embeddings table."""
-  path = Path(path)
+def read_embeddings(path) -> pd.DataFrame:
+  """Reads a Parquet (.parquet/.pq), CSV (.csv, .csv.gz), TSV or .h5ad table (local or gs://)."""
+  path = workdir.path(path)
   if not path.is_file():
     raise FileNotFoundError(
         f"embeddings table {path} does not exist; pass a Parquet or CSV file with "
         "Metadata_* columns and numeric feature columns")
   name = path.name.lower()
-  if name.endswith((".parquet", ".pq")):
-    return pd.read_parquet(path)
-  if name.endswith((".csv", ".csv.gz")):
-    return pd.read_csv(path)
-  if name.endswith((".tsv", ".tsv.gz", ".txt")):
-    return pd.read_csv(path, sep="\t")
+  gzip = "gzip" if name.endswith(".gz") else None
   if name.endswith(".h5ad"):
     return _read_h5ad(path)
+  with path.open("rb") as f:
+    if name.endswith((".parquet", ".pq")):
+      return pd.read_parquet(f)
+    if name.endswith((".csv", ".csv.gz")):
+      return pd.read_csv(f, compression=gzip)
+    if name.endswith((".tsv", ".tsv.gz", ".txt")):
+      return pd.read_csv(f, sep="\t", compression=gzip)
   raise ValueError(
       f"embeddings table {path}: unknown format {path.suffix!r}; expected .parquet, .csv, "
       ".tsv or .h5ad")
@@ -106,29 +113,26 @@ def join_table(metadata: pd.DataFrame, features: np.ndarray,
   return pd.concat([metadata.reset_index(drop=True), frame], axis=1)
 
 
-def write_embeddings(table: pd.DataFrame, path: str | Path) -> Path:
-  """Writes a table as Parquet, CSV or AnnData .h5ad (chosen by the suffix)."""
-  path = Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
+def write_embeddings(table: pd.DataFrame, path) -> epath.Path:
+  """Writes a table as Parquet, CSV (.csv, .csv.gz) or AnnData .h5ad, chosen by the suffix
+  (local or gs://)."""
+  path = workdir.path(path)
   name = path.name.lower()
-  if name.endswith((".parquet", ".pq")):
-    table.to_parquet(path, index=False)
-  elif name.endswith((".csv", ".csv.gz")):
-    table.to_csv(path, index=False)
-  elif name.endswith(".h5ad"):
-    write_h5ad(table, path)
-  else:
+  if not name.endswith((".parquet", ".pq", ".csv", ".csv.gz", ".h5ad")):
     raise ValueError(f"cannot write {path}: use a .parquet, .csv or .h5ad suffix")
+  path.parent.mkdir(parents=True, exist_ok=True)
+  if name.endswith(".h5ad"):
+    return write_h5ad(table, path)
+  with path.open("wb") as f:
+    if name.endswith((".parquet", ".pq")):
+      table.to_parquet(f, index=False)
+    else:
+      table.to_csv(f, index=False, compression="gzip" if name.endswith(".gz") else None)
   return path
 
 
-def write_h5ad(table: pd.DataFrame, path: str | Path) -> Path:
+def write_h5ad(table: pd.DataFrame, path) -> epath.Path:
   """Writes features as AnnData `X` and metadata (prefix stripped) as `obs`."""
-  try:
-    import anndata  # pylint: disable=g-import-not-at-top
-  except ImportError as e:
-    raise ImportError("writing .h5ad needs the optional package anndata "
-                      "(pip install anndata)") from e
   metadata, features, names = split_table(table)
   obs = metadata.rename(columns=lambda c: c[len(METADATA_PREFIX):])
   obs.index = obs.index.astype(str)
@@ -137,17 +141,29 @@ def write_h5ad(table: pd.DataFrame, path: str | Path) -> Path:
       obs[column] = obs[column].astype(str)
   adata = anndata.AnnData(X=features.astype(np.float32), obs=obs,
                           var=pd.DataFrame(index=[str(n) for n in names]))
-  path = Path(path)
-  adata.write_h5ad(path)
+  path = workdir.path(path)
+  if not _remote(path):
+    adata.write_h5ad(os.fspath(path))
+    return path
+  with tempfile.TemporaryDirectory() as tmp:  # h5py writes local files only.
+    local = os.path.join(tmp, path.name)
+    adata.write_h5ad(local)
+    path.write_bytes(epath.Path(local).read_bytes())
   return path
 
 
-def _read_h5ad(path: Path) -> pd.DataFrame:
-  try:
-    import anndata  # pylint: disable=g-import-not-at-top
-  except ImportError as e:
-    raise ImportError(f"reading {path} needs the optional package anndata") from e
-  adata = anndata.read_h5ad(path)
+def _remote(path) -> bool:
+  return "://" in os.fspath(path)
+
+
+def _read_h5ad(path: epath.Path) -> pd.DataFrame:
+  if _remote(path):
+    with tempfile.TemporaryDirectory() as tmp:
+      local = os.path.join(tmp, path.name)
+      epath.Path(local).write_bytes(path.read_bytes())
+      adata = anndata.read_h5ad(local)
+  else:
+    adata = anndata.read_h5ad(os.fspath(path))
   obs = adata.obs.rename(columns=lambda c: METADATA_PREFIX + str(c)).reset_index(drop=True)
   x = adata.X.toarray() if hasattr(adata.X, "toarray") else np.asarray(adata.X)
   return join_table(obs, x, [str(v) for v in adata.var_names])

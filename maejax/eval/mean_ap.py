@@ -29,6 +29,7 @@ from typing import Mapping
 
 import numpy as np
 import pandas as pd
+from copairs import map as copairs_map
 
 from maejax.eval import io
 
@@ -38,19 +39,12 @@ MAX_BLOCK_ROWS = 200_000  # rows per copairs call in relationship_map (memory bo
 MAP_COLUMNS = ["mean_average_precision", "mean_normalized_average_precision", "p_value",
                "corrected_p_value", "below_p", "below_corrected_p"]
 
-
-def _copairs():
-  try:
-    from copairs import map as copairs_map  # pylint: disable=g-import-not-at-top
-  except ImportError as e:
-    raise ImportError("mAP needs the package copairs (pip install copairs)") from e
-  logging.getLogger("copairs").setLevel(logging.WARNING)
-  return copairs_map
+logging.getLogger("copairs").setLevel(logging.WARNING)  # Quiet its per-call INFO lines.
 
 
 def _map_per_group(ap: pd.DataFrame, column: str, *, null_size: int, threshold: float,
                    seed: int) -> pd.DataFrame:
-  maps = _copairs().mean_average_precision(ap, sameby=[column], null_size=null_size,
+  maps = copairs_map.mean_average_precision(ap, sameby=[column], null_size=null_size,
                                            threshold=threshold, seed=seed, progress_bar=False)
   return maps[[column] + MAP_COLUMNS].reset_index(drop=True)
 
@@ -99,7 +93,7 @@ def replicate_map(table: pd.DataFrame, *, perturbation_col: str = "perturbation"
   if not (counts > 1).any():
     raise ValueError(f"no perturbation has 2 or more treated wells in {pert}: replicate mAP "
                      "needs replicates")
-  ap = _copairs().average_precision(meta, features, pos_sameby=keys, pos_diffby=[],
+  ap = copairs_map.average_precision(meta, features, pos_sameby=keys, pos_diffby=[],
                                     neg_sameby=[], neg_diffby=neg_diffby, distance=distance,
                                     progress_bar=False)
   ap = ap[~is_control & ap.average_precision.notna().to_numpy()].reset_index(drop=True)
@@ -150,7 +144,7 @@ def relationship_ap(features: np.ndarray, genes, pairs: pd.DataFrame, *,
     related = np.array([genes[r] in partners[genes[q]] or r == q for r, q in zip(rows, query)])
     meta = pd.DataFrame({"gene": genes[rows], "block": block, "related": related.astype(int),
                          "role": (rows == query).astype(int)})
-    ap = _copairs().average_precision(
+    ap = copairs_map.average_precision(
         meta, features[rows], pos_sameby=["block", "related"], pos_diffby=["role"],
         neg_sameby=["block"], neg_diffby=["related", "role"], distance=distance,
         progress_bar=False)

@@ -12,6 +12,7 @@ import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-imp
 import numpy as np
 import pandas as pd
 
+from maejax import workdir  # pylint: disable=wrong-import-position
 from maejax.eval import benchmark  # pylint: disable=wrong-import-position
 
 
@@ -115,10 +116,8 @@ def plot_replicate_consistency(per_perturbation: pd.DataFrame, null_mean: float,
 
 
 def save_figure(fig, path) -> Path:
-  """Writes a figure as PNG (creating its folder) and closes it."""
-  path = Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
+  """Writes a figure as PNG (creating its folder; local or bucket) and closes it."""
   fig.tight_layout()
-  fig.savefig(path, dpi=120)
+  file = workdir.write_figure(fig, path)
   plt.close(fig)
-  return path
+  return file

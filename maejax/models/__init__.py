@@ -1,14 +1,18 @@
 """Model registry: short names (`vits16`, `camae_s16`, ...) -> ConfigDicts -> NNX modules.
 
 `create(config_or_name, rngs=...)` builds any registered model. A model config is a ConfigDict
-with `name`, `kind` and the architecture fields below; unknown fields are an error.
+with `name`, `kind` (one of `KINDS`) and the architecture fields below; unknown fields are an
+error.
 """
 
 from __future__ import annotations
 
-import jax
 import ml_collections
 from flax import nnx
+
+from maejax.models.classifier import CNNClassifier, ViTClassifier
+from maejax.models.mae import MAE
+from maejax.models.munet import MUNet
 
 # (width, depth, num_heads, mlp_dim) of the encoder sizes used in the paper.
 SIZES = {
@@ -114,11 +118,8 @@ REGISTRY = {
                                      drop_path=0.0, layerscale=None),
 }
 
-BUILDERS = {}  # kind -> module class; filled by register_kind.
-
-
-def register_kind(kind, cls):
-  BUILDERS[kind] = cls
+# kind -> module class.
+KINDS = {"mae": MAE, "munet": MUNet, "wsl_cnn": CNNClassifier, "wsl_vit": ViTClassifier}
 
 
 def get_config(name, **overrides):
@@ -145,26 +146,13 @@ def resolve(config_or_name, **overrides):
 
 
 def create(config_or_name, *, rngs=None, **overrides):
-  """Builds a registered model. Parameters carry logical axis names; without a mesh in
-  context they are plain (unsharded) arrays."""
+  """Builds a registered model with plain (unsharded) parameter arrays.
+
+  Parameters carry logical axis names as metadata, but eager sharding is always off here, mesh
+  or not: callers place the state on a mesh themselves (maejax.train.state shards it by rules).
+  """
   cfg = ml_collections.FrozenConfigDict(resolve(config_or_name, **overrides))
-  if cfg.kind not in BUILDERS:
-    raise ValueError(f"no model class registered for kind {cfg.kind!r}")
-  rngs = rngs if rngs is not None else nnx.Rngs(0)
-  if jax.sharding.get_abstract_mesh().empty:
-    with nnx.use_eager_sharding(False):
-      return BUILDERS[cfg.kind](cfg, rngs=rngs)
-  return BUILDERS[cfg.kind](cfg, rngs=rngs)
-
-
-def _register_builtin():
-  from maejax.models.classifier import CNNClassifier, ViTClassifier
-  from maejax.models.mae import MAE
-  from maejax.models.munet import MUNet
-  register_kind("mae", MAE)
-  register_kind("munet", MUNet)
-  register_kind("wsl_cnn", CNNClassifier)
-  register_kind("wsl_vit", ViTClassifier)
-
-
-_register_builtin()
+  if cfg.kind not in KINDS:
+    raise ValueError(f"no model class for kind {cfg.kind!r}; kinds: {', '.join(KINDS)}")
+  with nnx.use_eager_sharding(False):
+    return KINDS[cfg.kind](cfg, rngs=rngs if rngs is not None else nnx.Rngs(0))

@@ -40,8 +40,21 @@ def mae_forward_flops(cfg, image_size, channels):
   return f
 
 
+def xla_flops(compiled):
+  """XLA's FLOP count of a compiled computation (per device), or None where XLA gives none.
+
+  `compiled.cost_analysis()` is a dict, a one-element list of dicts (older JAX) or None.
+  """
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) and cost else cost
+  if not cost or "flops" not in cost:
+    return None
+  return float(cost["flops"])
+
+
 def xla_train_flops_per_example(cfg, image_size, channels, batch_size=2):
-  """FLOPs of one example's loss + gradient as XLA counts them (for checks and non-MAEs)."""
+  """FLOPs of one example's loss + gradient as XLA counts them (for checks and non-MAEs);
+  None where XLA gives no count."""
   model = nnx.eval_shape(lambda: models.create(cfg))
   graphdef, state = nnx.split(model)
   batch = {"image": jax.ShapeDtypeStruct((batch_size, image_size, image_size, channels), jnp.uint8),
@@ -51,9 +64,8 @@ def xla_train_flops_per_example(cfg, image_size, channels, batch_size=2):
     return nnx.merge(graphdef, state).compute_loss(batch, key)[0]
 
   key = jax.ShapeDtypeStruct((), jax.random.key(0).dtype)
-  cost = jax.jit(jax.grad(loss)).lower(state, batch, key).compile().cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  return float(cost["flops"]) / batch_size
+  flops = xla_flops(jax.jit(jax.grad(loss)).lower(state, batch, key).compile())
+  return None if flops is None else flops / batch_size
 
 
 def train_flops_per_example(config, image_size=None, channels=None):

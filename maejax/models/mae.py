@@ -9,33 +9,40 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
 from maejax.models import layers
 from maejax.models.losses import reconstruction_loss
-from maejax.models.tokenizers import (PosTable, patchify, patchify_channels, sincos_2d,
-                                      spatial_positions, standardize, unpatchify,
-                                      unpatchify_channels)
+from maejax.models.tokenizers import (patchify, patchify_channels, positions, standardize,
+                                      unpatchify, unpatchify_channels)
 from maejax.models.vit import Encoder, check_images, dtype_of, pool_tokens
 
 
-def random_masking(tokens, mask_ratio, *, key=None, noise=None):
-  """Keeps a random `1 - mask_ratio` of tokens with static shapes (noise, argsort, gather).
+def draw_mask(batch, length, mask_ratio, *, key=None, noise=None):
+  """Masks all but `int(length * (1 - mask_ratio))` random positions per row, static shapes.
 
-  tokens: [b, l, d]; noise: optional [b, l] uniform noise (overrides key).
-  Returns kept [b, keep, d], mask [b, l] (1 = masked), ids_restore [b, l]
-  (the permutation that puts shuffled tokens back in the original order).
+  The lowest-noise positions are kept (noise: optional [batch, length] uniform noise, which
+  overrides key). Returns ids_keep [batch, keep], mask [batch, length] float32 (1 = masked)
+  and ids_restore [batch, length] (the permutation that puts shuffled positions back).
   """
-  b, l, _ = tokens.shape
-  keep = int(l * (1.0 - mask_ratio))
+  keep = int(length * (1.0 - mask_ratio))
   if noise is None:
-    noise = jax.random.uniform(key, (b, l))
+    noise = jax.random.uniform(key, (batch, length))
   ids_shuffle = jnp.argsort(noise, axis=1)
   ids_restore = jnp.argsort(ids_shuffle, axis=1)
-  kept = jnp.take_along_axis(tokens, ids_shuffle[:, :keep, None], axis=1)
-  mask = jnp.ones((b, l), jnp.float32).at[:, :keep].set(0.0)
+  mask = jnp.ones((batch, length), jnp.float32).at[:, :keep].set(0.0)
   mask = jnp.take_along_axis(mask, ids_restore, axis=1)
+  return ids_shuffle[:, :keep], mask, ids_restore
+
+
+def random_masking(tokens, mask_ratio, *, key=None, noise=None):
+  """Keeps a random `1 - mask_ratio` of tokens [b, l, d] (see `draw_mask`).
+
+  Returns kept [b, keep, d], mask [b, l] (1 = masked), ids_restore [b, l].
+  """
+  b, l, _ = tokens.shape
+  ids_keep, mask, ids_restore = draw_mask(b, l, mask_ratio, key=key, noise=noise)
+  kept = jnp.take_along_axis(tokens, ids_keep[:, :, None], axis=1)
   return kept, mask, ids_restore
 
 
@@ -60,11 +67,9 @@ class MAEDecoder(nnx.Module):
   def __init__(self, cfg, *, rngs):
     dtype = dtype_of(cfg.dtype)
     dd = cfg.decoder_width
-    self.grid = cfg.img_size // cfg.patch_size
     self.embed = layers.dense(cfg.width, dd, ("embed", None), dtype=dtype, rngs=rngs)
     self.mask_token = nnx.Param(
         jax.random.normal(rngs.params(), (1, 1, dd)) * 0.02, out_sharding=(None, None, None))
-    self.pos = PosTable(jnp.asarray(sincos_2d(self.grid, self.grid, dd)))
     self.blocks = nnx.List([decoder_block(cfg, dtype, rngs) for _ in range(cfg.decoder_depth)])
     self.norm = layers.layer_norm(dd, cfg.norm_eps, dtype, rngs=rngs, name=None)
     self.pred = layers.dense(dd, cfg.patch_size ** 2 * cfg.channels, (None, None),
@@ -74,7 +79,7 @@ class MAEDecoder(nnx.Module):
     """x: encoder output [b, 1 + keep, width] -> predictions [b, l, p*p*c]."""
     x = self.embed(x)
     patches = unshuffle(x[:, 1:], self.mask_token[...], ids_restore)
-    pos = spatial_positions(self.pos, *grid_hw, self.grid).astype(x.dtype)
+    pos = positions(*grid_hw, x.shape[-1], x.dtype)
     x = jnp.concatenate([x[:, :1], patches + pos], axis=1)
     for blk in self.blocks:
       x = blk(x)
@@ -119,12 +124,9 @@ class ChannelAgnosticDecoder(nnx.Module):
   def __init__(self, cfg, *, rngs):
     dtype = dtype_of(cfg.dtype)
     dd = cfg.decoder_width
-    self.grid = cfg.img_size // cfg.patch_size
-    self.num_channels = cfg.decoder_channels
     self.embed = layers.dense(cfg.width, dd, ("embed", None), dtype=dtype, rngs=rngs)
     self.mask_token = nnx.Param(
         jax.random.normal(rngs.params(), (1, 1, dd)) * 0.02, out_sharding=(None, None, None))
-    self.pos = PosTable(jnp.asarray(sincos_2d(self.grid, self.grid, dd)))
     self.channel_tokens = nnx.Param(
         jax.random.normal(rngs.params(), (cfg.decoder_channels, dd)) * 0.02, out_sharding=(None, None))
     self.query_norm = layers.layer_norm(dd, cfg.norm_eps, dtype, rngs=rngs, name=None)
@@ -141,8 +143,7 @@ class ChannelAgnosticDecoder(nnx.Module):
     x = unshuffle(x[:, 1:], self.mask_token[...], ids_restore)
     b, l, d = x.shape
     c = channel_ids.shape[0]
-    pos = spatial_positions(self.pos, *grid_hw, self.grid)
-    x = x.reshape(b, c, l // c, d) + pos.astype(x.dtype)[None, None]
+    x = x.reshape(b, c, l // c, d) + positions(*grid_hw, d, x.dtype)[None, None]
     x = x + self.channel_tokens[...][channel_ids].astype(x.dtype)[None, :, None]
     x = x.reshape(b, l, d)
     # Each channel's queries attend to all tokens with shared weights: one attention of all

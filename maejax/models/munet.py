@@ -1,8 +1,9 @@
 """Masked U-Net (MU-Net): a convolutional masked autoencoder (Kraus et al., MU-Net-M / -L).
 
-The standardized image's patches are masked at `mask_ratio` (masked pixels set to 0, the
-per-channel mean), a U-Net with skip connections reconstructs the whole image, and the loss
-scores masked patches only (the ViT-MAE's `reconstruction_loss`: MSE plus the Fourier term).
+The standardized image's patches are masked as the ViT-MAE's tokens are (`mae.draw_mask`: all
+but int(n * (1 - mask_ratio)) of the n patches; masked pixels set to 0, the per-channel mean),
+a U-Net with skip connections reconstructs the whole image, and the loss scores masked patches
+only (the ViT-MAE's `reconstruction_loss`: MSE plus the Fourier term).
 The embedding is the global average of the bottleneck features.
 
 Architecture (`widths` = (w_1, ..., w_L), `depth` blocks per level, pre-activation residual
@@ -31,16 +32,9 @@ from flax import nnx
 from maejax.models import conv as cv
 from maejax.models.layers import part, zeros
 from maejax.models.losses import reconstruction_loss
+from maejax.models.mae import draw_mask
 from maejax.models.tokenizers import patchify, standardize, unpatchify
 from maejax.models.vit import dtype_of
-
-
-def patch_mask(key, batch, num_patches, mask_ratio):
-  """[batch, num_patches] float32, 1 = masked: exactly round(mask_ratio * num_patches) random
-  patches per image (a random permutation per image, so shapes are static)."""
-  num_masked = int(round(mask_ratio * num_patches))
-  ranks = jnp.argsort(jnp.argsort(jax.random.uniform(key, (batch, num_patches)), axis=1), axis=1)
-  return (ranks < num_masked).astype(jnp.float32)
 
 
 def mask_pixels(mask, patch_size, height, width):
@@ -128,7 +122,7 @@ class MUNet(nnx.Module):
     p = self.cfg.patch_size
     ratio = self.cfg.mask_ratio if mask_ratio is None else mask_ratio
     target = standardize(images)
-    mask = patch_mask(key, b, (H // p) * (W // p), ratio)
+    _, mask, _ = draw_mask(b, (H // p) * (W // p), ratio, key=key)
     pixels = mask_pixels(mask, p, H, W)
     return target * (1.0 - pixels), target, pixels, mask
 

@@ -67,33 +67,28 @@ def sincos_2d(grid_h, grid_w, dim):
   return table.astype(np.float32)
 
 
-class PosTable(nnx.Variable):
-  """A fixed (not trained) positional table stored with the weights."""
+def positions(grid_h, grid_w, dim, dtype):
+  """The sin-cos table [grid_h*grid_w, dim] as a constant of `dtype`.
 
-
-def spatial_positions(table, grid_h, grid_w, grid):
-  """The stored [grid*grid, d] table, or a fresh sin-cos one for another grid size."""
-  if (grid_h, grid_w) == (grid, grid):
-    return table[...]
-  return jnp.asarray(sincos_2d(grid_h, grid_w, table.shape[-1]))
+  Built from static shapes at call time (as big_vision does), so it is not module state and
+  fits any grid size.
+  """
+  return jnp.asarray(sincos_2d(grid_h, grid_w, dim)).astype(dtype)
 
 
 class PatchEmbed(nnx.Module):
   """Standard tokenizer: [b, H, W, c] float -> [b, n, embed] (+ sin-cos positions)."""
 
-  def __init__(self, patch_size, channels, dim, grid, *, dtype=None, rngs):
+  def __init__(self, patch_size, channels, dim, *, dtype=None, rngs):
     self.patch_size, self.channels = patch_size, channels
     self.proj = nnx.Linear(
         patch_size * patch_size * channels, dim, dtype=dtype, rngs=rngs,
         kernel_init=part(xavier, (None, "embed")), bias_init=part(zeros, ("embed",)))
-    self.grid = grid
-    self.pos = PosTable(jnp.asarray(sincos_2d(grid, grid, dim)))
 
   def __call__(self, x):
     p = self.patch_size
-    pos = spatial_positions(self.pos, x.shape[1] // p, x.shape[2] // p, self.grid)
     tokens = self.proj(patchify(x, p))
-    return tokens + pos.astype(tokens.dtype)
+    return tokens + positions(x.shape[1] // p, x.shape[2] // p, tokens.shape[-1], tokens.dtype)
 
 
 class ChannelAgnosticPatchEmbed(nnx.Module):
@@ -103,16 +98,14 @@ class ChannelAgnosticPatchEmbed(nnx.Module):
   repeated for every channel (no channel embedding), so any c <= max_channels works.
   """
 
-  def __init__(self, patch_size, max_channels, dim, grid, *, dtype=None, rngs):
+  def __init__(self, patch_size, max_channels, dim, *, dtype=None, rngs):
     self.patch_size, self.max_channels = patch_size, max_channels
     self.proj = nnx.Linear(
         patch_size * patch_size, dim, dtype=dtype, rngs=rngs,
         kernel_init=part(xavier, (None, "embed")), bias_init=part(zeros, ("embed",)))
-    self.grid = grid
-    self.pos = PosTable(jnp.asarray(sincos_2d(grid, grid, dim)))
 
   def __call__(self, x):
     p, c = self.patch_size, x.shape[-1]
-    pos = spatial_positions(self.pos, x.shape[1] // p, x.shape[2] // p, self.grid)
     tokens = self.proj(patchify_channels(x, p))
-    return tokens + jnp.tile(pos, (c, 1)).astype(tokens.dtype)
+    pos = positions(x.shape[1] // p, x.shape[2] // p, tokens.shape[-1], tokens.dtype)
+    return tokens + jnp.tile(pos, (c, 1))

@@ -42,13 +42,12 @@ class Encoder(nnx.Module):
 
   def __init__(self, cfg, *, rngs):
     dtype = dtype_of(cfg.dtype)
-    grid = cfg.img_size // cfg.patch_size
     if cfg.channel_agnostic:
       self.tokenizer = ChannelAgnosticPatchEmbed(
-          cfg.patch_size, cfg.max_channels, cfg.width, grid, dtype=dtype, rngs=rngs)
+          cfg.patch_size, cfg.max_channels, cfg.width, dtype=dtype, rngs=rngs)
     else:
-      self.tokenizer = PatchEmbed(cfg.patch_size, cfg.channels, cfg.width, grid,
-                                  dtype=dtype, rngs=rngs)
+      self.tokenizer = PatchEmbed(cfg.patch_size, cfg.channels, cfg.width, dtype=dtype,
+                                  rngs=rngs)
     self.cls_token = nnx.Param(
         jax.random.normal(rngs.params(), (1, 1, cfg.width)) * 0.02, out_sharding=(None, None, "embed"))
     rates = [float(r) for r in np.linspace(0.0, cfg.drop_path, cfg.depth)]

@@ -1,29 +1,32 @@
 """Orbax checkpoints of the train state, the Grain iterator and the config.
 
-Layout: `<workdir>/checkpoints/<step>/{state,data,config}` plus Orbax metadata holding
-`custom_metadata` = {"step", "train_flops" (cumulative, analytic), "images_seen"}. A
-checkpoint directory is self-describing: `config` is the ConfigDict it was trained with.
-Every process writes its own shards (and its own iterator state).
+Where they live is maejax.workdir's business; this module saves them and restores the newest
+one that can be read, onto any mesh. Every process writes its own shards (and its own
+iterator state).
 """
 
 import logging
-import os
-import shutil
 import time
-from typing import Any
 
 import grain
 import jax
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
-from maejax.train import config as config_lib
+from maejax import config as config_lib
+from maejax import workdir as workdir_lib
 
-ITEMS = ("state", "data", "config")
+# Fields whose change makes a checkpoint's state mean something else (its shapes, the
+# optimizer's moments, the channels or crops the data iterator yields); resuming with another
+# value is refused. Everything else (lr, total_steps, log_every, ...) may change on resume.
+STATE_FIELDS = ("model.", "optimizer", "b1", "b2", "data.source", "data.channels",
+                "data.sample_channels", "data.crop_size")
+COMPUTE_FIELDS = ("model.remat", "model.dtype")  # How the same state is computed: free.
 
-# Replica-parallel saving splits each replicated array across its replicas; for small arrays
-# the slicing (one compiled slice per shape) costs more than the write it spreads.
+
 def _register_array_handler():
+  # Replica-parallel saving splits each replicated array across its replicas; for small arrays
+  # the slicing (one compiled slice per shape) costs more than the write it spreads.
   absl_log = logging.getLogger("absl")
   level = absl_log.level
   absl_log.setLevel(logging.ERROR)  # The override is intended: no "overriding" warning.
@@ -38,23 +41,66 @@ def _register_array_handler():
 _register_array_handler()
 
 
+class CheckpointError(ValueError):
+  """No checkpoint of a workdir can be used; nothing in the workdir was changed."""
+
+
+def changed_fields(saved, requested) -> list[tuple[str, object, object]]:
+  """[(field, saved value, requested value)] over STATE_FIELDS."""
+  old, new = config_lib.flatten(saved), config_lib.flatten(requested)
+  names = sorted(n for n in set(old) | set(new)
+                 if n not in COMPUTE_FIELDS
+                 and any(n == f or (f.endswith(".") and n.startswith(f)) for f in STATE_FIELDS))
+  norm = lambda v: list(v) if isinstance(v, (tuple, list)) else v  # noqa: E731
+  return [(n, old.get(n), new.get(n)) for n in names if norm(old.get(n)) != norm(new.get(n))]
+
+
+def check_resumable(workdir, config, *, resume: bool) -> None:
+  """Raises CheckpointError (one line: the fields, both values, the fix) when `workdir`'s
+  checkpoints cannot continue as `config`; reads only, writes nothing."""
+  steps = workdir_lib.checkpoint_steps(workdir)
+  if not steps:
+    return
+  where = workdir_lib.checkpoints_dir(workdir)
+  if not resume:
+    raise CheckpointError(f"{where} already holds checkpoints (latest step {steps[-1]}) and "
+                          "resume is off; pick another --workdir.")
+  with workdir_lib.manager(workdir) as m:
+    for step in reversed(steps):
+      try:
+        saved = workdir_lib.checkpoint_config(m, step)
+      except Exception:  # pylint: disable=broad-except  (unreadable: restore falls back)
+        continue
+      changed = changed_fields(saved, config)
+      if changed:
+        what = "; ".join(f"{n} {_show(a)} in the checkpoint, {_show(b)} requested"
+                         for n, a, b in changed)
+        fix = " ".join(f"--config.{n}={_show(a)}" for n, a, _ in changed if a is not None)
+        raise CheckpointError(
+            f"{where} holds checkpoints (step {step}) of another setup: {what}. Nothing was "
+            f"changed. Resume with the old values ({fix}) or train the new setup in another "
+            "--workdir.")
+      return
+
+
+def _show(value) -> str:
+  return str(list(value) if isinstance(value, tuple) else value).replace(" ", "")
+
+
 class Checkpointer:
   """Async saves every `ckpt_every` steps; keeps the last `keep_last` plus every multiple of
   `keep_every`; restores the newest readable checkpoint onto any mesh."""
 
-  def __init__(self, directory: str, config, *, async_save: bool | None = None):
-    self.directory = os.path.abspath(directory)
+  def __init__(self, workdir, config, *, async_save: bool | None = None):
+    self.directory = workdir_lib.checkpoints_dir(workdir)
     self.config = config
     async_save = config.get("async_checkpoint", True) if async_save is None else async_save
-    keep_every = int(config.get("keep_every", 0))
-    options = ocp.CheckpointManagerOptions(
-        max_to_keep=max(int(config.get("keep_last", 3)), 1),
-        keep_period=keep_every if keep_every > 0 else None,
-        enable_async_checkpointing=bool(async_save), create=True)
-    self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=ITEMS)
+    self.manager = workdir_lib.manager(
+        workdir, keep_last=int(config.get("keep_last", 3)),
+        keep_every=max(int(config.get("keep_every", 0)), 0), async_save=async_save, create=True)
 
   def all_steps(self) -> list[int]:
-    return list(self.manager.all_steps())
+    return sorted(self.manager.all_steps())
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
@@ -79,56 +125,54 @@ class Checkpointer:
     self.manager.wait_until_finished()
     self.manager.close()
 
-  def metadata(self, step: int) -> dict[str, Any]:
-    return dict(self.manager.metadata(step).custom_metadata or {})
+  def metadata(self, step: int) -> dict:
+    return workdir_lib.checkpoint_metadata(self.manager, step)
 
-  def restore(self, abstract_state: dict, data_iter=None, step: int | None = None):
-    """Restores onto the shardings in `abstract_state` (any mesh).
+  def restore(self, abstract_state: dict, data_iter=None):
+    """Restores the newest readable checkpoint onto the shardings in `abstract_state`.
 
-    Returns (step, state, metadata), or None when there is no checkpoint. With `step=None`
-    the newest checkpoint is used; one that cannot be read (corrupt, half-written) is moved
-    aside to `<step>.corrupt-<time>` with a warning and the previous one is tried.
+    Returns (step, state, metadata), or None when there is no checkpoint. A checkpoint that
+    cannot be read (truncated, missing files) is moved aside to `<step>.corrupt-<time>`, with
+    one warning line, only once an earlier one has restored; when none can be read, raises
+    CheckpointError and changes nothing.
     """
-    steps = sorted(self.all_steps(), reverse=True) if step is None else [step]
-    for s in steps:
+    unreadable = []
+    for step in sorted(self.all_steps(), reverse=True):
       args = {"state": ocp.args.StandardRestore(abstract_state)}
       if data_iter is not None:
         args["data"] = grain.checkpoint.CheckpointRestore(data_iter)
       try:
-        restored = self.manager.restore(s, args=ocp.args.Composite(**args))
-        meta = self.metadata(s)
+        restored = self.manager.restore(step, args=ocp.args.Composite(**args))
+        meta = self.metadata(step)
       except Exception as e:  # pylint: disable=broad-except
-        if step is not None:
-          raise
-        self._set_aside(s, e)
+        logging.debug("checkpoint %d unreadable", step, exc_info=True)
+        unreadable.append((step, e))
         continue
-      return s, restored["state"], meta
+      for bad, error in unreadable:
+        self._set_aside(bad, error, step)
+      return step, restored["state"], meta
+    if unreadable:
+      step, error = unreadable[0]
+      raise CheckpointError(
+          f"no checkpoint in {self.directory} can be read (steps "
+          f"{', '.join(str(s) for s, _ in unreadable)}; step {step}: {_first_line(error)}). "
+          "Nothing was changed; repair or remove them, or pick another --workdir.")
     return None
 
-  def _set_aside(self, step: int, error: Exception) -> None:
-    src = os.path.join(self.directory, str(step))
-    dst = f"{src}.corrupt-{int(time.time())}"
-    logging.warning("checkpoint %s cannot be restored (%s: %s); moved it to %s and trying the "
-                    "previous one.", src, type(error).__name__, str(error)[:300], dst)
-    print(f"WARNING: checkpoint step {step} in {self.directory} is unreadable "
-          f"({type(error).__name__}); falling back to the previous checkpoint (kept the "
-          f"unreadable one at {dst}).", flush=True)
-    if jax.process_index() == 0 and os.path.exists(src):
-      shutil.move(src, dst)
+  def _set_aside(self, step: int, error: Exception, restored: int) -> None:
+    src = self.directory / str(step)
+    dst = self.directory / f"{step}.corrupt-{int(time.time())}"
+    if jax.process_index() == 0:
+      print(f"WARNING: checkpoint step {step} in {self.directory} is unreadable "
+            f"({_first_line(error)}); resumed from step {restored} and moved it to {dst}.",
+            flush=True)
+      if src.exists():
+        src.rename(dst)
     if jax.process_count() > 1:
       multihost_utils.sync_global_devices(f"maejax_ckpt_set_aside_{step}")
     self.manager.reload()
 
 
-def read_config(checkpoint_dir: str):
-  """The ConfigDict stored in `<workdir>/checkpoints` (newest step) or a workdir's config.json."""
-  path = os.path.join(checkpoint_dir, "config.json")
-  if os.path.isfile(path):
-    with open(path) as f:
-      return config_lib.from_json(f.read())
-  steps = sorted((int(d) for d in os.listdir(checkpoint_dir) if d.isdigit()), reverse=True)
-  if not steps:
-    raise FileNotFoundError(f"{checkpoint_dir}: no config.json and no checkpoint step folders; "
-                            "give a workdir written by `python -m maejax.train`.")
-  with open(os.path.join(checkpoint_dir, str(steps[0]), "config", "metadata")) as f:
-    return config_lib.from_json(f.read())
+def _first_line(error: Exception) -> str:
+  text = str(error).strip().splitlines()
+  return f"{type(error).__name__}: {text[0][:200] if text else ''}"

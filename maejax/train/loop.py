@@ -1,8 +1,13 @@
-"""The training loop: data -> sharded step -> metrics, checkpoints, plots; resume; pre-emption."""
+"""The training loop: data -> sharded step -> metrics, checkpoints, plots; resume; pre-emption.
 
+`train` reads top to bottom: checks that write nothing, the state (restored or fresh), then
+one loop whose periodic actions (log and NaN guard, checkpoint and pre-emption, plots) are
+each a small step guarded by one "is it time" test.
+"""
+
+import dataclasses
 import logging
 import math
-import os
 import signal
 import time
 from typing import Any
@@ -12,8 +17,11 @@ import numpy as np
 from flax import nnx
 from jax.experimental import multihost_utils
 
+from maejax import data
+from maejax import models
+from maejax import workdir as workdir_lib
+from maejax.models import flops
 from maejax.train import checkpoint as checkpoint_lib
-from maejax.train import config as config_lib
 from maejax.train import mesh as mesh_lib
 from maejax.train import metrics as metrics_lib
 from maejax.train import optimizer as optimizer_lib
@@ -22,6 +30,7 @@ from maejax.train import state as state_lib
 from maejax.train import step as step_lib
 
 BATCH_KEYS = ("image", "channel_ids", "label")
+POSITIVE_FIELDS = ("total_steps", "log_every", "ckpt_every", "batch_size", "grad_accum_steps")
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -29,19 +38,25 @@ class NonFiniteLossError(FloatingPointError):
 
 
 def model_fn_for(model_config):
-  from maejax import models  # pylint: disable=g-import-not-at-top
   return lambda key: models.create(model_config, rngs=nnx.Rngs(key))
 
 
-def flops_per_image(config) -> float | None:
-  """Analytic training FLOPs (forward + backward) per image; None if not countable."""
-  try:
-    from maejax.models import flops  # pylint: disable=g-import-not-at-top
-  except ImportError:
-    return None
-  return float(flops.train_flops_per_example(
-      config.model, int(config.data.crop_size), len(config.data.channels)
-      if not config.data.get("sample_channels") else int(config.data.sample_channels)))
+def flops_per_image(config) -> float:
+  """Analytic training FLOPs (forward + backward) per image."""
+  channels = (int(config.data.sample_channels) if config.data.get("sample_channels")
+              else len(config.data.channels))
+  return float(flops.train_flops_per_example(config.model, int(config.data.crop_size), channels))
+
+
+def check_settings(config) -> None:
+  """One-line errors for settings that cannot train, before anything is written."""
+  for name in POSITIVE_FIELDS:
+    if int(config[name]) < 1:
+      raise ValueError(f"config.{name}={config[name]}: must be >= 1.")
+  ratio = config.model.get("mask_ratio")
+  if ratio is not None and not 0.0 < float(ratio) < 1.0:
+    raise ValueError(f"config.model.mask_ratio={ratio}: must lie strictly between 0 and 1 "
+                     "(the paper uses 0.75).")
 
 
 def check_batch(config, mesh) -> int:
@@ -83,128 +98,165 @@ class _Preemption:
       signal.signal(signal.SIGTERM, self._old)
 
 
+@dataclasses.dataclass
+class _Meter:
+  """Losses, cumulative FLOPs and throughput between log steps (compilation excluded)."""
+  step: int
+  train_flops: float
+  flops_per_step: float
+  peak: float | None
+  first_loss: float | None = None
+  last_loss: float | None = None
+  since_time: float | None = None
+  since_step: int = 0
+
+  def stepped(self, step: int, metrics) -> None:
+    self.step = step
+    self.train_flops += self.flops_per_step
+    if self.since_time is None:  # The first step compiled: time from its end.
+      jax.block_until_ready(metrics["loss"])
+      self.since_time, self.since_step = time.time(), step
+
+  def scalars(self, metrics, batch_size: int) -> dict[str, float]:
+    """Fetches the step's metrics and adds throughput since the last call."""
+    out = {k: float(v) for k, v in jax.device_get(metrics).items()}
+    now, n = time.time(), self.step - self.since_step
+    if n > 0:
+      out.update(metrics_lib.throughput(n * batch_size, now - self.since_time,
+                                        self.flops_per_step / batch_size, self.peak,
+                                        jax.device_count()))
+    self.since_time, self.since_step = now, self.step
+    out["train_flops"] = self.train_flops
+    self.first_loss = out["loss"] if self.first_loss is None else self.first_loss
+    self.last_loss = out["loss"]
+    return out
+
+
+def _check_finite(scalars, step, ckpt) -> None:
+  if math.isfinite(scalars["loss"]) and math.isfinite(scalars["grad_norm"]):
+    return
+  ckpt.wait()
+  good = ckpt.latest_step()
+  raise NonFiniteLossError(
+      f"loss is {scalars['loss']} (grad norm {scalars['grad_norm']}) at step {step}; stopped. "
+      f"Last good checkpoint: "
+      f"{'step %d in %s' % (good, ckpt.directory) if good is not None else 'none'}. "
+      "Try a lower --config.lr, a longer --config.warmup_frac or --config.grad_clip_norm=1.0.")
+
+
 def _local_batch(batch: dict) -> dict:
   return {k: np.asarray(v) for k, v in batch.items() if k in BATCH_KEYS}
 
 
-def make_reconstruct(spec, mesh, compiler_options=None):
-  """jit(params, rest, images, channel_ids, key) -> reconstruction of one image, replicated."""
-  def fn(params, rest, images, channel_ids, key):
-    model = state_lib.merge(spec, params, rest)
-    out = model.reconstruct(images, key, channel_ids=channel_ids)
-    return {k: out[k][0] for k in ("pred", "target", "mask")}
-  return jax.jit(fn, out_shardings=sharding_lib.replicated(mesh),
-                 compiler_options=compiler_options)
+class _Plotter:
+  """Reconstruction PNGs of one fixed crop (the first batch's busiest), every plot_every."""
+
+  def __init__(self, config, spec, mesh, workdir, compiler_options):
+    self.every, self.seed = int(config.plot_every), int(config.seed)
+    self.dir = workdir_lib.path(workdir) / workdir_lib.PLOTS
+    self.example = None
+
+    def fn(params, images, channel_ids, key):
+      out = state_lib.merge(spec, params).reconstruct(images, key, channel_ids=channel_ids)
+      return {k: out[k][0] for k in ("pred", "target", "mask")}
+    self._fn = jax.jit(fn, out_shardings=sharding_lib.replicated(mesh),
+                       compiler_options=compiler_options)
+
+  def pick(self, local: dict) -> None:
+    if self.every > 0 and self.example is None:
+      i = _busiest(local["image"])
+      self.example = multihost_utils.broadcast_one_to_all(
+          {k: v[i:i + 1] for k, v in local.items() if k in ("image", "channel_ids")})
+
+  def maybe_plot(self, state, step: int) -> None:
+    if self.every <= 0 or step % self.every:
+      return
+    key = jax.random.fold_in(jax.random.key(self.seed), step)
+    out = self._fn(state["params"], self.example["image"], self.example.get("channel_ids"), key)
+    if jax.process_index() == 0:
+      out = {k: np.asarray(v.addressable_data(0)) for k, v in out.items()}
+      metrics_lib.save_reconstruction_png(self.dir / f"reconstruction_{step:08d}.png", out, step)
 
 
-def train(config, workdir: str, *, resume: bool = True, progress: bool = True,
+def _busiest(images) -> int:
+  """Index of the crop with the most contrast (cells rather than background) to plot;
+  images uint8 [b, h, w, c]."""
+  return int(np.argmax(np.asarray(images, np.float32).std(axis=(1, 2)).sum(-1)))
+
+
+def train(config, workdir, *, resume: bool = True, progress: bool = True,
           stop_at: int | None = None, compiler_options=None) -> dict[str, Any]:
   """Trains (or resumes) `config` in `workdir`; returns the summary dict.
 
+  A workdir that holds checkpoints is only ever resumed, never trained from step 0: a config
+  that changes the state (checkpoint.STATE_FIELDS) or checkpoints that cannot be read stop
+  with a CheckpointError (a ValueError) before anything is written.
   stop_at: stop (with a checkpoint) after this step, as a pre-emption would.
   compiler_options: XLA options for the jitted init and step (tests compile faster with
   {"xla_backend_optimization_level": 0}).
   """
-  from maejax import data  # pylint: disable=g-import-not-at-top
+  check_settings(config)
   mesh_lib.maybe_initialize_distributed(config.distributed)
   mesh = mesh_lib.make_mesh(config.mesh)
   rules = tuple(tuple(r) for r in config.sharding_rules)
   check_batch(config, mesh)
-  is_main = jax.process_index() == 0
-  if is_main:
-    os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(config_lib.to_json(config))
+  checkpoint_lib.check_resumable(workdir, config, resume=resume)
 
-  model_fn = model_fn_for(config.model)
   tx = optimizer_lib.make_optimizer(config)
-  schedule = optimizer_lib.schedule(config)
-  spec = state_lib.make_spec(model_fn, tx, mesh, rules)
+  spec = state_lib.make_spec(model_fn_for(config.model), tx, mesh, rules)
   data_iter = data.train_iterator(config.data, batch_size=int(config.batch_size),
-                                  seed=int(config.seed),
-                                  shard_index=jax.process_index(),
+                                  seed=int(config.seed), shard_index=jax.process_index(),
                                   shard_count=jax.process_count())
-  ckpt = checkpoint_lib.Checkpointer(os.path.join(workdir, "checkpoints"), config)
-  flops_img = flops_per_image(config)
-  peak = metrics_lib.peak_tflops_per_device(config)
-
-  restored = ckpt.restore(spec.abstract, data_iter) if resume else None
+  ckpt = checkpoint_lib.Checkpointer(workdir, config)
+  restored = ckpt.restore(spec.abstract, data_iter)
+  is_main = jax.process_index() == 0
   if restored is not None:
     start, state, meta = restored
     train_flops = float(meta.get("train_flops", 0.0))
-    logging.info("resumed from step %d in %s", start, ckpt.directory)
     if is_main:
       print(f"Resuming from step {start} ({ckpt.directory}).", flush=True)
   else:
-    if ckpt.latest_step() is not None:
-      raise ValueError(f"{ckpt.directory} already holds checkpoints (latest step "
-                       f"{ckpt.latest_step()}) and resume is off; pick another --workdir.")
     start, train_flops = 0, 0.0
-    state = state_lib.init_state(model_fn, tx, spec, int(config.seed), compiler_options)
+    state = state_lib.init_state(model_fn_for(config.model), tx, spec, int(config.seed),
+                                 compiler_options)
+  if is_main:
+    workdir_lib.write_config(workdir, config)
 
   train_step = step_lib.jit_train_step(
-      step_lib.make_train_step(spec, tx, schedule, int(config.grad_accum_steps)),
+      step_lib.make_train_step(spec, tx, optimizer_lib.schedule(config),
+                               int(config.grad_accum_steps)),
       spec, mesh, rules, compiler_options)
-  total = int(config.total_steps)
+  total, batch_size = int(config.total_steps), int(config.batch_size)
   end = min(total, stop_at) if stop_at is not None else total
-  writer = metrics_lib.Writer(workdir)
+  meter = _Meter(start, train_flops, flops_per_image(config) * batch_size,
+                 metrics_lib.peak_tflops_per_device(config))
+  plotter = _Plotter(config, spec, mesh, workdir, compiler_options)
+  writer = metrics_lib.Writer(workdir, start_step=start)
   bar = metrics_lib.Progress(start, total, enabled=progress)
   preempt = _Preemption()
-  reconstruct = make_reconstruct(spec, mesh, compiler_options) if int(config.plot_every) > 0 else None
-  plot_example = None
-  t0 = time.time()
-  last = {"time": None, "step": start}
-  first_loss = last_loss = None
-  status = "finished"
-  step = start
+  t0, status, step = time.time(), "finished", start
   try:
     with jax.set_mesh(mesh), nnx.logical_axis_rules(rules):
       while step < end:
         local = _local_batch(next(data_iter))
-        if plot_example is None and reconstruct is not None:
-          i = _busiest(local["image"])
-          plot_example = multihost_utils.broadcast_one_to_all(
-              {k: v[i:i + 1] for k, v in local.items() if k in ("image", "channel_ids")})
-        batch = sharding_lib.to_global_batch(local, mesh, rules)
-        state, metrics = train_step(state, batch)
+        plotter.pick(local)
+        state, metrics = train_step(state, sharding_lib.to_global_batch(local, mesh, rules))
         step += 1
-        train_flops += (flops_img or 0.0) * int(config.batch_size)
-        if last["time"] is None:  # Exclude compilation from throughput.
-          jax.block_until_ready(metrics["loss"])
-          last.update(time=time.time(), step=step)
+        meter.stepped(step, metrics)
         log_now = step % int(config.log_every) == 0 or step == end
-        save_now = step % int(config.ckpt_every) == 0 or step == end
         preempted = preempt.reached(ckpt.manager, step)
-        if log_now or save_now or preempted:
-          scalars = {k: float(v) for k, v in jax.device_get(metrics).items()}
-          if not (math.isfinite(scalars["loss"]) and math.isfinite(scalars["grad_norm"])):
-            ckpt.wait()
-            good = ckpt.latest_step()
-            raise NonFiniteLossError(
-                f"loss is {scalars['loss']} (grad norm {scalars['grad_norm']}) at step {step}; "
-                f"stopped. Last good checkpoint: "
-                f"{'step %d in %s' % (good, ckpt.directory) if good is not None else 'none'}. "
-                "Try a lower --config.lr, a longer --config.warmup_frac or "
-                "--config.grad_clip_norm=1.0.")
-          first_loss = scalars["loss"] if first_loss is None else first_loss
-          last_loss = scalars["loss"]
+        save_now = step % int(config.ckpt_every) == 0 or step == end or preempted
+        if log_now or save_now:
+          scalars = meter.scalars(metrics, batch_size)
+          _check_finite(scalars, step, ckpt)  # Before saving: never checkpoint a NaN state.
           if log_now:
-            now = time.time()
-            n = step - last["step"]
-            if n > 0:
-              scalars.update(metrics_lib.throughput(
-                  n * int(config.batch_size), now - last["time"], flops_img, peak,
-                  jax.device_count()))
-            last.update(time=now, step=step)
-            scalars["train_flops"] = train_flops
             writer.write(step, scalars)
             bar.update(0, scalars)
-          if save_now or preempted:
-            ckpt.save(step, state, data_iter, train_flops=train_flops,
-                      images_seen=step * int(config.batch_size))
+        if save_now:
+          ckpt.save(step, state, data_iter, train_flops=meter.train_flops,
+                    images_seen=step * batch_size)
         bar.update(1)
-        if reconstruct is not None and step % int(config.plot_every) == 0:
-          _plot(reconstruct, state, plot_example, workdir, step, int(config.seed))
+        plotter.maybe_plot(state, step)
         if preempted:
           status = "preempted"
           break
@@ -215,32 +267,18 @@ def train(config, workdir: str, *, resume: bool = True, progress: bool = True,
     ckpt.close()
     writer.close()
     preempt.restore()
-  summary = {"status": status, "step": step, "total_steps": total, "first_loss": first_loss,
-             "final_loss": last_loss, "wall_s": round(time.time() - t0, 2),
-             "train_flops": train_flops, "workdir": os.path.abspath(workdir),
-             "checkpoint_step": ckpt.latest_step()}
+  summary = {"status": status, "step": step, "total_steps": total,
+             "first_loss": meter.first_loss, "final_loss": meter.last_loss,
+             "wall_s": round(time.time() - t0, 2), "train_flops": meter.train_flops,
+             "workdir": str(workdir_lib.path(workdir)), "checkpoint_step": ckpt.latest_step()}
+  logging.info("training summary: %s", summary)
   if is_main:
-    print(f"{status} at step {step}/{total}: loss {_fmt(first_loss)} -> {_fmt(last_loss)}, "
-          f"{summary['wall_s']:.0f} s, {train_flops / 1e15:.3g} PFLOP, checkpoint step "
+    print(f"{status} at step {step}/{total}: loss {_fmt(meter.first_loss)} -> "
+          f"{_fmt(meter.last_loss)}, {summary['wall_s']:.0f} s, "
+          f"{meter.train_flops / 1e15:.3g} PFLOP, checkpoint step "
           f"{summary['checkpoint_step']} in {summary['workdir']}", flush=True)
   return summary
 
 
 def _fmt(x):
   return "n/a" if x is None else f"{x:.4f}"
-
-
-def _busiest(images) -> int:
-  """Index of the crop with the most contrast (cells rather than background) to plot;
-  images uint8 [b, h, w, c]."""
-  return int(np.argmax(np.asarray(images, np.float32).std(axis=(1, 2)).sum(-1)))
-
-
-def _plot(reconstruct, state, example, workdir, step, seed):
-  key = jax.random.fold_in(jax.random.key(seed), step)
-  out = reconstruct(state["params"], state["rest"], example["image"],
-                    example.get("channel_ids"), key)
-  if jax.process_index() == 0:
-    out = {k: np.asarray(v.addressable_data(0)) for k, v in out.items()}
-    metrics_lib.save_reconstruction_png(
-        os.path.join(workdir, "plots", f"reconstruction_{step:08d}.png"), out, step)

@@ -3,13 +3,23 @@
 Only process 0 writes; on other processes every writer is a no-op.
 """
 
+import io
 import json
 import math
 import os
 from typing import Any
 
 import jax
+import matplotlib
 import numpy as np
+from tensorboardX import SummaryWriter
+from tensorboardX import record_writer
+from tqdm import tqdm
+
+from maejax import workdir as workdir_lib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 # Dense bf16 peak FLOP/s per device (vendor figures, no sparsity).
 PEAK_TFLOPS = {
@@ -43,39 +53,84 @@ def throughput(images: int, seconds: float, flops_per_image: float | None,
 
 
 class Writer:
-  """metrics.jsonl (one object per logged step) and TensorBoard scalars under `workdir`."""
+  """metrics.jsonl (one object per logged step) and TensorBoard scalars under `workdir`.
 
-  def __init__(self, workdir: str):
+  `start_step`: the step a run starts from. Rows of later steps (logged by a run that was
+  killed after its last checkpoint) are dropped from metrics.jsonl and hidden from TensorBoard
+  (its `purge_step`), so that after a resume every step appears once.
+  """
+
+  def __init__(self, workdir, start_step: int = 0):
     self.active = jax.process_index() == 0
-    self.workdir = workdir
-    self._jsonl = self._tb = None
-    if self.active:
-      os.makedirs(workdir, exist_ok=True)
-      self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
-      from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
-      self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+    self._tb = None
+    if not self.active:
+      return
+    root = workdir_lib.path(workdir)
+    self.path = root / workdir_lib.METRICS
+    self._lines = [line for line in _read_lines(self.path)
+                   if json.loads(line).get("step", 0) <= start_step]
+    workdir_lib.write_text(self.path, "".join(self._lines))
+    self._remote = "://" in os.fspath(root)
+    self._jsonl = None if self._remote else self.path.open("a")
+    tb_dir = root / workdir_lib.TENSORBOARD
+    if self._remote:
+      record_writer.register_writer_factory(os.fspath(tb_dir).split(":")[0], _EpathFactory())
+    self._tb = SummaryWriter(os.fspath(tb_dir), purge_step=start_step + 1)
 
   def write(self, step: int, scalars: dict[str, Any]) -> None:
     if not self.active:
       return
     row = {"step": int(step)}
-    row.update({k: _jsonable(v) for k, v in scalars.items()})
-    self._jsonl.write(json.dumps(row) + "\n")
-    self._jsonl.flush()
+    row.update({k: workdir_lib.jsonable(v) for k, v in scalars.items()})
+    line = json.dumps(row) + "\n"
+    self._lines.append(line)
+    if self._remote:  # Object stores have no append: the file is written whole.
+      workdir_lib.write_text(self.path, "".join(self._lines))
+    else:
+      self._jsonl.write(line)
+      self._jsonl.flush()
     for k, v in row.items():
       if k != "step" and isinstance(v, (int, float)) and v is not None:
         self._tb.add_scalar(k, v, step)
     self._tb.flush()
 
   def close(self) -> None:
-    if self.active:
+    if self._jsonl is not None:
       self._jsonl.close()
+    if self._tb is not None:
       self._tb.close()
 
 
-def _jsonable(v):
-  v = float(np.asarray(v)) if np.ndim(v) == 0 else np.asarray(v).tolist()
-  return v if not isinstance(v, float) or math.isfinite(v) else str(v)
+def _read_lines(file) -> list[str]:
+  if not file.exists():
+    return []
+  return [line + "\n" for line in file.read_text().splitlines() if line.strip()]
+
+
+class _EpathFactory:
+  """TensorBoard event files on a bucket, written whole through epath at each flush."""
+
+  def directory_check(self, path):
+    workdir_lib.path(path).mkdir(parents=True, exist_ok=True)
+
+  def open(self, path):
+    return _EpathRecordFile(path)
+
+
+class _EpathRecordFile(io.BytesIO):
+
+  def __init__(self, path):
+    super().__init__()
+    self.file = workdir_lib.path(path)
+
+  def flush(self):
+    super().flush()
+    self.file.write_bytes(self.getvalue())
+
+  def close(self):
+    if not self.closed:
+      self.flush()
+    super().close()
 
 
 class Progress:
@@ -84,7 +139,6 @@ class Progress:
   def __init__(self, start: int, total: int, enabled: bool = True):
     self.bar = None
     if enabled and jax.process_index() == 0:
-      from tqdm import tqdm  # pylint: disable=g-import-not-at-top
       self.bar = tqdm(total=total, initial=start, unit="step", dynamic_ncols=True)
 
   def update(self, n: int = 1, scalars: dict | None = None) -> None:
@@ -103,15 +157,12 @@ class Progress:
       self.bar.close()
 
 
-def save_reconstruction_png(path: str, recon: dict[str, np.ndarray], step: int) -> None:
+def save_reconstruction_png(path, recon: dict[str, np.ndarray], step: int) -> None:
   """One figure: rows = channels, columns = masked input / reconstruction / target.
 
   recon: {"pred", "target", "mask"} float [height, width, channels] for one image
   (standardized units; mask 1 = hidden from the encoder).
   """
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
   target, pred, mask = (np.asarray(recon[k], np.float32) for k in ("target", "pred", "mask"))
   channels = target.shape[-1]
   fig, axes = plt.subplots(channels, 3, figsize=(6, 2 * channels), squeeze=False)
@@ -129,6 +180,5 @@ def save_reconstruction_png(path: str, recon: dict[str, np.ndarray], step: int) 
     axes[c, 0].set_ylabel(f"channel {c}", fontsize=9)
   fig.suptitle(f"step {step}", fontsize=10)
   fig.tight_layout()
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  fig.savefig(path, dpi=80)
+  workdir_lib.write_figure(fig, path, dpi=80)
   plt.close(fig)

@@ -21,41 +21,37 @@ def make_train_step(spec: state_lib.StateSpec, tx: optax.GradientTransformation,
   The step's PRNG key is fold_in(state key, step), so a resumed run draws the same masks.
   """
 
-  def loss_fn(params, rest, batch, key):
-    model = state_lib.merge(spec, params, rest)
-    loss, metrics = model.compute_loss(batch, key)
-    return loss, (metrics, state_lib.split_rest(model))
+  def loss_fn(params, batch, key):
+    return state_lib.merge(spec, params).compute_loss(batch, key)
 
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
-  def accumulate(params, rest, batch, key):
+  def accumulate(params, batch, key):
     if grad_accum_steps == 1:
-      (loss, (metrics, rest)), grads = grad_fn(params, rest, batch, key)
-      return loss, metrics, rest, grads
+      (loss, metrics), grads = grad_fn(params, batch, key)
+      return loss, metrics, grads
     micro = jax.tree.map(lambda x: _split_micro(x, grad_accum_steps), batch)
 
-    def body(carry, inputs):
-      rest, grads_sum = carry
+    def body(grads_sum, inputs):
       i, mb = inputs
-      (loss, (metrics, rest)), grads = grad_fn(params, rest, mb, jax.random.fold_in(key, i))
-      return (rest, jax.tree.map(jnp.add, grads_sum, grads)), (loss, metrics)
+      (loss, metrics), grads = grad_fn(params, mb, jax.random.fold_in(key, i))
+      return jax.tree.map(jnp.add, grads_sum, grads), (loss, metrics)
 
     zeros = jax.tree.map(jnp.zeros_like, params)
-    (rest, grads), (losses, metrics) = jax.lax.scan(
-        body, (rest, zeros), (jnp.arange(grad_accum_steps), micro))
+    grads, (losses, metrics) = jax.lax.scan(body, zeros, (jnp.arange(grad_accum_steps), micro))
     grads = jax.tree.map(lambda g: g / grad_accum_steps, grads)
-    return losses.mean(), jax.tree.map(jnp.mean, metrics), rest, grads
+    return losses.mean(), jax.tree.map(jnp.mean, metrics), grads
 
   def train_step(state, batch):
     step = state["step"]
     key = jax.random.fold_in(jax.random.wrap_key_data(state["key"]), step)
     params = state["params"]
-    loss, metrics, rest, grads = accumulate(params, state["rest"], batch, key)
+    loss, metrics, grads = accumulate(params, batch, key)
     updates, opt_state = tx.update(grads, state["opt_state"], params)
     params = optax.apply_updates(params, updates)
     metrics = dict(metrics)
     metrics.update(loss=loss, grad_norm=optax.tree.norm(grads), lr=schedule(step))
-    new_state = {"step": step + 1, "params": params, "opt_state": opt_state, "rest": rest,
+    new_state = {"step": step + 1, "params": params, "opt_state": opt_state,
                  "key": state["key"]}
     return new_state, metrics
 

@@ -10,7 +10,7 @@ import maejax
 from maejax import data as data_lib
 from maejax.eval import embed
 from maejax.eval import io
-from maejax.train import config as config_lib
+from maejax import config as config_lib
 
 SCREEN = ["--data.synthetic.site_size=32", "--data.synthetic.n_groups=2",
           "--data.synthetic.genes_per_group=2", "--data.synthetic.n_null_genes=1",

@@ -12,7 +12,7 @@ import pandas as pd
 
 import maejax
 from maejax.eval import embed
-from maejax.train import config as config_lib
+from maejax import config as config_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SCREEN = ["--data.synthetic.site_size=32", "--data.synthetic.n_groups=2",

@@ -21,8 +21,7 @@ transformers = pytest.importorskip(
 import maejax  # noqa: E402
 from maejax import convert  # noqa: E402
 from maejax.models.mae import random_masking  # noqa: E402
-from maejax.models.tokenizers import sincos_2d  # noqa: E402
-from torch_reference import OpenPhenomReference  # noqa: E402
+from torch_reference import OpenPhenomReference, sincos_table  # noqa: E402
 
 TOL = 1e-4
 # OpenPhenom's family at tiny size: 16x16 patches on 32x32 images (4 patches per channel).
@@ -181,7 +180,12 @@ def hf_vitmae(tmp_path_factory):
   with torch.no_grad():  # Move every tensor far from its init (which leaves the tables zero
     for p in hf.parameters():  # in transformers 5), so the importer's layout is exercised.
       p.add_(0.3 * torch.randn_like(p))
-    hf.decoder.decoder_pos_embed[:, 0] = 0.0  # HF's decoder CLS position (maejax has none).
+    # Fixed sin-cos tables, as HF's own init and released checkpoints hold (a random encoder
+    # CLS row, which the importer folds into the CLS token); zero decoder CLS row (maejax has
+    # no decoder CLS position).
+    hf.vit.embeddings.position_embeddings[0, 1:] = torch.from_numpy(sincos_table(4, 64))
+    hf.decoder.decoder_pos_embed[0, 1:] = torch.from_numpy(sincos_table(4, 32))
+    hf.decoder.decoder_pos_embed[:, 0] = 0.0
   folder = tmp_path_factory.mktemp("hf_vitmae")
   hf.save_pretrained(folder)
   model, _ = convert.convert_hf_vitmae(*convert.load_hf_vitmae(folder))
@@ -228,12 +232,24 @@ def test_hf_vitmae_cli_embeddings_match_unmasked_encoder(hf_vitmae, tmp_path, mo
   assert rel_err(loaded.embed(images, pool="mean"), hidden[:, 1:].mean(1)) < TOL
 
 
-def test_imported_position_tables_equal_maejax_sincos(openphenom):
-  """Stored tables are loaded as-is; maejax regenerates them for other grid sizes, so its
-  sin-cos layout must be the one OpenPhenom stored (MAE's, written out in torch_reference)."""
-  _, _, model = openphenom
-  for table in (model.encoder.tokenizer.pos, model.decoder.pos):
-    np.testing.assert_allclose(table[...], sincos_2d(2, 2, table.shape[-1]), atol=1e-6)
+def test_imported_position_tables_must_equal_maejax_sincos(openphenom, hf_vitmae):
+  """maejax computes its sin-cos positions, so a stored table is checked, not loaded: the
+  fixtures' tables (the reference's sin-cos, written independently) import; a table of another
+  layout (rows and columns swapped) is an error naming the tensor."""
+  state_dict, _, _ = openphenom
+  for key in ("encoder.vit_backbone.pos_embed", "decoder.pos_embeddings"):
+    pos = state_dict[key].clone()
+    tiles = pos[0, 1:].reshape(-1, 2, 2, pos.shape[-1])  # [channels, rows, cols, d]
+    pos[0, 1:] = tiles.transpose(1, 2).reshape(-1, pos.shape[-1])
+    with pytest.raises(ValueError, match=rf"{key}: the positional table is not maejax's"):
+      quiet(convert.convert_openphenom, {**state_dict, key: pos}, "camae_s16", **OP_SIZES)
+  folder, _, _ = hf_vitmae
+  hf_state, config = convert.load_hf_vitmae(folder)
+  key = "vit.embeddings.position_embeddings"
+  pos = hf_state[key].clone()
+  pos[0, 1:] = pos[0, 1:].reshape(4, 4, -1).transpose(0, 1).reshape(16, -1)
+  with pytest.raises(ValueError, match=rf"{key}: the positional table is not maejax's"):
+    convert.convert_hf_vitmae({**hf_state, key: pos}, config)
 
 
 def test_hf_vitmae_rejects_a_nonzero_decoder_cls_position(hf_vitmae):

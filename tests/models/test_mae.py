@@ -198,12 +198,19 @@ def test_encoder_parameter_counts(name, lo, hi):
 
 
 def test_camae_s16_matches_openphenom_size():
-  """Parameters plus the stored position tables equal OpenPhenom's 178,045,568 (no fc_norm,
-  no frozen CLS placeholder: 768 + 512 fewer)."""
+  """Parameters plus OpenPhenom's stored position tables equal its 178,045,568 (no fc_norm,
+  no frozen CLS placeholder: 768 + 512 fewer); maejax computes the tables, stores none."""
   model = nnx.eval_shape(lambda: models.create("camae_s16"))
   n = sum(np.prod(v.shape) for v in jax.tree.leaves(nnx.state(model)))
-  pos = 10 * 256 * 384 + 384 + 5 * 256 * 512 + 512  # tables stored once, not per channel
+  pos = (1 + 11 * 256) * 384 + (1 + 6 * 256) * 512  # CLS row + a table per channel
   assert n + pos + 768 + 512 == 178_045_568
+
+
+@pytest.mark.parametrize("name", [n for n in models.REGISTRY if "tiny" in n])
+def test_registry_models_hold_only_parameters(name):
+  """Fixed tables (sin-cos positions) are computed at call time, never stored as state."""
+  _, params, rest = nnx.split(models.create(name), nnx.Param, ...)
+  assert jax.tree.leaves(params) and not jax.tree.leaves(rest)
 
 
 def test_every_parameter_has_logical_axes():

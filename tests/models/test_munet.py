@@ -6,7 +6,6 @@ import pytest
 from flax import nnx
 
 from maejax import models
-from maejax.models import munet
 
 
 def images(b, h, c, seed=0):
@@ -43,7 +42,8 @@ def test_masking_hides_exactly_the_requested_fraction(ratio):
   n, p = 16, 8  # 32x32 image, 8x8 patches.
   hidden = np.asarray(pixels)[..., 0]
   assert set(np.unique(hidden)) == {0.0, 1.0}
-  np.testing.assert_array_equal(hidden.sum(axis=(1, 2)), round(ratio * n) * p * p)
+  # The ViT-MAE's count (mae.draw_mask): int(n * (1 - ratio)) patches stay visible.
+  np.testing.assert_array_equal(hidden.sum(axis=(1, 2)), (n - int(n * (1 - ratio))) * p * p)
   # Whole patches: every 8x8 block is all masked or all visible.
   blocks = hidden.reshape(4, 4, p, 4, p).transpose(0, 1, 3, 2, 4).reshape(4, n, p * p)
   assert np.all((blocks.min(-1) == blocks.max(-1)))
@@ -118,5 +118,7 @@ def test_bad_input_is_one_clear_error():
 
 
 def test_patch_mask_count_is_static_under_jit():
-  mask = jax.jit(lambda k: munet.patch_mask(k, 3, 64, 0.75))(jax.random.key(0))
-  np.testing.assert_array_equal(np.asarray(mask).sum(1), 48)
+  model = models.create("munet_tiny", channels=3, mask_ratio=0.7)
+  mask_input = jax.jit(lambda x, k: model.mask_input(x, k)[3])
+  mask = mask_input(images(3, 32, 3), jax.random.key(0))
+  np.testing.assert_array_equal(np.asarray(mask).sum(1), 16 - int(16 * 0.3))

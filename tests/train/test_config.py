@@ -3,8 +3,9 @@
 import pytest
 
 from maejax import models
-from maejax.train import __main__ as cli
-from maejax.train import config as config_lib
+from maejax import workdir
+from maejax.cli import train as cli
+from maejax import config as config_lib
 
 CONFIGS = ["vits16", "vitb16", "vitb8", "vitl16", "vitl8", "vitg8", "camae_s16", "camae_b16",
            "camae_l16", "demo"]
@@ -90,4 +91,4 @@ def test_config_json_round_trip():
   back = config_lib.from_json(config_lib.to_json(c))
   assert back.sharding_rules == c.sharding_rules
   assert back.model.to_dict() == c.model.to_dict() and back.data.channels == c.data.channels
-  assert config_lib.workdir_for(c, None) == "runs/camae_s16"
+  assert workdir.default_workdir(c) == "runs/camae_s16"

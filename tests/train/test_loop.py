@@ -1,16 +1,23 @@
 """End to end: the demo's loss falls; kill (SIGTERM) and resume reproduces the losses exactly;
 NaN stops the run with the last good checkpoint kept."""
 
+import hashlib
 import json
 import os
 import signal
+import subprocess
+import sys
+import textwrap
+import time
 
 import jax
 import numpy as np
 import pytest
 
+from maejax import config as config_lib
+from maejax import workdir as workdir_lib
+from maejax.cli import train as train_cli
 from maejax.train import checkpoint as checkpoint_lib
-from maejax.train import config as config_lib
 from maejax.train import loop
 from maejax.train import metrics as metrics_lib
 
@@ -65,15 +72,14 @@ def test_demo_loss_falls_and_outputs_are_written(uninterrupted):
   assert os.listdir(os.path.join(workdir, "tensorboard"))
   assert os.path.isfile(os.path.join(workdir, "plots", f"reconstruction_{STEPS:08d}.png"))
   # The run directory describes itself: the config comes back from it.
-  back = checkpoint_lib.read_config(workdir)
+  back = workdir_lib.read_config(workdir)
   assert back.model.to_dict() == _demo().model.to_dict()
-  ckpt = checkpoint_lib.Checkpointer(os.path.join(workdir, "checkpoints"), _demo())
+  ckpt = checkpoint_lib.Checkpointer(workdir, _demo())
   assert ckpt.all_steps() == [10, 20, 30]
   meta = ckpt.metadata(30)
   assert meta["images_seen"] == 30 * 16
-  flops = loop.flops_per_image(_demo())
-  if flops is not None:
-    np.testing.assert_allclose(meta["train_flops"], flops * 16 * 30, rtol=1e-9)
+  np.testing.assert_allclose(meta["train_flops"], loop.flops_per_image(_demo()) * 16 * 30,
+                             rtol=1e-9)
   ckpt.close()
 
 
@@ -107,6 +113,99 @@ def test_nan_loss_stops_with_last_good_checkpoint(tmp_path):
                      r"checkpoint: step \d+ in .*Try a lower --config.lr") as e:
     loop.train(config, workdir, progress=False, compiler_options=FAST)
   bad_step = int(e.value.args[0].split("at step ")[1].split(";")[0])
-  ckpt = checkpoint_lib.Checkpointer(os.path.join(workdir, "checkpoints"), config)
+  ckpt = checkpoint_lib.Checkpointer(workdir, config)
   assert ckpt.latest_step() == bad_step - 1  # Nothing written after the NaN.
   ckpt.close()
+
+
+def _tree_digest(directory):
+  """{relative path: sha256} of every file under `directory`."""
+  out = {}
+  for root, _, files in os.walk(directory):
+    for f in files:
+      path = os.path.join(root, f)
+      with open(path, "rb") as fh:
+        out[os.path.relpath(path, directory)] = hashlib.sha256(fh.read()).hexdigest()
+  return out
+
+
+def _cli_args(workdir, *extra):
+  return ["--config", "configs/demo.py", f"--workdir={workdir}", "--no-progress",
+          "--config.batch_size=16", f"--config.total_steps={STEPS}", "--config.log_every=1",
+          "--config.ckpt_every=10", f"--config.plot_every={STEPS}", "--config.lr=3e-3",
+          "--config.data.synthetic.site_size=64", *extra]
+
+
+def test_resume_with_changed_model_field_is_one_line_error_and_touches_nothing(
+    uninterrupted, tmp_path, capsys):
+  workdir = tmp_path / "copy"
+  subprocess.run(["cp", "-r", uninterrupted[0], str(workdir)], check=True)
+  before = _tree_digest(workdir)
+  code = train_cli.main(_cli_args(workdir, "--config.model.width=32"))
+  err = capsys.readouterr().err
+  assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+  assert "model.width 64 in the checkpoint, 32 requested" in err
+  assert "--config.model.width=64" in err and "another --workdir" in err
+  assert _tree_digest(workdir) == before  # Checkpoints, config.json, metrics: byte-identical.
+  # --no-resume on a workdir with checkpoints refuses before writing anything too.
+  assert train_cli.main(_cli_args(workdir, "--no-resume")) == 2
+  assert "resume is off" in capsys.readouterr().err
+  assert _tree_digest(workdir) == before
+
+
+_WORKER = textwrap.dedent("""
+    import sys
+    sys.path.insert(0, {tests!r})
+    from train import test_loop as t
+    t.loop.train(t._demo(), {workdir!r}, progress=False, compiler_options=t.FAST)
+""")
+
+
+def test_kill_9_then_resume_holds_each_step_once_with_the_uninterrupted_losses(
+    uninterrupted, tmp_path):
+  workdir = str(tmp_path / "killed")
+  code = _WORKER.format(tests=os.path.dirname(os.path.dirname(__file__)), workdir=workdir)
+  env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=str(tmp_path / "cache"))
+  proc = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL)
+  metrics = os.path.join(workdir, "metrics.jsonl")
+  deadline = time.time() + 300
+  try:
+    while time.time() < deadline:  # Killed after checkpoint 10, having logged steps past it.
+      done = workdir_lib.checkpoint_steps(workdir) if os.path.isdir(workdir) else []
+      if 10 in done and os.path.isfile(metrics) and _losses(workdir)[0][-1]["step"] >= 14:
+        break
+      assert proc.poll() is None, "training ended before it could be killed"
+      time.sleep(0.2)
+    proc.kill()  # SIGKILL: no handler runs, nothing is saved on the way out.
+  finally:
+    proc.wait()
+  rows, _ = _losses(workdir)
+  assert max(r["step"] for r in rows) < STEPS, "killed too late to test a resume"
+  summary = loop.train(_demo(), workdir, progress=False, compiler_options=FAST)
+  assert summary["status"] == "finished" and summary["step"] == STEPS
+  rows, resumed = _losses(workdir)
+  steps = [r["step"] for r in rows]
+  assert steps == sorted(set(steps)) == list(range(1, STEPS + 1))  # Strictly increasing.
+  _, reference = _losses(uninterrupted[0])
+  assert [resumed[s] for s in steps] == [reference[s] for s in steps]
+
+
+def test_truncated_newest_checkpoint_falls_back_with_one_warning_line(uninterrupted, tmp_path):
+  workdir = tmp_path / "truncated"
+  subprocess.run(["cp", "-r", uninterrupted[0], str(workdir)], check=True)
+  for root, _, files in os.walk(workdir / "checkpoints" / "30" / "state"):
+    for f in files:
+      if not f.startswith("_") and not f.endswith(".txt"):
+        path = os.path.join(root, f)
+        os.truncate(path, os.path.getsize(path) // 2)
+  proc = subprocess.run(
+      [sys.executable, "-m", "maejax.train", *_cli_args(workdir, "--config.total_steps=31")],
+      capture_output=True, text=True, timeout=300)
+  output = proc.stdout + proc.stderr
+  assert proc.returncode == 0, output
+  assert "Traceback" not in output
+  warnings = [line for line in output.splitlines() if "checkpoint step 30" in line]
+  assert len(warnings) == 1 and "resumed from step 20" in warnings[0], output
+  assert "finished at step 31/31" in proc.stdout
+  assert any(d.startswith("30.corrupt-") for d in os.listdir(workdir / "checkpoints"))

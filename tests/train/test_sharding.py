@@ -7,7 +7,7 @@ import pytest
 from flax import nnx
 from jax.sharding import PartitionSpec as P
 
-from maejax.train import config as config_lib
+from maejax import config as config_lib
 from maejax.train import loop
 from maejax.train import mesh as mesh_lib
 from maejax.train import optimizer as optimizer_lib

@@ -1,8 +1,10 @@
-"""Training configs: defaults, loading `configs/<name>.py`, `--config.field=value` overrides.
+"""The one config language of every maejax command.
 
-A config file is plain Python with `get_config(arg=None) -> ml_collections.ConfigDict`;
-`--config configs/vitl8.py:arg` passes `arg` through. Overrides are typed by the field they
-replace, so `--config.batch_size=abc` or `--config.no_such_field=1` is one clear ValueError.
+A run is one ml_collections.ConfigDict. A config file is plain Python with
+`get_config(arg=None) -> ConfigDict`; `--config configs/vitl8.py:arg` passes `arg` through, and
+`--config run/config.json` reads a config a run wrote. `--config.<field>=<value>` overrides are
+typed by the field they replace, so `--config.batch_size=abc` or `--config.no_such_field=1` is
+one clear ValueError. `to_json` / `from_json` round-trip a config (tuples survive).
 """
 
 import ast
@@ -12,7 +14,11 @@ import os
 from typing import Any, Sequence
 
 import ml_collections
+from etils import epath
 from ml_collections import config_dict
+
+from maejax import data
+from maejax import models
 
 # Logical axis -> mesh axes. Parameters carry the logical names (maejax/models); activations
 # use `batch` and `length`. Everything not named here is replicated.
@@ -74,14 +80,21 @@ def default_config() -> ml_collections.ConfigDict:
 
 
 def _default_data_config() -> ml_collections.ConfigDict:
-  """The data helper's defaults (synthetic screen when no path is set)."""
-  from maejax import data  # pylint: disable=g-import-not-at-top
+  """The data defaults (synthetic screen when no path is set)."""
   return data.default_config()
 
 
 def load_config(spec: str) -> ml_collections.ConfigDict:
-  """Loads `path/to/config.py[:arg]` by calling its `get_config(arg)`."""
+  """Loads `path/to/config.py[:arg]` (its `get_config(arg)`) or a run's `config.json`."""
   path, _, arg = spec.partition(":")
+  if path.endswith(".json") and not arg:
+    file = epath.Path(path)
+    if not file.is_file():
+      raise FileNotFoundError(f"--config: no config file at {path!r}.")
+    try:
+      return from_json(file.read_text())
+    except json.JSONDecodeError as e:
+      raise ValueError(f"--config: {path} is not valid JSON ({e}).") from None
   if not os.path.isfile(path):
     raise FileNotFoundError(
         f"--config: no config file at {path!r}; give a file such as configs/demo.py "
@@ -120,16 +133,16 @@ def apply_overrides(config: ml_collections.ConfigDict,
   return config
 
 
-def parse_known_overrides(parser, argv: Sequence[str], prefixes: Sequence[str] = ("--config.",)):
-  """`parser` arguments plus field overrides: (args, ["--prefix.field=value", ...]).
+def parse_known_overrides(parser, argv: Sequence[str]):
+  """`parser` arguments plus field overrides: (args, ["--config.field=value", ...]).
 
   Accepts `--config.x=v` and `--config.x v`; any other unknown argument is a parser error.
   """
   args, rest = parser.parse_known_args(argv)
-  bad = [a for a in rest if a.startswith("--") and not a.startswith(tuple(prefixes))]
+  bad = [a for a in rest if a.startswith("--") and not a.startswith("--config.")]
   if bad:
-    fields = ", ".join(f"{p}<field>=<value>" for p in prefixes)
-    parser.error(f"unrecognized arguments: {' '.join(bad)} (fields are set with {fields})")
+    parser.error(f"unrecognized arguments: {' '.join(bad)} (fields are set with "
+                 "--config.<field>=<value>)")
   out, i = [], 0
   while i < len(rest):
     item = rest[i]
@@ -207,6 +220,31 @@ def _parse(text: str, field_type: type, dotted: str) -> Any:
   return value
 
 
+def flatten(config, prefix: str = "") -> dict[str, Any]:
+  """{"model.width": 64, ...}: every leaf field of a ConfigDict (or dict) by dotted name."""
+  items = config.items() if hasattr(config, "items") else ()
+  out = {}
+  for key, value in items:
+    name = f"{prefix}{key}"
+    if isinstance(value, (ml_collections.ConfigDict, dict)):
+      out.update(flatten(value, name + "."))
+    else:
+      out[name] = value
+  return out
+
+
+def fields_help(config, prefix: str = "") -> str:
+  """The `--help` epilog: every field of `config` that `--config.<field>=` can set."""
+  lines = [f"  --config.{prefix}{name}={_show(value)}"
+           for name, value in sorted(flatten(config).items())]
+  return ("fields (--config.<field>=<value>, typed like the default shown; an unknown field or "
+          "a value of the wrong type is an error):\n" + "\n".join(lines))
+
+
+def _show(value) -> str:
+  return json.dumps(list(value) if isinstance(value, tuple) else value, default=str)
+
+
 def to_json(config: ml_collections.ConfigDict) -> str:
   """The config as JSON (tuples become lists); `from_json` undoes it."""
   return config.to_json(indent=1, sort_keys=True)
@@ -226,16 +264,11 @@ def _tuplify(x):
   return x
 
 
-def workdir_for(config: ml_collections.ConfigDict, workdir: str | None) -> str:
-  return workdir or os.path.join("runs", config.get("name", "default"))
-
-
 def experiment(name: str, model: str, **model_overrides) -> ml_collections.ConfigDict:
   """Defaults + the registered model `model` (all its fields, so each is overridable).
 
   The model sees crops of `config.data.crop_size` with `len(config.data.channels)` channels.
   """
-  from maejax import models  # pylint: disable=g-import-not-at-top
   c = default_config()
   c.name = name
   c.model = models.get_config(model, **model_overrides)

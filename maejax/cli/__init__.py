@@ -1,0 +1,63 @@
+"""The command-line layer: every `python -m maejax.<name>` lives here, one module a command.
+
+The modules that `python -m` runs (`maejax/train/__main__.py`, `maejax/embed.py`, ...) are
+two-line shims into this package. Commands share one config language (maejax.config:
+`--config FILE[:arg]` and typed `--config.<field>=<value>`), one way to report a bad input
+(`error: ...` on one line, exit 2) and one JSON form of their figures (`--json`: one object
+on the last line).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Callable, Sequence
+
+import ml_collections
+
+from maejax import config as config_lib
+from maejax import workdir as workdir_lib
+
+USER_ERRORS = (ValueError, FileNotFoundError, ImportError)
+
+
+def parser(prog: str, description: str, fields=None) -> argparse.ArgumentParser:
+  """An argparse parser whose `--help` ends with the config fields `--config.<field>=` sets."""
+  return argparse.ArgumentParser(
+      prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter,
+      epilog=config_lib.fields_help(fields) if fields is not None else None)
+
+
+def parse(p: argparse.ArgumentParser, argv: Sequence[str] | None):
+  """(args, ["--config.field=value", ...]); other unknown flags are a usage error."""
+  return config_lib.parse_known_overrides(p, sys.argv[1:] if argv is None else list(argv))
+
+
+def load_config(spec: str | None, overrides: Sequence[str] = (),
+                default: ml_collections.ConfigDict | None = None) -> ml_collections.ConfigDict:
+  """`--config` (a config file, a config.json, or a workdir / pretrained folder holding one;
+  `default` when not given) with the overrides applied."""
+  if spec is None:
+    if default is None:
+      raise ValueError("--config is required (e.g. --config configs/demo.py)")
+    config = ml_collections.ConfigDict(default.to_dict())
+  elif workdir_lib.path(spec.partition(":")[0]).is_dir():
+    config = workdir_lib.read_config(spec)
+  else:
+    config = config_lib.load_config(spec)
+  return config_lib.apply_overrides(config, overrides)
+
+
+def run(main: Callable[[], int | None]) -> int:
+  """Runs a command's body: bad input is one `error: ...` line and exit 2, never a trace."""
+  try:
+    return int(main() or 0)
+  except USER_ERRORS as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+
+
+def print_json(obj) -> None:
+  """The `--json` line: one object, last on stdout."""
+  print(json.dumps(workdir_lib.jsonable(obj)))

@@ -1,0 +1,132 @@
+"""Speed figures: `python -m maejax.bench {model,data,train} ... [--json]`.
+
+`model` times one train step (forward, backward, AdamW) of a registered model on random uint8
+images on one device; `train` the real sharded step of a config; `data` the input pipeline.
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+from typing import Sequence
+
+from maejax import cli
+from maejax import config as config_lib
+from maejax import models
+from maejax.data import bench as data_bench
+from maejax.models import flops
+from maejax.train import bench as train_bench
+from maejax.train import metrics
+
+
+def model_config(name: str, *, batch_size: int, channels: int | None, image_size: int | None,
+                 dtype: str, remat: bool):
+  """A one-device AdamW run config of registry model `name` fed images of the given shape
+  (default: the model's own)."""
+  config = config_lib.experiment("bench_model", name, dtype=dtype,
+                                 **({"remat": True} if remat else {}))
+  config.data.crop_size = image_size or int(config.model.img_size)
+  config.data.channels = tuple(range(channels or int(config.model.channels)))
+  config.batch_size, config.optimizer, config.lr = batch_size, "adamw", 1e-4
+  config.mesh.data = 1
+  return config
+
+
+def print_figures(result: dict, as_json: bool) -> None:
+  for k, v in result.items():
+    print(f"{k:>22}: {v:.4g}" if isinstance(v, float) else f"{k:>22}: {v}")
+  if as_json:
+    cli.print_json(result)
+
+
+def main_model(argv) -> int:
+  p = cli.parser("python -m maejax.bench model",
+                 "Train-step speed of one registered model on random images (one device).")
+  p.add_argument("--model", default="vits16", help=f"one of {', '.join(sorted(models.REGISTRY))}")
+  p.add_argument("--batch-size", type=int, default=8)
+  p.add_argument("--channels", type=int, default=None, help="default: the model's")
+  p.add_argument("--image-size", type=int, default=None, help="default: the model's img_size")
+  p.add_argument("--steps", type=int, default=5, help="timed steps after the compile step")
+  p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+  p.add_argument("--remat", action="store_true")
+  p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+  args, overrides = cli.parse(p, argv)
+
+  def body():
+    config = model_config(args.model, batch_size=args.batch_size, channels=args.channels,
+                          image_size=args.image_size, dtype=args.dtype, remat=args.remat)
+    config_lib.apply_overrides(config, overrides)
+    result = train_bench.bench(config, steps=args.steps, num_devices=1)
+    result["bench"] = "model"
+    print_figures(result, args.json)
+
+  return cli.run(body)
+
+
+def main_train(argv) -> int:
+  p = cli.parser("python -m maejax.bench train",
+                 "Speed of the sharded train step of a config.", config_lib.default_config())
+  p.add_argument("--config", required=True, help="config file, e.g. configs/vitl16.py[:plus]")
+  p.add_argument("--steps", type=int, default=10, help="timed steps after the compile step")
+  p.add_argument("--num-devices", type=int, default=0,
+                 help="use only the first N devices (default: all)")
+  p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+  args, overrides = cli.parse(p, argv)
+
+  def body():
+    config = cli.load_config(args.config, overrides)
+    print_figures(train_bench.bench(config, steps=args.steps, num_devices=args.num_devices),
+                  args.json)
+
+  return cli.run(body)
+
+
+def main_data(argv) -> int:
+  p = cli.parser("python -m maejax.bench data", data_bench.__doc__)
+  p.add_argument("--sites", type=int, default=200, help="sites written for folder/ArrayRecord")
+  p.add_argument("--site-size", type=int, default=256)
+  p.add_argument("--crop-size", type=int, default=256)
+  p.add_argument("--batch-size", type=int, default=32)
+  p.add_argument("--seconds", type=float, default=3.0, help="time per measurement")
+  p.add_argument("--workers", type=int, default=0, help="also time N Grain worker processes")
+  p.add_argument("--mfu", type=float, default=0.4,
+                 help="assumed H100 utilisation for the ViT-L/16 estimate")
+  p.add_argument("--workdir", default="", help="where to write the test data (default: a temp dir)")
+  p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+  args = p.parse_args(argv)
+
+  def body():
+    with tempfile.TemporaryDirectory() as tmp:
+      out = data_bench.run(workdir=args.workdir or tmp, sites=args.sites,
+                           site_size=args.site_size, crop_size=args.crop_size,
+                           batch_size=args.batch_size, seconds=args.seconds,
+                           workers=args.workers)
+    # An estimate, not a measurement: a ViT-L/16 MAE at `mfu` of one H100's bf16 peak.
+    per_image = flops.train_flops_per_example("vitl16", args.crop_size, 6)
+    vit = metrics.PEAK_TFLOPS["H100"] * 1e12 * args.mfu / per_image
+    out["vitl16_h100_images_per_s_at_mfu"] = dict(
+        mfu=args.mfu, images_per_s=round(vit, 1),
+        arrayrecord_cores_needed=round(vit / out["per_worker"]["arrayrecord"]["crops_per_s"], 2))
+    for name, r in out["per_worker"].items():
+      print(f"{name:12s} {r['crops_per_s']:9.1f} crops/s  {r['mb_per_s']:8.1f} MB/s  "
+            f"crop {r['crop_shape']}")
+    if args.json:
+      cli.print_json(out)
+
+  return cli.run(body)
+
+
+COMMANDS = {"model": main_model, "data": main_data, "train": main_train}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  argv = sys.argv[1:] if argv is None else list(argv)
+  if not argv or argv[0] not in COMMANDS:
+    print(f"usage: python -m maejax.bench {{{','.join(COMMANDS)}}} ... [--json]\n"
+          "  model  train-step speed of one registered model on random images\n"
+          "  train  speed of the sharded train step of a config\n"
+          "  data   input-pipeline crops/s per worker for each source\n"
+          "each takes --help", file=sys.stderr if argv and argv[0] not in ("-h", "--help")
+          else sys.stdout)
+    return 0 if argv and argv[0] in ("-h", "--help") else 2
+  return COMMANDS[argv[0]](argv[1:])

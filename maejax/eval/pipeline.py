@@ -1,0 +1,189 @@
+"""Correct -> aggregate -> score a well table: the benchmark of `python -m maejax.benchmark`.
+
+    settings = pipeline.Settings(correction="tvn", n_null=200)
+    result = pipeline.run_benchmark(wells, "../shared/benchmarks/relationships", settings)
+    files = pipeline.write_outputs(result, "results/")
+
+Works on any table with `Metadata_*` columns and numeric features: this package's embeddings,
+another model's, or CellProfiler features.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from maejax import workdir
+from maejax.eval import aggregate as aggregate_lib
+from maejax.eval import benchmark as bench
+from maejax.eval import correct as correct_lib
+from maejax.eval import io
+from maejax.eval import mean_ap
+from maejax.eval import plots
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+  """How a well table is corrected and scored (the flags of `python -m maejax.benchmark`).
+
+  correction: one of maejax.eval.correct.METHODS.
+  perturbation_col / batch_col / control_col: metadata columns (`Metadata_` prefix optional);
+    batch_col None: Metadata_experiment (or batch) if present, else one batch.
+  control_key: the perturbation name of control wells (instead of control_col).
+  n_components: PCA components for pca/tvn (an int, or a variance fraction in (0, 1)).
+  thresholds: (lower, upper) percent pairs of the recall table.
+  n_null: random well sets per replicate count (replicate consistency).
+  max_null_pairs: above this many perturbation pairs the null cosines are sampled.
+  map_null_size: copairs null size for the mAP p-values; 0 skips mAP.
+  """
+  correction: str = "tvn"
+  perturbation_col: str = "perturbation"
+  batch_col: str | None = None
+  control_col: str = "is_control"
+  control_key: str | None = None
+  n_components: int | float | None = None
+  min_controls: int = 2
+  thresholds: tuple[tuple[float, float], ...] = bench.THRESHOLDS
+  n_null: int = 1000
+  seed: int = 0
+  max_null_pairs: int = bench.MAX_NULL_PAIRS
+  drop_nan_features: bool = False
+  map_null_size: int = mean_ap.NULL_SIZE
+
+
+def find_clusters(relationships) -> Path | None:
+  """The first `*clusters*.tsv` in the relationship directories, if any."""
+  sources = [relationships] if isinstance(relationships, (str, Path)) else relationships
+  for source in map(Path, sources):
+    if source.is_dir():
+      found = sorted(source.glob("*clusters*.tsv"))
+      if found:
+        return found[0]
+  return None
+
+
+def _batch_labels(metadata: pd.DataFrame, batch_col: str | None) -> np.ndarray | None:
+  if batch_col is None:
+    for candidate in ("experiment", "batch"):
+      for name in (candidate, io.METADATA_PREFIX + candidate):
+        if name in metadata.columns:
+          return metadata[name].astype(str).to_numpy()
+    warnings.warn("no Metadata_experiment (batch) column: treating all wells as one batch; "
+                  "name the batch column with --batch-col", stacklevel=3)
+    return None
+  column = io.resolve_column(metadata, batch_col, what="batch", flag="--batch-col")
+  return metadata[column].astype(str).to_numpy()
+
+
+def _control_flags(metadata: pd.DataFrame, pert_column: str, settings: Settings) -> np.ndarray:
+  has_flags = settings.control_key is not None or any(
+      c in metadata.columns for c in (settings.control_col,
+                                      io.METADATA_PREFIX + settings.control_col))
+  if settings.correction != "none" or has_flags:
+    return io.control_flags(metadata, control_col=settings.control_col,
+                            control_key=settings.control_key, perturbation_col=pert_column)
+  warnings.warn("no control flags: every well goes into the map", stacklevel=3)
+  return np.zeros(len(metadata), dtype=bool)
+
+
+def run_benchmark(table: pd.DataFrame, relationships, settings: Settings = Settings()) -> dict:
+  """Correct -> aggregate -> score a well table.
+
+  Args:
+    table: one row per well, Metadata_* columns and numeric features.
+    relationships: a directory / file(s) of entity1,entity2 pairs, or load_relationships output
+      ({database: pairs}).
+  Returns: dict with `recall`, `curve`, `replicates` (DataFrames), `replicate_summary` (dict),
+    `map` (perturbation table), `wells` (corrected well table), `mean_ap` (None when
+    settings.map_null_size is 0), `correction` and `perturbation_column`.
+  """
+  s = settings
+  metadata, features, feature_names = io.split_table(table, drop_nan_features=s.drop_nan_features)
+  pert_column = io.resolve_column(metadata, s.perturbation_col, what="perturbation",
+                                  flag="--perturbation-col")
+  batch = _batch_labels(metadata, s.batch_col)
+  is_control = _control_flags(metadata, pert_column, s)
+  corrected = correct_lib.correct(features, is_control, batch, method=s.correction,
+                                  n_components=s.n_components, min_controls=s.min_controls)
+  if s.correction in ("pca", "tvn"):
+    feature_names = [f"PC{i + 1}" for i in range(corrected.shape[1])]
+  wells = io.join_table(metadata, corrected, feature_names)
+  treated = wells[~is_control].reset_index(drop=True)
+  if treated.empty:
+    raise ValueError("every well is a control; the map needs perturbation wells")
+  _, treated_features, _ = io.split_table(treated)
+  replicates, replicate_summary = bench.replicate_consistency(
+      treated_features, treated[pert_column].astype(str).to_numpy(),
+      None if batch is None else batch[~is_control], n_null=s.n_null, seed=s.seed)
+  perturbation_map = aggregate_lib.aggregate(treated, by=pert_column)
+  _, map_features, _ = io.split_table(perturbation_map)
+  genes = perturbation_map[pert_column].astype(str).to_numpy()
+  if not isinstance(relationships, dict):
+    relationships = bench.load_relationships(relationships)
+  recall, curve = bench.score_relationships(map_features, genes, relationships,
+                                            thresholds=s.thresholds,
+                                            max_null_pairs=s.max_null_pairs, seed=s.seed)
+  recall.insert(1, "threshold", [f"{lo:g}-{hi:g}" for lo, hi in zip(recall.lower, recall.upper)])
+  recall["correction"] = s.correction
+  scores = None
+  if s.map_null_size:
+    scores = mean_ap.score(
+        wells, perturbation_map, relationships, perturbation_col=pert_column,
+        control_col=s.control_col, control_key=s.control_key,
+        negatives="controls" if is_control.any() else "all", null_size=s.map_null_size,
+        seed=s.seed)
+  return dict(recall=recall, curve=curve, replicates=replicates,
+              replicate_summary=replicate_summary, map=perturbation_map, wells=wells,
+              correction=s.correction, mean_ap=scores, perturbation_column=pert_column)
+
+
+def write_outputs(result: dict, out_dir, *, clusters=None, h5ad: bool = False) -> list[str]:
+  """Writes the CSVs, the map and the plots of a run_benchmark result into `out_dir` (local or
+  gs://); `clusters`: a clusters TSV for the complex heat-map. Returns the files written."""
+  out = workdir.path(out_dir)
+  files = [io.write_embeddings(result["recall"], out / "recall.csv"),
+           io.write_embeddings(result["curve"], out / "recall_curve.csv"),
+           io.write_embeddings(result["replicates"], out / "replicate_consistency.csv"),
+           io.write_embeddings(result["map"], out / "perturbation_map.parquet")]
+  for name, key in (("map_replicates.csv", "replicates"),
+                    ("map_relationships.csv", "relationships")):
+    if result["mean_ap"] and result["mean_ap"][key] is not None:
+      files.append(io.write_embeddings(result["mean_ap"][key], out / name))
+  if h5ad:
+    files.append(io.write_embeddings(result["wells"], out / "corrected_wells.h5ad"))
+  files.append(plots.plot_recall_curves(result["curve"], out / "recall_curve.png",
+                                        title=f"recall ({result['correction']})"))
+  if clusters is not None:
+    files.extend(_heatmap(result, clusters, out / "complex_heatmap.png"))
+  replicate_png = plots.plot_replicate_consistency(
+      result["replicates"], result["replicate_summary"]["median_null_cosine"],
+      out / "replicate_consistency.png")
+  if replicate_png is not None:
+    files.append(replicate_png)
+  return [str(f) for f in files]
+
+
+def _heatmap(result: dict, clusters, file) -> list:
+  _, map_features, _ = io.split_table(result["map"])
+  genes = result["map"][result["perturbation_column"]].astype(str).to_numpy()
+  heatmap = plots.plot_complex_heatmap(map_features, genes, plots.read_clusters(clusters), file)
+  if heatmap is None:
+    warnings.warn(f"no complex in {clusters} has 3 or more genes in the map; no heat-map",
+                  stacklevel=3)
+    return []
+  return [heatmap]
+
+
+def summary(result: dict, files=()) -> dict:
+  """The JSON form of a run_benchmark result (NaN -> None, NumPy -> Python)."""
+  recall = result["recall"][["database", "threshold", "recall", "pairs", "random_baseline"]]
+  return workdir.jsonable(dict(
+      correction=result["correction"], wells=len(result["wells"]),
+      perturbations=len(result["map"]), recall=recall.to_dict("records"),
+      replicate_consistency=result["replicate_summary"],
+      mean_average_precision=result["mean_ap"]["summary"] if result["mean_ap"] else None,
+      files=list(files)))

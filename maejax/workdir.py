@@ -1,0 +1,198 @@
+"""The on-disk layout of a training workdir and of imported weights; all I/O through epath.
+
+A training workdir (`python -m maejax.train`), local or on a bucket (`gs://...`):
+
+    config.json            the config of the latest run in it
+    checkpoints/<step>/    Orbax items: state (params, optimizer state, ...), data (the Grain
+                           iterator of each process), config (what this checkpoint trained
+                           with), and custom metadata {"step", "train_flops", "images_seen"}
+    metrics.jsonl          one JSON object per logged step
+    tensorboard/, plots/
+
+A pretrained folder (`maejax.save_pretrained`, `python -m maejax.convert`):
+
+    config.json            the run config; its `model` entry describes the architecture
+    state/                 an Orbax checkpoint of the model's parameters
+
+Only this module knows these names; train, the API and eval read and write through it.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+from typing import Any
+
+import ml_collections
+import numpy as np
+import pandas as pd
+import orbax.checkpoint as ocp
+from etils import epath
+
+from maejax import config as config_lib
+
+CONFIG = "config.json"
+CHECKPOINTS = "checkpoints"
+STATE = "state"
+METRICS = "metrics.jsonl"
+TENSORBOARD = "tensorboard"
+PLOTS = "plots"
+ITEMS = ("state", "data", "config")  # The items of one training checkpoint.
+
+
+def path(directory) -> epath.Path:
+  """An epath (local paths made absolute, `~` expanded; `gs://...` kept as is)."""
+  text = os.fspath(directory)
+  if "://" in text:
+    return epath.Path(text)
+  return epath.Path(os.path.abspath(os.path.expanduser(text)))
+
+
+def default_workdir(config) -> str:
+  """`runs/<config name>`: where a run goes without --workdir."""
+  return os.path.join("runs", config.get("name", "default"))
+
+
+def write_text(file, text: str) -> None:
+  """Writes `file` whole: via a temporary file and a rename where the storage allows."""
+  file = path(file)
+  file.parent.mkdir(parents=True, exist_ok=True)
+  if "://" in os.fspath(file):  # Object stores write whole objects.
+    file.write_text(text)
+    return
+  tmp = file.parent / f".{file.name}.{os.getpid()}.tmp"
+  tmp.write_text(text)
+  tmp.replace(file)
+
+
+def write_figure(fig, file, dpi: int = 120) -> epath.Path:
+  """Saves a matplotlib figure as PNG at `file` (local or bucket); the caller closes it."""
+  buffer = io.BytesIO()
+  fig.savefig(buffer, format="png", dpi=dpi)
+  file = path(file)
+  file.parent.mkdir(parents=True, exist_ok=True)
+  file.write_bytes(buffer.getvalue())
+  return file
+
+
+def write_config(directory, config) -> epath.Path:
+  """`<directory>/config.json` (see `read_config`)."""
+  file = path(directory) / CONFIG
+  write_text(file, config_lib.to_json(ml_collections.ConfigDict(_as_dict(config))))
+  return file
+
+
+def read_config(directory) -> ml_collections.ConfigDict:
+  """The ConfigDict in `<directory>/config.json`, tuples restored."""
+  file = path(directory) / CONFIG
+  if not file.is_file():
+    raise FileNotFoundError(
+        f"{file} not found: pass a directory written by maejax (a training workdir, "
+        "save_pretrained or `python -m maejax.convert`)")
+  return config_lib.from_json(file.read_text())
+
+
+def jsonable(value):
+  """Numbers, arrays, pandas and NumPy scalars as JSON values (NaN, inf and NA -> null):
+  the one JSON form of figures, in metrics.jsonl and in every `--json` line."""
+  if isinstance(value, dict):
+    return {str(k): jsonable(v) for k, v in value.items()}
+  if isinstance(value, (list, tuple)):
+    return [jsonable(v) for v in value]
+  if isinstance(value, np.ndarray):
+    return jsonable(value.tolist())
+  if isinstance(value, (bool, np.bool_)):
+    return bool(value)
+  if isinstance(value, (int, np.integer)):
+    return int(value)
+  if isinstance(value, (float, np.floating)):
+    return None if math.isnan(value) or math.isinf(value) else float(value)
+  if value is None or isinstance(value, str):
+    return value
+  if value is pd.NA:
+    return None
+  return str(value)
+
+
+def _as_dict(config) -> dict:
+  return config.to_dict() if hasattr(config, "to_dict") else dict(config)
+
+
+# ----------------------------------------------------------------------------- pretrained
+
+def is_pretrained(directory) -> bool:
+  d = path(directory)
+  return (d / STATE).is_dir() and (d / CONFIG).is_file()
+
+
+def save_pretrained_state(directory, state) -> None:
+  with ocp.StandardCheckpointer() as ckptr:
+    ckptr.save(path(directory) / STATE, state, force=True)
+
+
+def restore_pretrained_state(directory, abstract_state):
+  """The model state of a pretrained folder onto `abstract_state`'s shardings."""
+  with ocp.StandardCheckpointer() as ckptr:
+    try:
+      return ckptr.restore(path(directory) / STATE, abstract_state)
+    except ValueError as e:
+      raise ValueError(f"{path(directory) / STATE} does not fit the model in its {CONFIG}: "
+                       f"{e}") from None
+
+
+# ----------------------------------------------------------------------------- training
+
+def checkpoints_dir(workdir) -> epath.Path:
+  return path(workdir) / CHECKPOINTS
+
+
+def resolve(directory, step: int | None = None) -> tuple[epath.Path, int | None]:
+  """(workdir, step) from `<workdir>`, `<workdir>/checkpoints` or `.../checkpoints/<step>`."""
+  d = path(directory)
+  if d.name.isdigit() and d.parent.name == CHECKPOINTS:
+    if step is not None and int(step) != int(d.name):
+      raise ValueError(f"step={step} contradicts the checkpoint folder {d}")
+    return d.parent.parent, int(d.name)
+  if d.name == CHECKPOINTS:
+    return d.parent, step
+  return d, step
+
+
+def manager(workdir, *, keep_last: int = 3, keep_every: int = 0, async_save: bool = False,
+            create: bool = False) -> ocp.CheckpointManager:
+  """The Orbax manager of `<workdir>/checkpoints` (read-only unless `create`)."""
+  options = ocp.CheckpointManagerOptions(
+      max_to_keep=max(int(keep_last), 1), keep_period=int(keep_every) or None,
+      enable_async_checkpointing=bool(async_save), create=create, read_only=not create)
+  return ocp.CheckpointManager(checkpoints_dir(workdir), options=options, item_names=ITEMS)
+
+
+def checkpoint_steps(workdir) -> list[int]:
+  """Sorted steps of the finished checkpoints in a training workdir (half-written saves and
+  folders set aside as corrupt are not listed)."""
+  if not checkpoints_dir(workdir).is_dir():
+    return []
+  with manager(workdir) as m:
+    return sorted(int(s) for s in m.all_steps())
+
+
+def checkpoint_config(m: ocp.CheckpointManager, step: int) -> ml_collections.ConfigDict:
+  """The config a checkpoint was trained with (its `config` item)."""
+  raw = m.restore(int(step), args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
+  return config_lib.from_json(config_lib.to_json(ml_collections.ConfigDict(raw)))
+
+
+def checkpoint_metadata(m: ocp.CheckpointManager, step: int) -> dict[str, Any]:
+  """{"step", "train_flops", "images_seen"} saved with a checkpoint."""
+  return dict(m.metadata(int(step)).custom_metadata or {})
+
+
+def restore_params(m: ocp.CheckpointManager, step: int, target: dict) -> dict:
+  """Only `state["params"]` of a checkpoint (the optimizer state stays on disk), onto the
+  shapes and shardings of `target` (pure-dict ShapeDtypeStructs)."""
+  item = {"params": target}
+  restored = m.restore(int(step), args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+      item=item, partial_restore=True,
+      restore_args=ocp.checkpoint_utils.construct_restore_args(item))))
+  return restored["state"]["params"]
