@@ -1,4 +1,19 @@
-"""maejax: masked autoencoders for cellular morphology in JAX / Flax NNX."""
+"""maejax: masked autoencoders for cellular morphology in JAX / Flax NNX.
+
+The layer order (imports point only down this list; tests/test_layers.py enforces it):
+  cli       maejax/cli: every `python -m maejax.<name>` command (the modules `python -m` runs
+            are two-line shims into it); the only layer that may import everything, and
+            `compare` the only command that trains and evaluates together.
+  eval      maejax/eval: embedding of screens, batch correction, benchmarks, plots; reads
+            checkpoints through the API, never through train.
+  api       maejax.load / Model / save_pretrained (maejax/api.py) and the weight importers
+            (maejax/convert): models + workdir.
+  train     maejax/train: mesh, sharding, state, step, checkpoints, metrics, the loop.
+  shared    maejax/config.py (the one config language) and maejax/workdir.py (the one owner
+            of the on-disk layout, all I/O through etils.epath so `gs://` works).
+  models, data   maejax/models (Flax modules) and maejax/data (sources, Grain pipelines):
+            they import nothing else of maejax.
+"""
 
 from maejax.api import Model, load, save_pretrained
 from maejax.models import create, get_config, REGISTRY as MODELS

@@ -1,8 +1,8 @@
-"""`python -m maejax.compare --configs A.py,B.py --out DIR`: see maejax/eval/compare.py."""
+"""`python -m maejax.compare ...`: see maejax/cli/compare.py."""
 
 import sys
 
-from maejax.eval.compare import main
+from maejax.cli import compare
 
 if __name__ == "__main__":
-  sys.exit(main())
+  sys.exit(compare.main())

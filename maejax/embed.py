@@ -1,8 +1,8 @@
-"""`python -m maejax.embed --checkpoint DIR --out embeddings.parquet`: see maejax/eval/embed.py."""
+"""`python -m maejax.embed ...`: see maejax/cli/embed.py."""
 
 import sys
 
-from maejax.eval.embed import main
+from maejax.cli import embed
 
 if __name__ == "__main__":
-  sys.exit(main())
+  sys.exit(embed.main())

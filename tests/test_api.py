@@ -1,13 +1,21 @@
-"""maejax.load on training workdirs: params and the fixed position tables come back, any step."""
+"""maejax.load on training workdirs (any step, a damaged newest checkpoint) and on gs:// paths."""
+
+import os
+import shutil
 
 import jax
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
+from etils.epath import testing as epath_testing
+from flax import nnx
 
 import maejax
-from maejax.train import checkpoint as checkpoint_lib
 from maejax import config as config_lib
+from maejax import workdir as workdir_lib
+from maejax.train import checkpoint as checkpoint_lib
 from maejax.train import loop
+from maejax.train import metrics as metrics_lib
 from maejax.train import mesh as mesh_lib
 from maejax.train import optimizer as optimizer_lib
 from maejax.train import state as state_lib
@@ -38,10 +46,11 @@ def _trained_model(workdir, step):
   spec = state_lib.make_spec(loop.model_fn_for(config.model),
                              optimizer_lib.make_optimizer(config),
                              mesh_lib.make_mesh(config.mesh), tuple(config.sharding_rules))
-  ckpt = checkpoint_lib.Checkpointer(f"{workdir}/checkpoints", config)
-  _, state, _ = ckpt.restore(spec.abstract, step=step)
+  ckpt = checkpoint_lib.Checkpointer(workdir, config)
+  state = ckpt.manager.restore(step, args=ocp.args.Composite(
+      state=ocp.args.StandardRestore(spec.abstract)))["state"]
   ckpt.close()
-  return state_lib.merge(spec, state["params"], state["rest"]), state
+  return state_lib.merge(spec, state["params"]), state
 
 
 def _images(n=5):
@@ -56,9 +65,9 @@ def test_load_workdir_embeds_like_the_trained_model(workdir, step):
   images = _images()
   expected = np.asarray(trained.embed(jax.numpy.asarray(images)))
   np.testing.assert_allclose(loaded.embed(images, batch_size=4), expected, rtol=1e-5, atol=1e-5)
-  # The non-parameter variables (fixed sin-cos position tables) are the checkpoint's.
-  pos = np.asarray(loaded.module.encoder.tokenizer.pos[...])
-  np.testing.assert_array_equal(pos, np.asarray(state["rest"]["encoder"]["tokenizer"]["pos"]))
+  for a, b in zip(jax.tree.leaves(nnx.to_pure_dict(nnx.state(loaded.module, nnx.Param))),
+                  jax.tree.leaves(state["params"])):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
 def test_steps_differ_and_checkpoint_folder_forms(workdir):
@@ -76,3 +85,69 @@ def test_bad_step_and_empty_dir_are_clear_errors(workdir, tmp_path):
     maejax.load(workdir, step=3)
   with pytest.raises(FileNotFoundError, match="holds no model"):
     maejax.load(tmp_path)
+
+
+def test_damaged_newest_checkpoint_loads_the_previous_with_one_warning(workdir, tmp_path, capsys):
+  copy = tmp_path / "copy"
+  shutil.copytree(workdir, copy)
+  for root, _, files in os.walk(copy / "checkpoints" / "4" / "state"):
+    for f in files:
+      if not f.startswith("_") and not f.endswith(".txt"):
+        open(os.path.join(root, f), "wb").close()
+  model = maejax.load(copy)
+  out = capsys.readouterr()
+  assert model.step == 2
+  lines = [l for l in (out.out + out.err).splitlines() if "checkpoint step 4" in l]
+  assert len(lines) == 1 and "loading the previous one" in lines[0]
+  assert "Traceback" not in out.out + out.err
+  with pytest.raises(ValueError, match="no checkpoint .* can be read .*step 4"):
+    maejax.load(copy, step=4)
+
+
+def _bucket(root):
+  """epath calls on gs://bucket/... served from the local folder `root`."""
+  def local(path):
+    text = os.fspath(path)
+    return str(root / text[len("gs://bucket/"):]) if text.startswith("gs://bucket/") else text
+
+  def fn(original, path, *args, **kwargs):
+    args = [local(a) if isinstance(a, (str, os.PathLike)) else a for a in args]
+    return original(local(path), *args, **kwargs)
+  names = ("copy", "exists", "glob", "isdir", "listdir", "makedirs", "mkdir", "open", "remove",
+           "rename", "replace", "rmtree", "stat", "walk")
+  return epath_testing.mock_epath(**{n: fn for n in names})
+
+
+def test_gs_workdir_config_metrics_and_plots_go_through_epath(tmp_path):
+  config = _tiny_config()
+  with _bucket(tmp_path):
+    run = workdir_lib.path("gs://bucket/run")
+    assert str(run) == "gs://bucket/run"
+    workdir_lib.write_config(run, config)
+    back = workdir_lib.read_config("gs://bucket/run")
+    assert back.sharding_rules == config.sharding_rules  # Tuples survive the round trip.
+    writer = metrics_lib.Writer(run, start_step=0)
+    writer.write(1, {"loss": 1.5})
+    writer.write(2, {"loss": float("nan")})
+    writer.close()
+    image = np.zeros((8, 8, 2), np.float32)
+    metrics_lib.save_reconstruction_png(run / "plots" / "r.png",
+                                        {"pred": image, "target": image, "mask": image}, 2)
+  assert (tmp_path / "run" / "config.json").is_file()
+  assert (tmp_path / "run" / "metrics.jsonl").read_text().splitlines() == [
+      '{"step": 1, "loss": 1.5}', '{"step": 2, "loss": null}']
+  assert os.listdir(tmp_path / "run" / "tensorboard")
+  assert (tmp_path / "run" / "plots" / "r.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_resumed_writer_drops_rows_of_the_lost_segment(tmp_path):
+  writer = metrics_lib.Writer(tmp_path)
+  for step in (1, 2, 3, 4):
+    writer.write(step, {"loss": float(step)})
+  writer.close()
+  writer = metrics_lib.Writer(tmp_path, start_step=2)  # Resumed from the step-2 checkpoint.
+  writer.write(3, {"loss": 30.0})
+  writer.close()
+  rows = (tmp_path / "metrics.jsonl").read_text().splitlines()
+  assert rows == ['{"step": 1, "loss": 1.0}', '{"step": 2, "loss": 2.0}',
+                  '{"step": 3, "loss": 30.0}']

@@ -172,7 +172,8 @@ def sites_to_wells(site_table: pd.DataFrame, metadata: pd.DataFrame) -> pd.DataF
   sums = np.zeros((n, features.shape[1]))
   np.add.at(sums, codes, features)
   grouped = sites.groupby(codes, sort=True)
-  constant = [c for c in sites.columns if c in keys or (grouped[c].nunique(dropna=False) <= 1).all()]
+  constant = [c for c in sites.columns
+              if c in keys or (grouped[c].nunique(dropna=False) <= 1).all()]
   wells = grouped[constant].first().reset_index(drop=True)
   wells["n_sites"] = counts
   wells["n_crops"] = np.bincount(codes, weights=site_table["n_crops"].to_numpy(),

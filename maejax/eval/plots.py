@@ -6,14 +6,14 @@ from pathlib import Path
 from typing import Sequence
 
 import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-import-position
+import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from maejax import workdir  # pylint: disable=wrong-import-position
-from maejax.eval import benchmark  # pylint: disable=wrong-import-position
+from maejax import workdir
+from maejax.eval import benchmark
+
+matplotlib.use("Agg")  # PNG files only; no display (headless hosts).
 
 
 def plot_recall_curves(curve: pd.DataFrame, path: str | Path, title: str = "") -> Path:

@@ -28,12 +28,30 @@ not what it looks like: category `location`, not reported.
 
 from __future__ import annotations
 
+import os
 import warnings
 from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
+import ml_collections
+import tifffile
+from cp_measure import bulk
 from scipy import ndimage
+from skimage import feature, filters, segmentation
+from sklearn import linear_model, metrics, model_selection, pipeline, preprocessing
+
+from maejax import api
+from maejax import data as data_lib
+from maejax import workdir
+from maejax.eval import embed as embed_lib
+from maejax.eval import io
+from maejax.eval import plots
+
+try:  # Optional (the `test` extra): the real confocal stack of `--data partseg`.
+  import PartSegData  # pylint: disable=invalid-name
+except ImportError:
+  PartSegData = None
 
 CATEGORIES = ("intensity", "texture", "granularity", "radial_distribution", "shape",
               "correlation")
@@ -71,7 +89,6 @@ def category(function: str, key: str) -> str:
 def otsu_thresholds(crops: np.ndarray, channels: Sequence[int], *, sigma: float = 1.0,
                     max_pixels: int = 2_000_000, seed: int = 0) -> dict[int, float]:
   """One Otsu threshold per channel over a crop set. crops uint8 [n, h, w, c]."""
-  from skimage import filters  # pylint: disable=g-import-not-at-top
   rng = np.random.default_rng(seed)
   out = {}
   for c in set(channels):
@@ -92,7 +109,6 @@ def segment(crop: np.ndarray, nuclei_channel: int, cell_channel: int,
   Returns: (nuclei, cells) int32 [h, w], labels 1..n (0 = background), the same label for a
     cell and its nucleus, n <= max_objects.
   """
-  from skimage import feature, filters, segmentation  # pylint: disable=g-import-not-at-top
   nuc = filters.gaussian(crop[..., nuclei_channel].astype(np.float32), sigma, preserve_range=True)
   fg = ndimage.binary_fill_holes(nuc > thresholds[nuclei_channel])
   components = ndimage.label(fg)[0]
@@ -124,7 +140,6 @@ def segment(crop: np.ndarray, nuclei_channel: int, cell_channel: int,
 
 def _measurement_functions(functions: Sequence[str]) -> dict[str, tuple[Callable, bool]]:
   """name -> (cp_measure function, is a channel-pair correlation)."""
-  from cp_measure import bulk  # pylint: disable=g-import-not-at-top
   core, corr = bulk.get_core_measurements(), bulk.get_correlation_measurements()
   unknown = sorted(set(functions) - set(core) - set(corr))
   if unknown:
@@ -251,7 +266,6 @@ def probe_r2(embeddings: np.ndarray, targets: np.ndarray, *, groups=None, folds:
   Args: embeddings [n, d]; targets [n, t]. Returns: R^2 float64 [t] (<= 1; < 0 is worse than
   predicting the mean).
   """
-  from sklearn import linear_model, metrics, model_selection, pipeline, preprocessing  # pylint: disable=g-import-not-at-top
   x = np.asarray(embeddings, np.float64)
   y = np.asarray(targets, np.float64)
   if x.shape[0] != y.shape[0]:
@@ -305,9 +319,8 @@ def run_probe(features: pd.DataFrame, categories: Mapping[str, str],
   return per_feature, summary.reset_index(drop=True)
 
 
-def plot_probe(summary: pd.DataFrame, path, title: str = "") -> "Path":
+def plot_probe(summary: pd.DataFrame, path, title: str = ""):
   """Grouped bars: median R^2 per category (x), one bar per model."""
-  from maejax.eval import plots  # pylint: disable=g-import-not-at-top
   plt = plots.plt
   cats = [c for c in CATEGORIES if c in set(summary.category)]
   models = list(dict.fromkeys(summary.model))
@@ -331,13 +344,9 @@ def plot_probe(summary: pd.DataFrame, path, title: str = "") -> "Path":
 
 def partseg_stack() -> np.ndarray:
   """PartSegData's 4-channel confocal stack as float32 [4, 1024, 1024] (channel 3 = DNA)."""
-  try:
-    import PartSegData  # pylint: disable=g-import-not-at-top
-  except ImportError as e:
+  if PartSegData is None:
     raise ImportError("--data partseg needs the package partsegdata (pip install "
-                      "partsegdata), which ships a 4-channel confocal stack") from e
-  import tifffile  # pylint: disable=g-import-not-at-top
-  import os  # pylint: disable=g-import-not-at-top
+                      "partsegdata), which ships a 4-channel confocal stack")
   return tifffile.imread(os.path.join(PartSegData.images_dir, "stack.tif"))
 
 
@@ -355,15 +364,14 @@ def partseg_crops(crop_size: int = 64, *, stride: int = 32, downsample: int = 2,
   (the `block`-pixel block holding the crop's centre, for grouped cross-validation since
   overlapping crops share pixels).
   """
-  from maejax.data import to_uint8  # pylint: disable=g-import-not-at-top
   stack = partseg_stack().astype(np.float64)
   c, h, w = stack.shape
   h, w = h // downsample, w // downsample
   pooled = stack[:, :h * downsample, :w * downsample].reshape(
       c, h, downsample, w, downsample).mean((2, 4))
   # to_uint8 takes integer camera data: keep 16 bits of the dynamic range first.
-  image = np.stack([to_uint8(np.round(p / p.max() * 65535).astype(np.uint16), rule="percentile")
-                    for p in pooled], axis=-1)
+  image = np.stack([data_lib.to_uint8(np.round(p / p.max() * 65535).astype(np.uint16),
+                                      rule="percentile") for p in pooled], axis=-1)
   corners = [(y, x) for y in range(0, h - crop_size + 1, stride)
              for x in range(0, w - crop_size + 1, stride)]
   crops = np.stack([image[y:y + crop_size, x:x + crop_size] for y, x in corners])
@@ -380,7 +388,6 @@ def source_crops(source, crop_size: int = 64, *, max_crops: int = 256, seed: int
   Sites are drawn at random (seeded), all their tiles kept until `max_crops`; metadata has
   the sites' rows plus `group` = site index (tiles of one site stay in one fold).
   """
-  from maejax.data import eval_tiles  # pylint: disable=g-import-not-at-top
   shape = getattr(source, "site_shape", None)
   per_site = (shape[0] // crop_size) * (shape[1] // crop_size) if shape else 1
   if shape and per_site == 0:
@@ -388,10 +395,53 @@ def source_crops(source, crop_size: int = 64, *, max_crops: int = 256, seed: int
   n_sites = min(len(source), max(2, -(-max_crops // max(per_site, 1))))
   sites = np.sort(np.random.default_rng(seed).choice(len(source), n_sites, replace=False))
   images, rows = [], []
-  for batch, meta in eval_tiles(source, crop_size, 64, indices=sites):
+  for batch, meta in data_lib.eval_tiles(source, crop_size, 64, indices=sites):
     images.append(batch["image"])
     rows.append(meta)
   crops, meta = np.concatenate(images)[:max_crops], pd.concat(rows, ignore_index=True)
   meta = meta.iloc[:max_crops].reset_index(drop=True)
   meta["group"] = meta["site_index"]
   return crops, meta
+
+
+def sample_crops(crops: np.ndarray, meta: pd.DataFrame, max_crops: int, seed: int = 0
+                 ) -> tuple[np.ndarray, pd.DataFrame]:
+  """At most `max_crops` of crops [n, h, w, c] and their metadata rows, drawn at random
+  (seeded), in their original order."""
+  if len(crops) <= max_crops:
+    return crops, meta
+  keep = np.sort(np.random.default_rng(seed).choice(len(crops), max_crops, replace=False))
+  return crops[keep], meta.iloc[keep].reset_index(drop=True)
+
+
+# ------------------------------------------------------------------------------ models, files
+
+def load_models(checkpoints: Sequence[str], random_configs: Mapping[str, object],
+                seed: int = 0) -> dict[str, api.Model]:
+  """{label: Model}: each checkpoint (maejax.load; labelled by its folder name) and each
+  {name: model ConfigDict} with random initial weights (labelled "<name> (random)")."""
+  out = {}
+  for path in checkpoints:
+    label = workdir.path(path).name
+    out[label if label not in out else str(path)] = api.load(path)
+  for name, model_config in random_configs.items():
+    run_config = ml_collections.ConfigDict({"model": model_config})
+    out[f"{name} (random)"] = embed_lib.random_model(run_config, seed)
+  if not out:
+    raise ValueError("nothing to probe: pass --checkpoint DIR and/or --model NAME")
+  return out
+
+
+def write_outputs(out_dir, per_feature: pd.DataFrame, summary: pd.DataFrame,
+                  features: pd.DataFrame, meta: pd.DataFrame, *, title: str) -> list[str]:
+  """probe_summary.csv, probe_features.csv, cellprofiler_features.parquet (the measurements
+  with the crops' Metadata_group, tile and site columns) and probe.png in `out_dir`."""
+  out = workdir.path(out_dir)
+  kept = [k for k in meta.columns
+          if k in ("group", "tile_y", "tile_x", "site_index", "perturbation")]
+  measured = features.assign(**{f"Metadata_{k}": meta[k].to_numpy() for k in kept})
+  files = [io.write_embeddings(summary, out / "probe_summary.csv"),
+           io.write_embeddings(per_feature, out / "probe_features.csv"),
+           io.write_embeddings(measured, out / "cellprofiler_features.parquet"),
+           plot_probe(summary, out / "probe.png", title=title)]
+  return [str(f) for f in files]

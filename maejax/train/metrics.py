@@ -3,7 +3,6 @@
 Only process 0 writes; on other processes every writer is a no-op.
 """
 
-import io
 import json
 import math
 import os
@@ -117,20 +116,22 @@ class _EpathFactory:
     return _EpathRecordFile(path)
 
 
-class _EpathRecordFile(io.BytesIO):
+class _EpathRecordFile:
+  """The writer tensorboardX asks its factory for: write, flush, close."""
 
   def __init__(self, path):
-    super().__init__()
-    self.file = workdir_lib.path(path)
+    self.file, self.data, self.closed = workdir_lib.path(path), bytearray(), False
+
+  def write(self, data):
+    self.data += data
 
   def flush(self):
-    super().flush()
-    self.file.write_bytes(self.getvalue())
+    self.file.write_bytes(bytes(self.data))
 
   def close(self):
     if not self.closed:
       self.flush()
-    super().close()
+      self.closed = True
 
 
 class Progress:

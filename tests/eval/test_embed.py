@@ -1,21 +1,27 @@
-"""python -m maejax.embed: wells from tiled crops (vs a NumPy reference), resume, channel subsets."""
+"""python -m maejax.embed: wells from tiled crops (vs a NumPy reference), resume, channel subsets,
+the screen from --config and typed --config.data overrides."""
 
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pandas as pd
 import pytest
 
 import maejax
+from maejax import config as config_lib
 from maejax import data as data_lib
+from maejax import workdir
+from maejax.cli import embed as embed_cli
 from maejax.eval import embed
 from maejax.eval import io
-from maejax import config as config_lib
 
-SCREEN = ["--data.synthetic.site_size=32", "--data.synthetic.n_groups=2",
-          "--data.synthetic.genes_per_group=2", "--data.synthetic.n_null_genes=1",
-          "--data.synthetic.controls_per_plate=2", "--data.synthetic.n_experiments=1",
-          "--data.synthetic.plates_per_experiment=2", "--data.synthetic.sites_per_well=2"]
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+SMALL = dict(site_size=32, n_groups=2, genes_per_group=2, n_null_genes=1, controls_per_plate=2,
+             n_experiments=1, plates_per_experiment=2, sites_per_well=2)
+SCREEN = [f"--config.data.synthetic.{k}={v}" for k, v in SMALL.items()]
 N_WELLS = 2 * (2 * 2 + 1 + 2)  # plates x (genes + null genes + controls)
 
 
@@ -30,15 +36,13 @@ def camae(tmp_path_factory):
 
 def _run(args):
   args = args + ["--no-progress", "--json"]
-  assert embed.main(args) == 0
+  assert embed_cli.main(args) == 0
   return args
 
 
 def _source(channels=(0, 1, 2, 3, 4, 5)):
   config = data_lib.default_config()
-  config.synthetic.update(dict(site_size=32, n_groups=2, genes_per_group=2, n_null_genes=1,
-                               controls_per_plate=2, n_experiments=1, plates_per_experiment=2,
-                               sites_per_well=2))
+  config.synthetic.update(SMALL)
   config.channels = tuple(channels)
   return data_lib.make_source(config)
 
@@ -102,7 +106,7 @@ def test_resume_after_interruption_gives_the_same_table(camae, tmp_path, monkeyp
 
   monkeypatch.setattr(embed, "embed_sites", crash_on_third_block)
   with pytest.raises(KeyboardInterrupt):
-    embed.main(args + ["--out", str(out), "--no-progress"])
+    embed_cli.main(args + ["--out", str(out), "--no-progress"])
   assert sorted(p.name for p in (tmp_path / "resumed.parquet.partial").glob("shard_*")) == [
       "shard_000000.parquet", "shard_000001.parquet"]
   calls.clear()
@@ -118,7 +122,7 @@ def test_resume_refuses_other_settings(camae, tmp_path):
   partial.mkdir()
   (partial / embed.SETTINGS).write_text(json.dumps({"checkpoint": "elsewhere"}))
   with pytest.raises(ValueError, match="other settings.*--restart"):
-    embed.run(*embed.parse_args(["--checkpoint", camae, "--out", str(out)] + SCREEN))
+    embed_cli.run(*embed_cli.parse_args(["--checkpoint", camae, "--out", str(out)] + SCREEN))
   _run(["--checkpoint", camae, "--out", str(out), "--restart", "--crop-size", "32"] + SCREEN)
   assert len(pd.read_parquet(out)) == N_WELLS
 
@@ -148,15 +152,19 @@ def test_bad_inputs_are_clear_errors(camae, tmp_path, capsys):
   out = str(tmp_path / "e.parquet")
   cases = [
       (["--checkpoint", str(vit), "--channels", "0,1,2"], "expects 6 channels, got 3"),
-      (["--checkpoint", camae, "--data.synthetic.nope=1"], "--data.synthetic.nope: no such"),
-      (["--checkpoint", camae, "--data.batch_size=1"], "--data.batch_size: no such"),
+      (["--checkpoint", camae, "--config.data.synthetic.nope=1"],
+       "--config.data.synthetic.nope: no such"),
+      (["--checkpoint", camae, "--config.batch_size=1"], "--config.batch_size: no such"),
+      (["--checkpoint", camae, "--config.data.synthetic.site_size=big"],
+       "--config.data.synthetic.site_size='big': expected an int"),
       (["--checkpoint", camae, "--crop-size", "64"], "--crop-size 64 exceeds the sites"),
-      (["--checkpoint", camae, "--data", "nowhere"], "expected a source name"),
+      (["--checkpoint", camae, "--config", "nowhere.py"], "no config file"),
       (["--checkpoint", str(tmp_path / "missing")], "is not a directory"),
   ]
   for args, message in cases:
-    assert embed.main(args + ["--out", out, "--no-progress"] + SCREEN) == 2
-    assert message in capsys.readouterr().err
+    assert embed_cli.main(args + ["--out", out, "--no-progress"] + SCREEN) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.startswith("error: ") and err.count("\n") == 1, err
 
 
 def test_intensity_statistics_per_channel():
@@ -169,3 +177,40 @@ def test_intensity_statistics_per_channel():
   np.testing.assert_allclose(features[[0, 9]], image.mean((0, 1)), rtol=1e-5)
   np.testing.assert_allclose(features[[1, 10]], image.std((0, 1)), rtol=1e-5)
   np.testing.assert_allclose(features[[5, 14]], np.median(image.reshape(-1, 2), 0), rtol=1e-5)
+
+
+def test_config_file_names_the_screen_and_overrides_are_typed(camae, tmp_path, capsys):
+  """--config replaces the checkpoint's data (here a config.json of a 2-plate screen); the
+  --config.data overrides then change fields of it."""
+  config = config_lib.default_config()
+  config.data.synthetic.update(dict(SMALL, plates_per_experiment=1))
+  workdir.write_config(tmp_path / "screen", config)
+  out = tmp_path / "w.parquet"
+  _run(["--checkpoint", camae, "--out", str(out), "--config", str(tmp_path / "screen"),
+        "--crop-size", "0"])
+  info = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+  assert info["wells"] == N_WELLS // 2 and info["crops"] == N_WELLS  # Whole 32 px sites.
+  _run(["--checkpoint", camae, "--out", str(out), "--config",
+        str(tmp_path / "screen" / "config.json"), "--crop-size", "0",
+        "--config.data.synthetic.plates_per_experiment=2", "--restart"])
+  info = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+  assert info["wells"] == N_WELLS and len(pd.read_parquet(out)) == N_WELLS
+
+
+def test_help_lists_the_data_fields_and_a_bad_field_is_one_error_line(camae, tmp_path):
+  proc = subprocess.run([sys.executable, "-m", "maejax.embed", "--help"], cwd=ROOT,
+                        capture_output=True, text=True, timeout=120, check=False)
+  assert proc.returncode == 0, proc.stderr
+  for flag in ("--checkpoint", "--config", "--block", "--sites-per-shard", "--distributed",
+               "--config.data.synthetic.site_size=256", "--config.data.crop_size=256",
+               "--config.data.source=\"synthetic\""):
+    assert flag in proc.stdout, flag
+  assert "--data.synthetic" not in proc.stdout.replace("--config.data.", "")
+  proc = subprocess.run(
+      [sys.executable, "-m", "maejax.embed", "--checkpoint", camae, "--out",
+       str(tmp_path / "e.parquet"), "--config.data.no_such=1", "--no-progress"],
+      cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
+  assert proc.returncode == 2, proc.stdout + proc.stderr
+  lines = [line for line in proc.stderr.splitlines() if line.strip()]
+  assert len(lines) == 1 and lines[0].startswith("error: --config.data.no_such: no such"), lines
+  assert not (tmp_path / "e.parquet").exists()

@@ -11,14 +11,17 @@ import numpy as np
 import pandas as pd
 
 import maejax
-from maejax.eval import embed
 from maejax import config as config_lib
+from maejax.cli import embed as embed_cli
+from maejax.eval import embed
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-SCREEN = ["--data.synthetic.site_size=32", "--data.synthetic.n_groups=2",
-          "--data.synthetic.genes_per_group=2", "--data.synthetic.n_null_genes=1",
-          "--data.synthetic.controls_per_plate=2", "--data.synthetic.n_experiments=1",
-          "--data.synthetic.plates_per_experiment=2", "--data.synthetic.sites_per_well=2"]
+SCREEN = ["--config.data.synthetic.site_size=32", "--config.data.synthetic.n_groups=2",
+          "--config.data.synthetic.genes_per_group=2", "--config.data.synthetic.n_null_genes=1",
+          "--config.data.synthetic.controls_per_plate=2",
+          "--config.data.synthetic.n_experiments=1",
+          "--config.data.synthetic.plates_per_experiment=2",
+          "--config.data.synthetic.sites_per_well=2"]
 KEYS = ["Metadata_experiment", "Metadata_plate", "Metadata_well"]
 
 
@@ -46,7 +49,7 @@ def test_two_processes_embed_their_own_shards_and_match_one_process(tmp_path):
            for i in range(2)]
   try:
     # The single-process table, computed meanwhile in this process (8 devices).
-    assert embed.main(["--out", str(tmp_path / "one.parquet")] + args) == 0
+    assert embed_cli.main(["--out", str(tmp_path / "one.parquet")] + args) == 0
     logs = [p.communicate(timeout=120) for p in procs]
   finally:
     for p in procs:

@@ -1,0 +1,143 @@
+"""Batch-correct well embeddings, build the perturbation map and score it.
+
+  python -m maejax.benchmark --embeddings wells.parquet \
+      --relationships ../shared/benchmarks/relationships --out results/ [--correction tvn] --json
+
+Works on any table with `Metadata_*` columns and numeric features: this package's embeddings,
+another model's, or CellProfiler features (maejax.eval.pipeline). Writes to --out: recall.csv,
+recall_curve.csv, replicate_consistency.csv, perturbation_map.parquet, recall_curve.png,
+complex_heatmap.png (when a clusters TSV is found), replicate_consistency.png, and mAP by
+copairs (maejax.eval.mean_ap): map_replicates.csv (replicate retrieval per perturbation) and
+map_relationships.csv (known-partner retrieval per gene and database).
+
+  python -m maejax.benchmark --sweep runs/demo [runs/other ...] --out results/sweep [--blocks all]
+
+embeds and scores every kept checkpoint of training runs against their cumulative training
+FLOPs, or (--blocks) the newest checkpoint from each encoder block (maejax/cli/sweep.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import sys
+from typing import Sequence
+
+from maejax import cli
+from maejax.cli import sweep
+from maejax.eval import benchmark as bench
+from maejax.eval import correct as correct_lib
+from maejax.eval import io
+from maejax.eval import mean_ap
+from maejax.eval import pipeline
+
+
+def _thresholds(text):
+  try:
+    lower, upper = (float(v) for v in text.split(","))
+  except ValueError as e:
+    raise argparse.ArgumentTypeError(f"threshold {text!r}: expected LOWER,UPPER e.g. 5,95") from e
+  if not 0 < lower < upper < 100:
+    raise argparse.ArgumentTypeError(f"threshold {text!r}: need 0 < LOWER < UPPER < 100")
+  return lower, upper
+
+
+def _components(text):
+  value = float(text)
+  return value if 0 < value < 1 else int(value)
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+  p = cli.parser("python -m maejax.benchmark", __doc__)
+  p.add_argument("--embeddings", required=True,
+                 help="well table: .parquet/.csv/.h5ad with Metadata_* + feature columns")
+  p.add_argument("--relationships", required=True, nargs="+",
+                 help="directory of entity1,entity2 *.txt/*.csv files, or the files")
+  p.add_argument("--out", required=True, help="output directory")
+  p.add_argument("--correction", default="tvn", choices=correct_lib.METHODS)
+  p.add_argument("--perturbation-col", default="perturbation",
+                 help="column of gene symbols (Metadata_ prefix optional)")
+  p.add_argument("--batch-col", default=None,
+                 help="batch column (default: Metadata_experiment if present)")
+  p.add_argument("--control-col", default="is_control",
+                 help="boolean column marking control wells")
+  p.add_argument("--control-key", default=None,
+                 help="perturbation name of control wells (instead of --control-col)")
+  p.add_argument("--n-components", type=_components, default=None,
+                 help="PCA components for pca/tvn: an int, or a variance fraction in (0,1)")
+  p.add_argument("--min-controls", type=int, default=2,
+                 help="fewest control wells a batch may have")
+  p.add_argument("--thresholds", type=_thresholds, nargs="+", default=list(bench.THRESHOLDS),
+                 help="percent pairs, e.g. 5,95 10,90")
+  p.add_argument("--clusters", default=None,
+                 help="clusters TSV for the heat-map (default: *clusters*.tsv found in the "
+                 "relationships directory)")
+  p.add_argument("--n-null", type=int, default=1000,
+                 help="random well sets per replicate count for replicate consistency")
+  p.add_argument("--max-null-pairs", type=int, default=bench.MAX_NULL_PAIRS,
+                 help="above this many perturbation pairs the null cosines are sampled")
+  p.add_argument("--map-null-size", type=int, default=mean_ap.NULL_SIZE,
+                 help="copairs null size for mAP p-values (0 skips mAP)")
+  p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--drop-nan-features", action="store_true",
+                 help="drop feature columns with NaN/inf instead of failing")
+  p.add_argument("--h5ad", action="store_true",
+                 help="also write the corrected wells as corrected_wells.h5ad")
+  p.add_argument("--json", action="store_true",
+                 help="print one JSON summary object as the last stdout line")
+  return p.parse_args(argv)
+
+
+def settings(args) -> pipeline.Settings:
+  return pipeline.Settings(
+      correction=args.correction, perturbation_col=args.perturbation_col,
+      batch_col=args.batch_col, control_col=args.control_col, control_key=args.control_key,
+      n_components=args.n_components, min_controls=args.min_controls,
+      thresholds=tuple(tuple(t) for t in args.thresholds), n_null=args.n_null, seed=args.seed,
+      max_null_pairs=args.max_null_pairs, drop_nan_features=args.drop_nan_features,
+      map_null_size=args.map_null_size)
+
+
+def _fmt(value, spec=".3f"):
+  return "nan" if value is None else format(value, spec)
+
+
+def _report(info: dict, result: dict, out: str) -> None:
+  print(f"{info['wells']} wells -> {info['perturbations']} perturbations, "
+        f"correction {info['correction']}")
+  print(result["recall"][["database", "threshold", "recall", "pairs", "random_baseline"]]
+        .to_string(index=False, float_format="%.3f"))
+  rep = info["replicate_consistency"]
+  print(f"replicate consistency: {rep['perturbations']} perturbations, median cosine "
+        f"{_fmt(rep['median_cosine'])} vs random {_fmt(rep['median_null_cosine'])}, "
+        f"{_fmt(rep['fraction_significant'])} with p < {rep['alpha']} "
+        f"(binomial p {_fmt(rep['binomial_p_value'], '.2g')})")
+  maps = info["mean_average_precision"] or {}
+  if maps.get("replicates"):
+    print(f"replicate mAP (copairs, vs {maps['replicates']['negatives']}): "
+          f"{_fmt(maps['replicates']['mean_average_precision'])}, "
+          f"{_fmt(maps['replicates']['fraction_retrieved'])} retrieved at q < "
+          f"{maps['replicates']['threshold']}")
+  for database, row in maps.get("relationships", {}).items():
+    print(f"{database} mAP: {_fmt(row['mean_average_precision'])} over {row['n']} genes, "
+          f"{_fmt(row['fraction_retrieved'])} retrieved")
+  print(f"wrote {len(info['files'])} files to {out}")
+
+
+def _main(args) -> int:
+  table = io.read_embeddings(args.embeddings)
+  result = pipeline.run_benchmark(table, args.relationships, settings(args))
+  clusters = args.clusters or pipeline.find_clusters(args.relationships)
+  files = pipeline.write_outputs(result, args.out, clusters=clusters, h5ad=args.h5ad)
+  info = pipeline.summary(result, files)
+  _report(info, result, args.out)
+  if args.json:
+    cli.print_json(info)
+  return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  argv = sys.argv[1:] if argv is None else list(argv)
+  if any(a == "--sweep" or a.startswith("--sweep=") for a in argv):
+    return sweep.main(argv)  # Recall vs training compute / encoder block.
+  return cli.run(functools.partial(_main, parse_args(argv)))

@@ -1,0 +1,170 @@
+"""Train -> embed -> correct -> benchmark several configs on their screen, in one table.
+
+    python -m maejax.compare --configs configs/demo.py,configs/munet_demo.py,configs/wsl_demo.py \
+        --out results/compare [--steps N] [--config.<field>=<value> ...] [--json]
+
+For each config: train it in `<out>/runs/<name>` (or reuse that workdir when its checkpoint
+reached the step count), then (maejax.eval.compare) embed every well of the config's own
+screen (its config.data: the demo configs' 256 px synthetic sites, tiled into the crops the
+model trained on) with the trained weights and with the same architecture's random initial
+weights, and score each table with the benchmark (no correction and TVN) against the screen's
+known relationships (the synthetic screen's planted pairs, `source.relationships`, or
+--relationships). A classical baseline, per-channel intensity statistics of each site (mean,
+std, percentiles), is scored the same way. Writes `<out>/comparison.csv`,
+`<out>/recall_curve_<correction>.png` (one line per model), each row's benchmark outputs in
+`<out>/<model>/<correction>/` and the well tables in `<out>/wells/`.
+
+`--config.<field>=<value>` overrides are applied to every config (training and the embedded
+screen alike), e.g. --config.data.synthetic.batch_effects=false --config.batch_size=32.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+import time
+from typing import Sequence
+
+import ml_collections
+import pandas as pd
+
+from maejax import cli
+from maejax import config as config_lib
+from maejax import data as data_lib
+from maejax import workdir as workdir_lib
+from maejax.eval import benchmark as bench
+from maejax.eval import compare as compare_lib
+from maejax.eval import pipeline
+from maejax.eval import scorer as scorer_lib
+from maejax.train import loop
+
+
+def load_configs(specs: Sequence[str], overrides: Sequence[str] = (),
+                 steps: int | None = None) -> list[ml_collections.ConfigDict]:
+  """Config files (`configs/X.py[:arg]`) with `--config.*` overrides and an optional step count."""
+  if steps is not None and steps < 1:
+    raise ValueError(f"--steps {steps}: expected a positive step count")
+  configs = []
+  for spec in specs:
+    config = cli.load_config(spec, overrides)
+    if steps is not None:
+      config.total_steps = int(steps)
+      config.ckpt_every = min(int(config.ckpt_every), int(steps))
+    configs.append(config)
+  names = [c.name for c in configs]
+  if len(set(names)) != len(names):
+    raise ValueError(f"configs share a name ({names}); each needs its own workdir "
+                     "(set config.name in the files)")
+  return configs
+
+
+def match_classes(config: ml_collections.ConfigDict, source) -> str | None:
+  """A weakly supervised head must have one class per label of the screen it trains on."""
+  column = config.data.get("label_column", "")
+  if not column or "num_classes" not in config.model:
+    return None
+  n = data_lib.num_classes(source, column)
+  if int(config.model.num_classes) == n:
+    return None
+  note = (f"{config.name}: model.num_classes {config.model.num_classes} -> {n} (the "
+          f"{column!r} labels of this screen)")
+  config.model.num_classes = n
+  return note
+
+
+def train_or_reuse(config, workdir: str, *, progress: bool = True,
+                   compiler_options=None) -> dict:
+  """Trains `config` in `workdir` unless its newest checkpoint already reached total_steps."""
+  total = int(config.total_steps)
+  kept = workdir_lib.checkpoint_steps(workdir)
+  if total in kept:
+    return {"status": "reused", "step": total, "wall_s": None, "workdir": workdir}
+  if kept and kept[-1] > total:
+    raise ValueError(f"{workdir} holds checkpoints up to step {kept[-1]} but not step {total} "
+                     f"(kept: {kept}); pass --steps {kept[-1]} or another --out")
+  return loop.train(config, workdir, progress=progress, compiler_options=compiler_options)
+
+
+def train_all(configs, scorer: scorer_lib.Scorer, out: str, *, progress: bool = True,
+              compiler_options=None) -> list[compare_lib.Run]:
+  """Trains (or reuses) every config in `<out>/runs/<name>`."""
+  runs = []
+  for config in configs:
+    note = match_classes(config, scorer.source(scorer.data_config(config)))
+    if note:
+      scorer.log(note)
+    workdir = os.fspath(workdir_lib.path(out) / "runs" / config.name)
+    scorer.log(f"{config.name} ({config.model.name}): training {config.total_steps} steps in "
+               f"{workdir}")
+    summary = train_or_reuse(config, workdir, progress=progress,
+                             compiler_options=compiler_options)
+    runs.append(compare_lib.Run(config, workdir, summary.get("wall_s")))
+  return runs
+
+
+def format_table(table: pd.DataFrame) -> str:
+  shown = table[["model", "weights", "correction", "recall_5_95", "recall_10_90",
+                 "replicate_fraction_significant", "replicate_median_cosine"]].rename(columns={
+                     "recall_5_95": "recall 5/95", "recall_10_90": "recall 10/90",
+                     "replicate_fraction_significant": "replicates signif.",
+                     "replicate_median_cosine": "replicate cos"})
+  return shown.to_string(index=False, float_format=lambda v: f"{v:.3f}", na_rep="-")
+
+
+def parse_args(argv):
+  p = cli.parser("python -m maejax.compare", __doc__, config_lib.default_config())
+  p.add_argument("--configs", required=True,
+                 help="comma-separated config files, e.g. configs/demo.py,"
+                 "configs/munet_demo.py,configs/wsl_demo.py")
+  p.add_argument("--out", required=True, help="output directory (workdirs in <out>/runs)")
+  p.add_argument("--steps", type=int, default=None,
+                 help="training steps for every config (default: each config's)")
+  p.add_argument("--relationships", nargs="+", default=None,
+                 help="relationship files/directory (default: the screen's planted pairs)")
+  p.add_argument("--batch-size", type=int, default=64, help="crops per embedding step")
+  p.add_argument("--crop-size", type=int, default=None,
+                 help="embedding tile size (default: each config's data.crop_size)")
+  p.add_argument("--n-null", type=int, default=1000,
+                 help="random well sets per replicate count (replicate consistency)")
+  p.add_argument("--map-null-size", type=int, default=0,
+                 help="copairs mAP null size (0 skips mAP; see maejax.benchmark)")
+  p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True)
+  p.add_argument("--json", action="store_true",
+                 help="print one JSON summary object as the last stdout line")
+  return cli.parse(p, argv)
+
+
+def run(args, overrides: Sequence[str], *, compiler_options=None) -> dict:
+  """Trains every config, then compares them (maejax.eval.compare.compare's result, wall_s
+  counting the training too)."""
+  t0 = time.time()
+  configs = load_configs([s for s in args.configs.split(",") if s], overrides, args.steps)
+  relationships = bench.load_relationships(args.relationships) if args.relationships else None
+  settings = pipeline.Settings(n_null=args.n_null, map_null_size=args.map_null_size)
+  scorer = scorer_lib.Scorer(workdir_lib.path(args.out) / "wells", settings,
+                             relationships=relationships, crop_size=args.crop_size,
+                             batch_size=args.batch_size, progress=args.progress)
+  runs = train_all(configs, scorer, args.out, progress=args.progress,
+                   compiler_options=compiler_options)
+  result = compare_lib.compare(runs, scorer, args.out)
+  return dict(result, wall_s=round(time.time() - t0, 1))
+
+
+def _main(args, overrides) -> int:
+  result = run(args, overrides)
+  print(format_table(result["table"]))
+  for model, check in result["checks"].items():
+    print(f"{model}: trained beats random weights (TVN, recall 5/95): {check['beats_random']}; "
+          f"TVN beats no correction: {check['tvn_beats_none']}")
+  out = os.fspath(workdir_lib.path(args.out))
+  print(f"wrote {out}/comparison.csv and plots in {out} ({result['wall_s']:.0f} s)")
+  if args.json:
+    cli.print_json(dict(rows=result["table"].to_dict("records"), checks=result["checks"],
+                        wall_s=result["wall_s"], out=out))
+  return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  args, overrides = parse_args(argv)
+  return cli.run(functools.partial(_main, args, overrides))
