@@ -161,20 +161,21 @@ def resolve(directory, step: int | None = None) -> tuple[epath.Path, int | None]
 
 def manager(workdir, *, keep_last: int = 3, keep_every: int = 0, async_save: bool = False,
             create: bool = False) -> ocp.CheckpointManager:
-  """The Orbax manager of `<workdir>/checkpoints` (read-only unless `create`)."""
+  """The Orbax manager of `<workdir>/checkpoints` (created only with `create`; a manager
+  writes nothing until it saves)."""
   options = ocp.CheckpointManagerOptions(
       max_to_keep=max(int(keep_last), 1), keep_period=int(keep_every) or None,
-      enable_async_checkpointing=bool(async_save), create=create, read_only=not create)
+      enable_async_checkpointing=bool(async_save), create=create)
   return ocp.CheckpointManager(checkpoints_dir(workdir), options=options, item_names=ITEMS)
 
 
 def checkpoint_steps(workdir) -> list[int]:
   """Sorted steps of the finished checkpoints in a training workdir (half-written saves and
   folders set aside as corrupt are not listed)."""
+  # A listing, not a manager: opening a manager is a barrier on multi-host runs.
   if not checkpoints_dir(workdir).is_dir():
     return []
-  with manager(workdir) as m:
-    return sorted(int(s) for s in m.all_steps())
+  return sorted(int(s) for s in ocp.step.checkpoint_steps(checkpoints_dir(workdir)))
 
 
 def checkpoint_config(m: ocp.CheckpointManager, step: int) -> ml_collections.ConfigDict:

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from maejax import bench
+from maejax.cli import bench
 
 
 def test_bench_model_json_last_line(capsys):
@@ -16,6 +16,14 @@ def test_bench_model_json_last_line(capsys):
   assert result["gflop_per_image"] == pytest.approx(0.01139328, rel=1e-6)
 
 
-def test_bench_model_bad_channels_is_one_line_error():
-  with pytest.raises(SystemExit, match="expects 6 channels, got 3"):
-    bench.main(["model", "--model", "vit_tiny", "--channels", "3", "--steps", "1"])
+def test_bench_model_bad_channels_is_one_line_error(capsys):
+  assert bench.main(["model", "--model", "vit_tiny", "--channels", "3", "--steps", "1"]) == 2
+  err = capsys.readouterr().err
+  assert "expects 6 channels, got 3" in err and len(err.strip().splitlines()) == 1
+
+
+def test_bench_usage_lists_the_commands(capsys):
+  assert bench.main(["--help"]) == 0
+  out = capsys.readouterr().out
+  assert all(name in out for name in ("model", "train", "data"))
+  assert bench.main(["nope"]) == 2

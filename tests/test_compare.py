@@ -1,4 +1,5 @@
-"""python -m maejax.compare on a very small screen: every model, weights and correction scored."""
+"""python -m maejax.compare on a very small screen: every model, weights and correction scored;
+the checkpoint and block sweeps of `python -m maejax.benchmark --sweep` on its workdirs."""
 
 import contextlib
 import io
@@ -8,12 +9,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from maejax.eval import compare
-from maejax import benchmark
-from maejax.eval import sweep
+from maejax.cli import benchmark
+from maejax.cli import compare
+from maejax.cli import sweep
 from maejax.train import loop
 
-SCREEN = ["--config.data.synthetic.site_size=32", "--config.data.synthetic.n_groups=3",
+SCREEN = ["--config.data.synthetic.site_size=64", "--config.data.synthetic.n_groups=3",
           "--config.data.synthetic.genes_per_group=3", "--config.data.synthetic.n_null_genes=1",
           "--config.data.synthetic.controls_per_plate=3",
           "--config.data.synthetic.n_experiments=2",
@@ -29,7 +30,7 @@ def run(tmp_path_factory):
   stdout = io.StringIO()
   with contextlib.redirect_stdout(stdout):
     rc = compare.main(["--configs", CONFIGS, "--out", str(out), "--steps", "2", "--n-null", "20",
-                       "--no-progress", "--json", "--eval-data.synthetic.site_size=64"] + SCREEN)
+                       "--no-progress", "--json"] + SCREEN)
   return out, rc, stdout.getvalue()
 
 
@@ -48,7 +49,7 @@ def test_table_has_every_row(run):
   # 3 groups of 3 genes = 9 planted pairs: recall is a multiple of 1/9.
   np.testing.assert_allclose((table.recall_5_95 * 9) % 1, 0, atol=1e-9)
   assert "num_classes 37 -> 11" in stdout  # The WSL head follows the screen's labels.
-  # Trained on 32 px sites, scored on 64 px sites of the same screen: four 32 px tiles each.
+  # Each config's own screen is embedded: 64 px sites, four tiles of the 32 px training crops.
   wells = pd.read_parquet(out / "wells" / "munet_demo_random.parquet")
   assert (wells.Metadata_n_crops == 4).all() and len(wells) == 2 * (9 + 1 + 3)
   for name in ("recall_curve_none.png", "recall_curve_tvn.png", "wells/demo.parquet",
@@ -90,15 +91,23 @@ def test_sweep_scores_every_checkpoint_against_its_flops(run):
   pd.testing.assert_frame_equal(pd.read_csv(out / "sweep" / "sweep.csv"), table)
 
 
-def test_block_sweep_embeds_each_level(run):
+def test_block_sweep_embeds_each_level(run, capsys):
   out, _, _ = run
   assert sweep.main(["--sweep", str(out / "runs" / "munet_demo"), "--blocks", "all", "--out",
-                     str(out / "blocks"), "--n-null", "20", "--no-progress"]) == 0
+                     str(out / "blocks"), "--n-null", "20", "--no-progress", "--json",
+                     "--config.data.synthetic.site_size=32"]) == 0
+  summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
   table = pd.read_csv(out / "blocks" / "blocks.csv")
   assert table.block.tolist() == [1, 2] and (table.step == 2).all()
-  # munet_tiny widths (16, 32): level 1 averages 16 channels, the bottleneck 32.
-  assert pd.read_parquet(out / "blocks" / "wells" / "munet_demo_step2_block1.parquet").filter(
-      like="feature_").shape[1] == 16
+  assert [r["block"] for r in summary["rows"]] == [1, 2]
+  # munet_tiny widths (16, 32): level 1 averages 16 channels, the bottleneck 32. The screen
+  # rendered at 32 px (--config.data override): one tile per site.
+  wells = pd.read_parquet(out / "blocks" / "wells" / "munet_demo_step2_block1.parquet")
+  assert wells.filter(like="feature_").shape[1] == 16 and (wells.Metadata_n_crops == 1).all()
   assert (out / "blocks" / "recall_vs_block.png").is_file()
   assert sweep.main(["--sweep", str(out / "runs" / "demo"), "--blocks", "3", "--out",
                      str(out / "blocks")]) == 2
+  assert "--blocks [3]: vit_tiny has blocks 1..2" in capsys.readouterr().err
+  assert sweep.main(["--sweep", str(out / "runs" / "demo"), "--out", str(out / "blocks"),
+                     "--config.data.nope=1", "--no-progress"]) == 2
+  assert capsys.readouterr().err.startswith("error: --config.data.nope: no such config field")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from typing import Callable, Sequence
 
@@ -49,8 +50,21 @@ def load_config(spec: str | None, overrides: Sequence[str] = (),
   return config_lib.apply_overrides(config, overrides)
 
 
+def _quiet_closed_loop(hook):
+  """An unraisablehook that logs, instead of printing, the "Event loop is closed" errors
+  Orbax's reader threads raise after a failed read of a damaged checkpoint."""
+  def quiet(unraisable):
+    if isinstance(unraisable.exc_value, RuntimeError) and "Event loop is closed" in str(
+        unraisable.exc_value):
+      logging.debug("after a failed checkpoint read: %s", unraisable.exc_value)
+      return
+    hook(unraisable)
+  return quiet
+
+
 def run(main: Callable[[], int | None]) -> int:
   """Runs a command's body: bad input is one `error: ...` line and exit 2, never a trace."""
+  sys.unraisablehook = _quiet_closed_loop(sys.unraisablehook)
   try:
     return int(main() or 0)
   except USER_ERRORS as e:

@@ -136,12 +136,35 @@ def _site_table(partial: embed_lib.Partial, n_shards: int) -> pd.DataFrame:
   return pd.concat([partial.read(k) for k in range(n_shards)], ignore_index=True)
 
 
-def _write(wells: pd.DataFrame, args) -> list[str]:
+def _embed_mine(embedder, source, shards, crop, partial: embed_lib.Partial, data,
+                progress: bool) -> dict:
+  """Embeds this process's unfinished shards into `partial`; returns what it did."""
+  index, count = jax.process_index(), jax.process_count()
+  mine = embed_lib.my_shards(len(shards), index, count)
+  done = set(partial.finished())
+  todo = {k: shards[k] for k in mine if k not in done}
+  embed_lib.embed_shards(embedder, source, todo, crop, partial=partial,
+                         skip_bad_images=bool(data.get("skip_bad_images", False)),
+                         progress=progress)
+  info = dict(resumed_sites=sum(len(shards[k]) for k in mine if k in done))
+  if count > 1:
+    info.update(process_index=index, process_count=count, shards=sorted(todo),
+                local_sites=sum(len(v) for v in todo.values()))
+  return info
+
+
+def _write_table(partial: embed_lib.Partial, n_shards: int, source, args) -> dict:
+  """Process 0: all shards -> the well table at --out (and .h5ad); the partial folder goes."""
+  sites = _site_table(partial, n_shards)
+  wells = embed_lib.sites_to_wells(sites, source.metadata)
   out = workdir.path(args.out)
   files = [str(io.write_embeddings(wells, out))]
   if args.h5ad:
     files.append(str(io.write_embeddings(wells, out.parent / (out.name.split(".")[0] + ".h5ad"))))
-  return files
+  partial.dir.rmtree(missing_ok=True)
+  return dict(sites=len(sites), skipped_sites=len(source) - len(sites),
+              crops=int(sites["n_crops"].sum()), wells=len(wells),
+              dim=sum(str(c).startswith("feature_") for c in sites.columns), files=files)
 
 
 def run(args, overrides: Sequence[str]) -> dict:
@@ -158,31 +181,15 @@ def run(args, overrides: Sequence[str]) -> dict:
                                      pool=args.pool, block=args.block)
   partial = _open_partial(args, model, data)
   shards = embed_lib.plan_shards(len(source), args.sites_per_shard)
-  index, count = jax.process_index(), jax.process_count()
-  mine = embed_lib.my_shards(len(shards), index, count)
-  done = set(partial.finished())
-  todo = {k: shards[k] for k in mine if k not in done}
-  embed_lib.embed_shards(embedder, source, todo, crop, partial=partial,
-                         skip_bad_images=bool(data.get("skip_bad_images", False)),
-                         progress=args.progress)
   info = dict(checkpoint=os.fspath(workdir.path(args.checkpoint)), step=model.step,
               model=str(model.config.model.name), channels=list(data.channels), pool=args.pool,
               block=args.block, crop_size=crop, devices=int(embedder.mesh.devices.size),
               batch_size=embedder.batch_size,
-              resumed_sites=sum(len(shards[k]) for k in mine if k in done))
-  if count > 1:
-    info.update(process_index=index, process_count=count, shards=sorted(todo),
-                local_sites=sum(len(v) for v in todo.values()))
+              **_embed_mine(embedder, source, shards, crop, partial, data, args.progress))
   _barrier("maejax_embed_shards_written")
-  if index != 0:  # Process 0 assembles and writes the table.
+  if jax.process_index() != 0:  # Process 0 assembles and writes the table.
     return dict(info, files=[], wall_s=round(time.time() - t0, 2))
-  sites = _site_table(partial, len(shards))
-  wells = embed_lib.sites_to_wells(sites, source.metadata)
-  files = _write(wells, args)
-  partial.dir.rmtree(missing_ok=True)
-  return dict(info, sites=len(sites), skipped_sites=len(source) - len(sites),
-              crops=int(sites["n_crops"].sum()), wells=len(wells),
-              dim=sum(str(c).startswith("feature_") for c in sites.columns), files=files,
+  return dict(info, **_write_table(partial, len(shards), source, args),
               wall_s=round(time.time() - t0, 2))
 
 

@@ -66,7 +66,12 @@ def data_config_for(data: str,
 def load_crops(data: str, crop_size: int, max_crops: int, seed: int, overrides=()):
   """--data value -> (crops uint8 [n, h, w, c], metadata, channel names, nuclei channel,
   cell channel)."""
-  config = data_config_for(data, overrides)
+  return crop_set(data_config_for(data, overrides), crop_size, max_crops, seed)
+
+
+def crop_set(config: ml_collections.ConfigDict | None, crop_size: int, max_crops: int,
+             seed: int):
+  """load_crops of a data config (None: the PartSegData stack)."""
   if config is None:
     crops, meta = probe.sample_crops(*probe.partseg_crops(crop_size), max_crops, seed)
     return crops, meta, probe.PARTSEG_CHANNELS, 3, 0
@@ -125,12 +130,13 @@ def parse_args(argv: Sequence[str] | None = None):
 def run(args, overrides: Sequence[str] = ()) -> dict:
   start = time.perf_counter()
   data_overrides, model_overrides = split_overrides(overrides)
-  crops, meta, names, nuclei, cell = load_crops(args.data, args.crop_size, args.max_crops,
-                                                args.seed, data_overrides)
+  data = data_config_for(args.data, data_overrides)
+  channels = len(probe.PARTSEG_CHANNELS) if data is None else len(data.channels)
+  configs = random_configs(args.model, channels, model_overrides)  # Bad fields fail now.
+  crops, meta, names, nuclei, cell = crop_set(data, args.crop_size, args.max_crops, args.seed)
   nuclei = nuclei if args.nuclei_channel is None else args.nuclei_channel
   cell = cell if args.cell_channel is None else args.cell_channel
-  embedders = probe.load_models(
-      args.checkpoint, random_configs(args.model, crops.shape[-1], model_overrides), args.seed)
+  embedders = probe.load_models(args.checkpoint, configs, args.seed)
   for model in embedders.values():
     model.embed(crops[:1], batch_size=1)  # Wrong channels or sizes fail now, not after measuring.
   features, categories = probe.measure(crops, names, nuclei_channel=nuclei, cell_channel=cell,

@@ -138,7 +138,9 @@ class Checkpointer:
     """
     unreadable = []
     for step in sorted(self.all_steps(), reverse=True):
-      args = {"state": ocp.args.StandardRestore(abstract_state)}
+      # The config item too: Orbax warns about every item a restore leaves out.
+      args = {"state": ocp.args.StandardRestore(abstract_state),
+              "config": ocp.args.JsonRestore()}
       if data_iter is not None:
         args["data"] = grain.checkpoint.CheckpointRestore(data_iter)
       try:

@@ -61,7 +61,7 @@ class Writer:
 
   def __init__(self, workdir, start_step: int = 0):
     self.active = jax.process_index() == 0
-    self._tb = None
+    self._tb = self._jsonl = None
     if not self.active:
       return
     root = workdir_lib.path(workdir)

@@ -11,7 +11,8 @@ import tifffile
 from PIL import Image
 
 import maejax.data as md
-from maejax.data import ingest, sources, synthetic
+from maejax.cli import ingest
+from maejax.data import sources, synthetic
 
 TINY = dict(site_size=32, cell_radius=6.0, n_groups=2, genes_per_group=2, n_null_genes=1,
             n_experiments=1, plates_per_experiment=1, controls_per_plate=2, sites_per_well=1)
@@ -176,8 +177,8 @@ def test_missing_channel_and_missing_columns(tmp_path, screen_dir):
 def test_ingest_arrayrecord_round_trip(tmp_path, screen_dir, capsys):
   path, screen = screen_dir
   out = tmp_path / "ar"
-  ingest.main(["--source", "folder", "--path", str(path), "--out", str(out), "--shards", "2",
-               "--json"])
+  assert ingest.main(["--source", "folder", "--path", str(path), "--out", str(out), "--shards",
+                      "2", "--json"]) == 0
   summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
   assert summary["num_sites"] == len(screen) and summary["shards"] == 2
   c = md.default_config()
@@ -197,14 +198,16 @@ def test_ingest_arrayrecord_round_trip(tmp_path, screen_dir, capsys):
     md.make_source(c)
 
 
-def test_ingest_synthetic_with_overrides(tmp_path):
+def test_ingest_synthetic_with_overrides(tmp_path, capsys):
   out = tmp_path / "syn"
-  ingest.main(["--source", "synthetic", "--out", str(out), "--channels", "0,4"] +
-              sum([["--set", f"synthetic.{k}={v}"] for k, v in TINY.items()], []))
+  assert ingest.main(["--source", "synthetic", "--out", str(out), "--channels", "0,4"] +
+                     [f"--config.data.synthetic.{k}={v}" for k, v in TINY.items()]) == 0
   info = json.load(open(out / "info.json"))
   assert info["channel_ids"] == [0, 4] and info["site_shape"] == [32, 32, 2]
-  with pytest.raises(ValueError, match="--set synthetic.sitesize: unknown field"):
-    ingest.main(["--source", "synthetic", "--out", str(out), "--set", "synthetic.sitesize=3"])
+  capsys.readouterr()
+  assert ingest.main(["--source", "synthetic", "--out", str(out),
+                      "--config.data.synthetic.sitesize=3"]) == 2
+  assert "--config.data.synthetic.sitesize: no such config field" in capsys.readouterr().err
 
 
 def test_rxrx3_core_parquet_shards(tmp_path):

@@ -16,6 +16,27 @@ def _pairs(rows):
   return pd.DataFrame(rows, columns=["entity1", "entity2"])
 
 
+def _recall_table(features, genes, relationships, **kwargs):
+  """The recall table of the real scorer (no curve)."""
+  return benchmark.score_relationships(features, genes, relationships, percentiles=(),
+                                       **kwargs)[0]
+
+
+def _numpy_recall(features, genes, pairs, lower, upper):
+  """An independent NumPy reference: explicit cosines, every null pair, the EFAAR tail rule."""
+  x = np.asarray(features, np.float64)
+  u = x / np.linalg.norm(x, axis=1, keepdims=True)
+  sim = u @ u.T
+  null = sim[np.triu_indices(len(genes), k=1)]
+  index = {g: i for i, g in enumerate(genes)}
+  query = sorted({tuple(sorted((a, b))) for a, b in pairs
+                  if a != b and a in index and b in index})
+  q = np.array([sim[index[a], index[b]] for a, b in query])
+  le = (null[None, :] <= q[:, None]).mean(1)
+  lt = (null[None, :] < q[:, None]).mean(1)
+  return float(np.mean((le <= lower / 100) | (lt >= upper / 100))), len(query)
+
+
 def _angles_map(degrees):
   """Unit vectors in 2-D at the given angles: cosine(i, j) = cos(angle_i - angle_j)."""
   radians = np.deg2rad(degrees)
@@ -29,8 +50,7 @@ def test_recall_hand_made_example():
   genes = ["A", "B", "C", "D", "E"]
   features = _angles_map([0, 10, 30, 70, 115])
   query = {"db": _pairs([("A", "B"), ("E", "A"), ("B", "D")])}
-  recall = benchmark.known_relationship_recall(features, genes, query,
-                                               thresholds=[(10, 90), (20, 80), (5, 95)])
+  recall = _recall_table(features, genes, query, thresholds=[(10, 90), (20, 80), (5, 95)])
   by_threshold = dict(zip(zip(recall.lower, recall.upper), recall.recall))
   # 10/90 of 10 pairs: the bottom pair (A, E) and the top pair (A, B) count; (B, D) does not.
   assert by_threshold[(10, 90)] == pytest.approx(2 / 3)
@@ -93,10 +113,13 @@ def test_random_pairs_score_about_the_tail_fraction():
   genes = [f"G{i}" for i in range(200)]
   features = rng.normal(size=(200, 16))
   rows = [(genes[a], genes[b]) for a, b in rng.integers(0, 200, size=(3000, 2))]
-  recall = benchmark.known_relationship_recall(features, genes, {"db": _pairs(rows)})
+  recall = _recall_table(features, genes, {"db": _pairs(rows)})
   five, ten = recall.recall
   assert recall.random_baseline.tolist() == pytest.approx([0.10, 0.20], abs=1e-3)
   assert abs(five - 0.10) < 0.03 and abs(ten - 0.20) < 0.04
+  for (lower, upper), got, pairs in zip(benchmark.THRESHOLDS, recall.recall, recall.pairs):
+    expected, used = _numpy_recall(features, genes, rows, lower, upper)
+    assert got == pytest.approx(expected) and pairs == used
 
 
 def test_sampled_null_agrees_with_exact_null():
@@ -105,10 +128,12 @@ def test_sampled_null_agrees_with_exact_null():
   features = rng.normal(size=(150, 8))
   features[:20] += 2.0
   rows = [(genes[a], genes[b]) for a, b in rng.integers(0, 20, size=(100, 2))]
-  exact = benchmark.known_relationship_recall(features, genes, {"db": _pairs(rows)})
-  sampled = benchmark.known_relationship_recall(features, genes, {"db": _pairs(rows)},
-                                                max_null_pairs=5000, seed=3)
+  exact = _recall_table(features, genes, {"db": _pairs(rows)})
+  sampled = _recall_table(features, genes, {"db": _pairs(rows)}, max_null_pairs=5000, seed=3)
   np.testing.assert_allclose(sampled.recall, exact.recall, atol=0.06)
+  np.testing.assert_allclose(
+      exact.recall, [_numpy_recall(features, genes, rows, lo, hi)[0]
+                     for lo, hi in benchmark.THRESHOLDS])
 
 
 def test_undirected_pairs_drop_self_and_duplicates():
@@ -119,16 +144,20 @@ def test_undirected_pairs_drop_self_and_duplicates():
 def test_database_without_overlap_warns_and_gives_nan():
   features = _angles_map([0, 40, 80, 120])
   with pytest.warns(UserWarning, match="database empty: none of its 1 pairs"):
-    recall = benchmark.known_relationship_recall(
+    recall = _recall_table(
         features, list("ABCD"), {"empty": _pairs([("X", "Y")]), "ok": _pairs([("A", "B")])})
   empty = recall[recall.database == "empty"]
   assert empty.recall.isna().all() and (empty.pairs == 0).all()
-  assert recall[recall.database == "ok"].recall.notna().all()
+  ok = recall[recall.database == "ok"]
+  assert ok.recall.notna().all()
+  assert ok.recall.tolist() == pytest.approx(
+      [_numpy_recall(features, list("ABCD"), [("A", "B")], lo, hi)[0]
+       for lo, hi in zip(ok.lower, ok.upper)])
 
 
 def test_duplicate_genes_in_map_are_rejected():
   with pytest.raises(ValueError, match="aggregate wells"):
-    benchmark.known_relationship_recall(np.eye(3), ["A", "A", "B"], {"db": _pairs([("A", "B")])})
+    benchmark.score_relationships(np.eye(3), ["A", "A", "B"], {"db": _pairs([("A", "B")])})
 
 
 def test_load_relationships_directory_and_files(tmp_path):

@@ -9,7 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from maejax import benchmark as cli
+from maejax.cli import benchmark as cli
+from maejax.eval import pipeline
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -87,10 +88,10 @@ def test_tvn_beats_no_correction_under_batch_effects():
   kwargs = dict(perturbation_col="Gene", batch_col="Plate", control_key="non-targeting",
                 n_null=100)
   with pytest.warns(UserWarning, match="FileName_DNA"):
-    none = cli.run_benchmark(table, {"Planted": relationships}, correction="none", **kwargs)
-    tvn = cli.run_benchmark(table, {"Planted": relationships}, correction="tvn", **kwargs)
-    center = cli.run_benchmark(table, {"Planted": relationships}, correction="center_scale",
-                               **kwargs)
+    none, tvn, center = (
+        pipeline.run_benchmark(table, {"Planted": relationships},
+                               pipeline.Settings(correction=correction, **kwargs))
+        for correction in ("none", "tvn", "center_scale"))
   recall = {name: r["recall"].set_index("threshold").recall
             for name, r in (("none", none), ("tvn", tvn), ("center_scale", center))}
   assert recall["tvn"]["10-90"] > recall["none"]["10-90"] + 0.5

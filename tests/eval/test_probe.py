@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from maejax import probe as probe_cli
+from maejax.cli import probe as probe_cli
 from maejax.eval import probe
 
 
@@ -97,3 +97,21 @@ def test_bad_inputs_give_clear_errors():
     probe.measure(crops.astype(np.float32), ["a", "b"], nuclei_channel=0, cell_channel=1)
   with pytest.raises(ValueError, match="expected synthetic, partseg or folder"):
     probe_cli.load_crops("imagenet", 64, 10, 0)
+
+
+def test_config_overrides_set_the_screen_and_the_random_models(capsys, tmp_path):
+  data = probe_cli.data_config_for("synthetic", ["--config.data.synthetic.site_size=128"])
+  assert data.source == "synthetic" and data.synthetic.site_size == 128
+  configs = probe_cli.random_configs(["vit_tiny"], 4, ["--config.model.depth=1"])
+  assert configs["vit_tiny"].depth == 1 and configs["vit_tiny"].channels == 4
+  with pytest.raises(ValueError, match="--config.data.synthetic.nope: no such config field"):
+    probe_cli.data_config_for("synthetic", ["--config.data.synthetic.nope=1"])
+  with pytest.raises(ValueError, match="--config.model.depth='x': expected an int"):
+    probe_cli.random_configs(["vit_tiny"], 4, ["--config.model.depth=x"])
+  with pytest.raises(ValueError, match="--data partseg reads one fixed stack"):
+    probe_cli.data_config_for("partseg", ["--config.data.crop_size=32"])
+  assert probe_cli.main(["--model", "vit_tiny", "--out", str(tmp_path),
+                         "--config.model.nope=1"]) == 2
+  err = capsys.readouterr().err
+  assert err.startswith("error: --config.model.nope: no such config field") and \
+      err.count("\n") == 1, err

@@ -8,7 +8,7 @@ import sys
 
 
 def main(process_id, port, workdir, out):
-  from maejax.train import config as config_lib
+  from maejax import config as config_lib
   from maejax.train import loop
 
   config = config_lib.load_config("configs/demo.py")

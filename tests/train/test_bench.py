@@ -4,7 +4,7 @@ import json
 
 import numpy as np
 
-from maejax import bench as bench_cli
+from maejax.cli import bench as bench_cli
 
 
 def test_bench_train_json_and_flops_match_xla(capsys):

@@ -87,7 +87,9 @@ def test_grad_accumulation_equals_one_big_batch():
   # A fixed mask (key unused) makes micro-batches and the whole batch see the same loss terms,
   # so two accumulated halves must give the whole batch's gradient.
   config = _config()
-  model_fn = lambda key: TinyMAE(rngs=nnx.Rngs(key), fixed_mask=True)
+  def model_fn(key):  # As models.create builds: no eager sharding (the state jits do).
+    with nnx.use_eager_sharding(False):
+      return TinyMAE(rngs=nnx.Rngs(key), fixed_mask=True)
   batches = [{"image": b["image"]} for b in _batches(n=1, size=8)]
   one, p_one, m_one = _run(config, (1, 1, 1), batches, model_fn=model_fn, accum=1)
   two, p_two, m_two = _run(config, (2, 1, 1), batches, model_fn=model_fn, accum=2)
