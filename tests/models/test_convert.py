@@ -20,6 +20,7 @@ transformers = pytest.importorskip(
 
 import maejax  # noqa: E402
 from maejax import convert  # noqa: E402
+from maejax.cli import convert as convert_cli  # noqa: E402
 from maejax.models.mae import random_masking  # noqa: E402
 from torch_reference import OpenPhenomReference, sincos_table  # noqa: E402
 
@@ -106,11 +107,13 @@ def test_openphenom_cli_writes_a_loadable_checkpoint(openphenom, tmp_path, capsy
   # The released file: a torch pickle of {"state_dict": ...} named model.safetensors.
   ckpt = tmp_path / "model.safetensors"
   torch.save({"state_dict": state_dict}, ckpt)
-  sets = [a for k, v in OP_SIZES.items() for a in ("--set", f"{k}={json.dumps(v)}")]
-  summary = convert.main(["openphenom", "--checkpoint", str(ckpt), "--out",
-                          str(tmp_path / "out"), *sets, "--json"])
+  sets = [f"--config.model.{k}={tuple(v) if isinstance(v, list) else v}"
+          for k, v in OP_SIZES.items()]
+  assert convert_cli.main(["openphenom", "--checkpoint", str(ckpt), "--out",
+                           str(tmp_path / "out"), *sets, "--json"]) == 0
   captured = capsys.readouterr()
-  assert json.loads(captured.out.strip().splitlines()[-1])["params"] == summary["params"]
+  summary = json.loads(captured.out.strip().splitlines()[-1])
+  assert summary["params"] == convert.count_params(maejax.load(tmp_path / "out").module)
   assert "fc_norm" in captured.err and "decoder.placeholder" in captured.err
   images = uint8_images((3, 32, 32, 5), seed=2)
   with torch.no_grad():
@@ -161,9 +164,9 @@ def test_missing_files_are_clear_errors(tmp_path, capsys):
   (tmp_path / "config.json").write_text(json.dumps({"model_type": "vit_mae"}))
   with pytest.raises(FileNotFoundError, match="model.safetensors"):
     convert.load_hf_vitmae(tmp_path)
-  with pytest.raises(SystemExit) as exit_info:
-    convert.main(["openphenom", "--checkpoint", str(tmp_path / "x.pt"), "--out", str(tmp_path)])
-  assert exit_info.value.code == 2 and "x.pt not found" in capsys.readouterr().err
+  code = convert_cli.main(["openphenom", "--checkpoint", str(tmp_path / "x.pt"), "--out",
+                           str(tmp_path)])
+  assert code == 2 and "x.pt not found" in capsys.readouterr().err
 
 
 # -- HuggingFace ViTMAE -------------------------------------------------------------------------
@@ -217,9 +220,12 @@ def test_hf_vitmae_encoder_and_reconstruction_match(hf_vitmae):
   assert rel_err(recon["pred"], ref_image) < TOL
 
 
-def test_hf_vitmae_cli_embeddings_match_unmasked_encoder(hf_vitmae, tmp_path, monkeypatch):
+def test_hf_vitmae_cli_embeddings_match_unmasked_encoder(hf_vitmae, tmp_path, monkeypatch,
+                                                          capsys):
   folder, hf, _ = hf_vitmae
-  summary = convert.main(["hf-vitmae", "--checkpoint", str(folder), "--out", str(tmp_path)])
+  assert convert_cli.main(["hf-vitmae", "--checkpoint", str(folder), "--out", str(tmp_path),
+                           "--json"]) == 0
+  summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
   assert summary["warnings"] == []
   images = uint8_images((2, 32, 32, 3), seed=4)
   # HF always masks: mask_ratio 0 with increasing noise keeps every token in order.

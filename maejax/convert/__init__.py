@@ -1,7 +1,7 @@
 """Importers of other projects' MAE weights into maejax checkpoints.
 
   python -m maejax.convert openphenom --checkpoint model.safetensors --out DIR
-  python -m maejax.convert hf-vitmae --checkpoint HF_DIR --out DIR
+  python -m maejax.convert hf-vitmae --checkpoint HF_DIR --out DIR   (maejax/cli/convert.py)
 
 OpenPhenom (Recursion's CA-MAE ViT-S/16) ships as a PyTorch pickle named `model.safetensors`;
 reading it needs torch (`pip install 'maejax[torch]'`). A HuggingFace `ViTMAEForPreTraining`
@@ -13,12 +13,10 @@ use are warned about, and the fixed sin-cos position tables must equal the ones 
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import os
 import re
-import sys
 import warnings
 from typing import Callable
 
@@ -28,6 +26,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
+from maejax import api
 from maejax import models
 from maejax.models.tokenizers import sincos_2d
 
@@ -508,69 +507,9 @@ def load_hf_vitmae(directory):
 # -- writing and the command line -------------------------------------------------------------
 def save(model, model_config, out_dir, source):
   """Writes a `maejax.load`-able directory (config.json with the model config + state)."""
-  from maejax.api import save_pretrained
   config = ml_collections.ConfigDict({"model": model_config.to_dict(), "source": source})
-  return save_pretrained(model, config, out_dir)
+  return api.save_pretrained(model, config, out_dir)
 
 
 def count_params(model):
   return int(sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param))))
-
-
-def _parse_overrides(items):
-  """["width=64", "layerscale=null"] -> {"width": 64, "layerscale": None}."""
-  out = {}
-  for item in items:
-    field, sep, value = item.partition("=")
-    if not sep:
-      raise ValueError(f"--set {item!r}: expected FIELD=VALUE, e.g. --set width=64")
-    try:
-      out[field] = json.loads(value)
-    except json.JSONDecodeError:
-      out[field] = value
-  return out
-
-
-def main(argv=None):
-  parser = argparse.ArgumentParser(
-      prog="python -m maejax.convert", description=__doc__.split("\n\n")[0],
-      formatter_class=argparse.RawDescriptionHelpFormatter)
-  sub = parser.add_subparsers(dest="format", required=True)
-  op = sub.add_parser("openphenom", help="Recursion's OpenPhenom (torch pickle model.safetensors)")
-  op.add_argument("--model", default="camae_s16",
-                  help="maejax model config the checkpoint is read into (default camae_s16)")
-  op.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
-                  help="override a model config field (JSON value), e.g. --set width=64")
-  hf = sub.add_parser("hf-vitmae", help="a HuggingFace ViTMAEForPreTraining save_pretrained folder")
-  for p in (op, hf):
-    p.add_argument("--checkpoint", required=True, help="the file (openphenom) or folder (hf-vitmae)")
-    p.add_argument("--out", required=True, help="output directory (maejax.load-able)")
-    p.add_argument("--json", action="store_true", help="print one JSON summary as the last line")
-  args = parser.parse_args(argv)
-  try:
-    with warnings.catch_warnings(record=True) as caught:
-      warnings.simplefilter("always")
-      if args.format == "openphenom":
-        model, cfg = convert_openphenom(load_openphenom_state_dict(args.checkpoint), args.model,
-                                        **_parse_overrides(args.set))
-      else:
-        model, cfg = convert_hf_vitmae(*load_hf_vitmae(args.checkpoint))
-  except (ValueError, FileNotFoundError, ImportError) as e:
-    parser.exit(2, f"error: {e}\n")
-  notes = [str(w.message) for w in caught]
-  for note in notes:
-    print(f"warning: {note}", file=sys.stderr)
-  source = {"format": args.format, "checkpoint": os.path.abspath(args.checkpoint)}
-  out = save(model, cfg, args.out, source)
-  summary = {"format": args.format, "checkpoint": source["checkpoint"], "out": out,
-             "model": cfg.name, "params": count_params(model), "warnings": notes}
-  if args.json:
-    print(json.dumps(summary))
-  else:
-    print(f"wrote {out}: model {cfg.name}, {summary['params']:,} parameters; "
-          f"use maejax.load({out!r})")
-  return summary
-
-
-if __name__ == "__main__":
-  main()
