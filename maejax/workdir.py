@@ -54,26 +54,29 @@ def default_workdir(config) -> str:
   return os.path.join("runs", config.get("name", "default"))
 
 
-def write_text(file, text: str) -> None:
-  """Writes `file` whole: via a temporary file and a rename where the storage allows."""
+def write_bytes(file, data: bytes) -> None:
+  """Writes `file` whole, so no reader sees half of it: via a temporary file and a rename
+  where the storage allows."""
   file = path(file)
   file.parent.mkdir(parents=True, exist_ok=True)
   if "://" in os.fspath(file):  # Object stores write whole objects.
-    file.write_text(text)
+    file.write_bytes(data)
     return
   tmp = file.parent / f".{file.name}.{os.getpid()}.tmp"
-  tmp.write_text(text)
+  tmp.write_bytes(data)
   tmp.replace(file)
+
+
+def write_text(file, text: str) -> None:
+  write_bytes(file, text.encode())
 
 
 def write_figure(fig, file, dpi: int = 120) -> epath.Path:
   """Saves a matplotlib figure as PNG at `file` (local or bucket); the caller closes it."""
   buffer = io.BytesIO()
   fig.savefig(buffer, format="png", dpi=dpi)
-  file = path(file)
-  file.parent.mkdir(parents=True, exist_ok=True)
-  file.write_bytes(buffer.getvalue())
-  return file
+  write_bytes(file, buffer.getvalue())
+  return path(file)
 
 
 def write_config(directory, config) -> epath.Path:

@@ -20,7 +20,6 @@ several processes.
 from __future__ import annotations
 
 import json
-import os
 from typing import Mapping, Sequence
 
 import ml_collections
@@ -251,18 +250,8 @@ class Partial:
       return pd.read_parquet(f)
 
   def write(self, k: int, table: pd.DataFrame) -> None:
-    _write_bytes(self.dir / _shard_name(k), table.to_parquet(None, index=False))
+    workdir.write_bytes(self.dir / _shard_name(k), table.to_parquet(None, index=False))
 
 
 def _shard_name(k: int) -> str:
   return f"shard_{k:06d}.parquet"
-
-
-def _write_bytes(file: epath.Path, data: bytes) -> None:
-  """Writes `file` whole: a reader never sees a half-written shard."""
-  if "://" in os.fspath(file):  # Object stores write whole objects.
-    file.write_bytes(data)
-    return
-  tmp = file.parent / f".{file.name}.{os.getpid()}.tmp"
-  tmp.write_bytes(data)
-  tmp.replace(file)
