@@ -20,6 +20,7 @@ Only this module knows these names; train, the API and eval read and write throu
 from __future__ import annotations
 
 import io
+import logging
 import math
 import os
 from typing import Any
@@ -39,6 +40,26 @@ METRICS = "metrics.jsonl"
 TENSORBOARD = "tensorboard"
 PLOTS = "plots"
 ITEMS = ("state", "data", "config")  # The items of one training checkpoint.
+
+
+class _OrbaxReadTasks(logging.Filter):
+  """Drops asyncio's "Task exception was never retrieved" reports of Orbax read tasks: when
+  one array of a damaged checkpoint fails, its sibling reads fail too and are never awaited;
+  the failure itself reaches the caller, which names the checkpoint in one line."""
+
+  def filter(self, record):
+    if not str(record.msg).startswith("Task exception was never retrieved"):
+      return True
+    tb = record.exc_info[2] if record.exc_info else None
+    while tb is not None:
+      if "orbax" in tb.tb_frame.f_code.co_filename:
+        logging.getLogger(__name__).debug("unawaited failed read: %s", record.exc_info[1])
+        return False
+      tb = tb.tb_next
+    return True
+
+
+logging.getLogger("asyncio").addFilter(_OrbaxReadTasks())
 
 
 def path(directory) -> epath.Path:

@@ -23,11 +23,30 @@ from maejax import workdir as workdir_lib
 USER_ERRORS = (ValueError, FileNotFoundError, ImportError)
 
 
-def parser(prog: str, description: str, fields=None) -> argparse.ArgumentParser:
-  """An argparse parser whose `--help` ends with the config fields `--config.<field>=` sets."""
-  return argparse.ArgumentParser(
+def parser(prog: str, description: str, fields=None, *,
+           progress: bool = False) -> argparse.ArgumentParser:
+  """An argparse parser with `--json` (and `--progress` if asked) whose `--help` ends with the
+  config fields `--config.<field>=` sets."""
+  p = argparse.ArgumentParser(
       prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter,
       epilog=config_lib.fields_help(fields) if fields is not None else None)
+  add_json_flag(p)
+  if progress:
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
+                   help="show progress bars (default: on)")
+  return p
+
+
+def add_json_flag(p: argparse.ArgumentParser) -> None:
+  p.add_argument("--json", action="store_true",
+                 help="print one JSON object (the figures) as the last stdout line")
+
+
+def add_embedding_flags(p: argparse.ArgumentParser, crop_help: str) -> None:
+  """--crop-size and --batch-size of every command that embeds screens."""
+  p.add_argument("--crop-size", type=int, default=None, help=crop_help)
+  p.add_argument("--batch-size", type=int, default=64,
+                 help="crops per embedding step, rounded up to a multiple of the device count")
 
 
 def parse(p: argparse.ArgumentParser, argv: Sequence[str] | None):
@@ -70,6 +89,16 @@ def run(main: Callable[[], int | None]) -> int:
   except USER_ERRORS as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
+
+
+def report(args, compute: Callable[[], dict], show: Callable[[dict], None]) -> int:
+  """`run` of the common command body: figures = compute(); show(figures); the --json line."""
+  def body():
+    figures = compute()
+    show(figures)
+    if args.json:
+      print_json(figures)
+  return run(body)
 
 
 def print_json(obj) -> None:

@@ -32,11 +32,9 @@ def model_config(name: str, *, batch_size: int, channels: int | None, image_size
   return config
 
 
-def print_figures(result: dict, as_json: bool) -> None:
+def print_figures(result: dict) -> None:
   for k, v in result.items():
     print(f"{k:>22}: {v:.4g}" if isinstance(v, float) else f"{k:>22}: {v}")
-  if as_json:
-    cli.print_json(result)
 
 
 def main_model(argv) -> int:
@@ -49,18 +47,15 @@ def main_model(argv) -> int:
   p.add_argument("--steps", type=int, default=5, help="timed steps after the compile step")
   p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
   p.add_argument("--remat", action="store_true")
-  p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
   args, overrides = cli.parse(p, argv)
 
   def body():
     config = model_config(args.model, batch_size=args.batch_size, channels=args.channels,
                           image_size=args.image_size, dtype=args.dtype, remat=args.remat)
     config_lib.apply_overrides(config, overrides)
-    result = train_bench.bench(config, steps=args.steps, num_devices=1)
-    result["bench"] = "model"
-    print_figures(result, args.json)
+    return dict(train_bench.bench(config, steps=args.steps, num_devices=1), bench="model")
 
-  return cli.run(body)
+  return cli.report(args, body, print_figures)
 
 
 def main_train(argv) -> int:
@@ -70,15 +65,13 @@ def main_train(argv) -> int:
   p.add_argument("--steps", type=int, default=10, help="timed steps after the compile step")
   p.add_argument("--num-devices", type=int, default=0,
                  help="use only the first N devices (default: all)")
-  p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
   args, overrides = cli.parse(p, argv)
 
   def body():
     config = cli.load_config(args.config, overrides)
-    print_figures(train_bench.bench(config, steps=args.steps, num_devices=args.num_devices),
-                  args.json)
+    return train_bench.bench(config, steps=args.steps, num_devices=args.num_devices)
 
-  return cli.run(body)
+  return cli.report(args, body, print_figures)
 
 
 def main_data(argv) -> int:
@@ -92,7 +85,6 @@ def main_data(argv) -> int:
   p.add_argument("--mfu", type=float, default=0.4,
                  help="assumed H100 utilisation for the ViT-L/16 estimate")
   p.add_argument("--workdir", default="", help="where to write the test data (default: a temp dir)")
-  p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
   args = p.parse_args(argv)
 
   def body():
@@ -107,13 +99,15 @@ def main_data(argv) -> int:
     out["vitl16_h100_images_per_s_at_mfu"] = dict(
         mfu=args.mfu, images_per_s=round(vit, 1),
         arrayrecord_cores_needed=round(vit / out["per_worker"]["arrayrecord"]["crops_per_s"], 2))
-    for name, r in out["per_worker"].items():
-      print(f"{name:12s} {r['crops_per_s']:9.1f} crops/s  {r['mb_per_s']:8.1f} MB/s  "
-            f"crop {r['crop_shape']}")
-    if args.json:
-      cli.print_json(out)
+    return out
 
-  return cli.run(body)
+  return cli.report(args, body, _show_data)
+
+
+def _show_data(out: dict) -> None:
+  for name, r in out["per_worker"].items():
+    print(f"{name:12s} {r['crops_per_s']:9.1f} crops/s  {r['mb_per_s']:8.1f} MB/s  "
+          f"crop {r['crop_shape']}")
 
 
 COMMANDS = {"model": main_model, "data": main_data, "train": main_train}

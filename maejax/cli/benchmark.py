@@ -83,8 +83,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                  help="drop feature columns with NaN/inf instead of failing")
   p.add_argument("--h5ad", action="store_true",
                  help="also write the corrected wells as corrected_wells.h5ad")
-  p.add_argument("--json", action="store_true",
-                 help="print one JSON summary object as the last stdout line")
   return p.parse_args(argv)
 
 

@@ -20,7 +20,6 @@ screen alike), e.g. --config.data.synthetic.batch_effects=false --config.batch_s
 
 from __future__ import annotations
 
-import argparse
 import functools
 import os
 import time
@@ -113,7 +112,7 @@ def format_table(table: pd.DataFrame) -> str:
 
 
 def parse_args(argv):
-  p = cli.parser("python -m maejax.compare", __doc__, config_lib.default_config())
+  p = cli.parser("python -m maejax.compare", __doc__, config_lib.default_config(), progress=True)
   p.add_argument("--configs", required=True,
                  help="comma-separated config files, e.g. configs/demo.py,"
                  "configs/munet_demo.py,configs/wsl_demo.py")
@@ -122,16 +121,11 @@ def parse_args(argv):
                  help="training steps for every config (default: each config's)")
   p.add_argument("--relationships", nargs="+", default=None,
                  help="relationship files/directory (default: the screen's planted pairs)")
-  p.add_argument("--batch-size", type=int, default=64, help="crops per embedding step")
-  p.add_argument("--crop-size", type=int, default=None,
-                 help="embedding tile size (default: each config's data.crop_size)")
+  cli.add_embedding_flags(p, "embedding tile size (default: each config's data.crop_size)")
   p.add_argument("--n-null", type=int, default=1000,
                  help="random well sets per replicate count (replicate consistency)")
   p.add_argument("--map-null-size", type=int, default=0,
                  help="copairs mAP null size (0 skips mAP; see maejax.benchmark)")
-  p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True)
-  p.add_argument("--json", action="store_true",
-                 help="print one JSON summary object as the last stdout line")
   return cli.parse(p, argv)
 
 

@@ -9,6 +9,7 @@ MAE weights -> a `maejax.load`-able folder (maejax.convert does the mapping).
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 import warnings
 from typing import Sequence
@@ -38,7 +39,7 @@ def parse_args(argv):
     s.add_argument("--checkpoint", required=True,
                    help="the file (openphenom) or folder (hf-vitmae)")
     s.add_argument("--out", required=True, help="output directory (maejax.load-able)")
-    s.add_argument("--json", action="store_true", help="print one JSON summary as the last line")
+    cli.add_json_flag(s)
   return cli.parse(p, argv)
 
 
@@ -65,14 +66,11 @@ def convert_checkpoint(args, overrides) -> dict:
           "params": convert.count_params(model), "warnings": notes}
 
 
+def _show(s: dict) -> None:
+  print(f"wrote {s['out']}: model {s['model']}, {s['params']:,} parameters; "
+        f"use maejax.load({s['out']!r})")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
   args, overrides = parse_args(argv)
-
-  def body():
-    summary = convert_checkpoint(args, overrides)
-    print(f"wrote {summary['out']}: model {summary['model']}, {summary['params']:,} parameters; "
-          f"use maejax.load({summary['out']!r})")
-    if args.json:
-      cli.print_json(summary)
-
-  return cli.run(body)
+  return cli.report(args, functools.partial(convert_checkpoint, args, overrides), _show)

@@ -57,7 +57,7 @@ def _channels(text):
 def parse_args(argv):
   p = cli.parser("python -m maejax.embed", "Embed every well of a screen (one row per well: "
                  "Metadata_* + feature_<i> columns).",
-                 ml_collections.ConfigDict({"data": data_lib.default_config()}))
+                 ml_collections.ConfigDict({"data": data_lib.default_config()}), progress=True)
   p.add_argument("--checkpoint", required=True,
                  help="training workdir, save_pretrained or `maejax.convert` folder")
   p.add_argument("--step", type=int, default=None,
@@ -66,10 +66,8 @@ def parse_args(argv):
                  help="the screen: a config file (configs/X.py[:arg]), a config.json or a "
                  "workdir, whose `data` is embedded; default: the checkpoint's own config.data")
   p.add_argument("--out", required=True, help="output table (.parquet or .csv; local or gs://)")
-  p.add_argument("--crop-size", type=int, default=None,
-                 help="tile size in pixels (default: config.data.crop_size; 0 = whole sites)")
-  p.add_argument("--batch-size", type=int, default=64,
-                 help="crops per step, rounded up to a multiple of the device count")
+  cli.add_embedding_flags(p, "tile size in pixels (default: config.data.crop_size; 0 = whole "
+                          "sites)")
   p.add_argument("--block", type=int, default=None,
                  help="embed the output of encoder block K (1-based; default: last)")
   p.add_argument("--pool", default=None, choices=("mean", "cls", "channelwise"),
@@ -83,13 +81,10 @@ def parse_args(argv):
                  help="discard an unfinished run's <out>.partial/ and start over")
   p.add_argument("--h5ad", action="store_true",
                  help="also write <out stem>.h5ad (AnnData: X = features, obs = metadata)")
-  p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True)
   p.add_argument("--distributed", default="auto", choices=("auto", "always", "never"),
                  help="jax.distributed.initialize: auto = when the launcher (SLURM, Open MPI, "
                  "TPU pod) or JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID say "
                  "several processes run this command")
-  p.add_argument("--json", action="store_true",
-                 help="print one JSON summary object as the last stdout line")
   return cli.parse(p, argv)
 
 
@@ -206,14 +201,6 @@ def _report(info: dict) -> None:
         f"{', '.join(info['files'])}")
 
 
-def _main(args, overrides) -> int:
-  info = run(args, overrides)
-  _report(info)
-  if args.json:
-    cli.print_json(info)
-  return 0
-
-
 def main(argv: Sequence[str] | None = None) -> int:
   args, overrides = parse_args(argv)
-  return cli.run(functools.partial(_main, args, overrides))
+  return cli.report(args, functools.partial(run, args, overrides), _report)

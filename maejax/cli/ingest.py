@@ -11,6 +11,7 @@ Train from the output with --config.data.source=arrayrecord --config.data.path=O
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import Sequence
 
@@ -42,7 +43,6 @@ def parse_args(argv):
   p.add_argument("--threads", type=int, default=4, help="threads decoding images")
   p.add_argument("--skip-bad-images", action="store_true",
                  help="skip and log bad sites (= --config.data.skip_bad_images=true)")
-  p.add_argument("--json", action="store_true", help="print one JSON summary line last")
   return cli.parse(p, argv)
 
 
@@ -56,21 +56,23 @@ def data_config(args, overrides):
                          default=config_lib.default_config()).data
 
 
+def ingest(args, overrides) -> dict:
+  """Writes the shards; returns the summary."""
+  logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+  cfg = data_config(args, overrides)
+  info = shards.ingest(data.make_source(cfg), args.out, num_shards=args.shards,
+                       skip_bad_images=bool(cfg.skip_bad_images), options=args.options,
+                       num_threads=args.threads, description=f"{cfg.source}:{cfg.path}")
+  summary = {k: info[k] for k in ("num_sites", "site_shape", "channel_ids", "bytes", "seconds")}
+  summary.update(out=args.out, shards=len(info["shards"]), skipped=len(info["skipped"]))
+  return summary
+
+
+def _show(s: dict) -> None:
+  print(f"wrote {s['num_sites']} sites ({s['bytes'] / 2**20:.1f} MiB) in {s['shards']} shards "
+        f"to {s['out']} in {s['seconds']} s; skipped {s['skipped']}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
   args, overrides = parse_args(argv)
-
-  def body():
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    cfg = data_config(args, overrides)
-    info = shards.ingest(data.make_source(cfg), args.out, num_shards=args.shards,
-                         skip_bad_images=bool(cfg.skip_bad_images), options=args.options,
-                         num_threads=args.threads, description=f"{cfg.source}:{cfg.path}")
-    summary = {k: info[k] for k in ("num_sites", "site_shape", "channel_ids", "bytes", "seconds")}
-    summary.update(out=args.out, shards=len(info["shards"]), skipped=len(info["skipped"]))
-    print(f"wrote {summary['num_sites']} sites ({summary['bytes'] / 2**20:.1f} MiB) in "
-          f"{summary['shards']} shards to {args.out} in {summary['seconds']} s; "
-          f"skipped {summary['skipped']}")
-    if args.json:
-      cli.print_json(summary)
-
-  return cli.run(body)
+  return cli.report(args, functools.partial(ingest, args, overrides), _show)

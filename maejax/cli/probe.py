@@ -119,8 +119,6 @@ def parse_args(argv: Sequence[str] | None = None):
                  help="channel outlining cells (default: 2 = actin; partseg: 0)")
   p.add_argument("--folds", type=int, default=5, help="cross-validation folds")
   p.add_argument("--seed", type=int, default=0)
-  p.add_argument("--json", action="store_true",
-                 help="print one JSON summary object as the last stdout line")
   args, overrides = cli.parse(p, argv)
   if args.crop_size < 16 or args.max_crops < 10 or args.folds < 2:
     p.error("need --crop-size >= 16, --max-crops >= 10 and --folds >= 2")
@@ -169,14 +167,7 @@ def _report(info: dict, out: str) -> None:
   print(f"wrote {len(info['files'])} files to {out}")
 
 
-def _main(args, overrides) -> int:
-  info = run(args, overrides)
-  _report(info, args.out)
-  if args.json:
-    cli.print_json(info)
-  return 0
-
-
 def main(argv: Sequence[str] | None = None) -> int:
   args, overrides = parse_args(argv)
-  return cli.run(functools.partial(_main, args, overrides))
+  return cli.report(args, functools.partial(run, args, overrides),
+                    functools.partial(_report, out=args.out))

@@ -48,7 +48,7 @@ def _blocks(text):
 
 def parse_args(argv):
   p = cli.parser("python -m maejax.benchmark --sweep", __doc__,
-                 ml_collections.ConfigDict({"data": data_lib.default_config()}))
+                 ml_collections.ConfigDict({"data": data_lib.default_config()}), progress=True)
   p.add_argument("--sweep", nargs="+", required=True, metavar="WORKDIR",
                  help="training workdirs (python -m maejax.train)")
   p.add_argument("--out", required=True, help="output directory")
@@ -60,14 +60,9 @@ def parse_args(argv):
                  help="database plotted (default: StringDB if scored, else the first)")
   p.add_argument("--correction", default="tvn", choices=correct_lib.METHODS,
                  help="batch correction (default tvn)")
-  p.add_argument("--crop-size", type=int, default=None,
-                 help="embedding tile size (default: each screen's data.crop_size)")
-  p.add_argument("--batch-size", type=int, default=64, help="crops per embedding step")
+  cli.add_embedding_flags(p, "embedding tile size (default: each screen's data.crop_size)")
   p.add_argument("--n-null", type=int, default=200,
                  help="random well sets per replicate count (replicate consistency)")
-  p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True)
-  p.add_argument("--json", action="store_true",
-                 help="print one JSON summary object as the last stdout line")
   return cli.parse(p, argv)
 
 

@@ -14,7 +14,7 @@ from maejax.train import loop
 
 def parse_args(argv):
   p = cli.parser("python -m maejax.train", "Train (or resume) a masked autoencoder.",
-                 config_lib.default_config())
+                 config_lib.default_config(), progress=True)
   p.add_argument("--config", required=True,
                  help="config file, optionally with an argument: configs/vitl8.py[:arg]")
   p.add_argument("--workdir", default=None,
@@ -23,10 +23,6 @@ def parse_args(argv):
   p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
                  help="continue from the newest checkpoint in --workdir (default: on; "
                       "--no-resume refuses a workdir that holds checkpoints)")
-  p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
-                 help="show the progress bar")
-  p.add_argument("--json", action="store_true",
-                 help="print the run summary as one JSON object on the last line")
   return cli.parse(p, argv)
 
 

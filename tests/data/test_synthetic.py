@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 
 from maejax.data import synthetic
+from maejax.cli import synthetic as synthetic_cli
 
 SMALL = dict(site_size=64, cell_radius=8.0, n_groups=3, genes_per_group=3, n_null_genes=2,
              n_experiments=1, plates_per_experiment=2, controls_per_plate=3, sites_per_well=1)
@@ -113,10 +114,11 @@ def test_write_screen_round_trip(tmp_path, fmt):
 
 def test_cli_writes_and_prints_json(tmp_path, capsys):
   out = tmp_path / "screen"
-  synthetic.main(["--out", str(out), "--site-size", "32", "--n-groups", "2", "--genes-per-group",
-                  "2", "--n-null-genes", "1", "--n-experiments", "1", "--plates-per-experiment",
-                  "1", "--controls-per-plate", "2", "--sites-per-well", "1", "--workers", "1",
-                  "--cell-radius", "6", "--json"])
+  assert synthetic_cli.main([
+      "--out", str(out), "--site-size", "32", "--n-groups", "2", "--genes-per-group", "2",
+      "--n-null-genes", "1", "--n-experiments", "1", "--plates-per-experiment", "1",
+      "--controls-per-plate", "2", "--sites-per-well", "1", "--workers", "1",
+      "--cell-radius", "6", "--json"]) == 0
   summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
   assert summary["sites"] == 7
   assert len(os.listdir(out / "images" / "SYN-1" / "Plate1")) == 7 * 6

@@ -17,12 +17,12 @@ sites on demand without sharing memory.
     screen.relationships      # planted gene pairs, columns entity1, entity2 (both directions)
     write_screen(screen, "out/")  # images/EXP/PlateN/WELL_sS_wC.png + metadata.csv + relationships.csv
 
-CLI: `python -m maejax.data.synthetic --out DIR [--site-size 256 ...] [--json]`.
+Command: `python -m maejax.data.synthetic --out DIR [--site-size 256 ...] [--json]`
+(maejax/cli/synthetic.py).
 """
 
 from __future__ import annotations
 
-import argparse
 import concurrent.futures
 import dataclasses
 import json
@@ -362,34 +362,3 @@ def write_screen(screen: SyntheticScreen, out_dir: str, *, fmt: str = "png",
   return dict(sites=len(screen), seconds=round(time.time() - t0, 2), out=out_dir,
               image_dir=image_dir, metadata=os.path.join(out_dir, "metadata.csv"),
               relationships=os.path.join(out_dir, "relationships.csv"))
-
-
-def main(argv=None) -> dict:
-  p = argparse.ArgumentParser(
-      prog="python -m maejax.data.synthetic",
-      description="Write a synthetic Cell Painting screen (images + metadata.csv + "
-                  "relationships.csv) to --out.")
-  p.add_argument("--out", required=True, help="output directory")
-  for f in dataclasses.fields(ScreenSpec):
-    flag = "--" + f.name.replace("_", "-")
-    if f.type in ("bool", bool):
-      p.add_argument(flag, type=lambda s: s.lower() in ("1", "true", "yes"), default=f.default,
-                     help=f"(default {f.default})")
-    else:
-      kind = float if f.type in ("float", float) else int
-      p.add_argument(flag, type=kind, default=f.default, help=f"(default {f.default})")
-  p.add_argument("--format", choices=("png", "tif"), default="png")
-  p.add_argument("--workers", type=int, default=None, help="processes (default: cores)")
-  p.add_argument("--json", action="store_true", help="print one JSON summary line last")
-  args = p.parse_args(argv)
-  spec = ScreenSpec(**{f.name: getattr(args, f.name) for f in dataclasses.fields(ScreenSpec)})
-  summary = write_screen(SyntheticScreen(spec), args.out, fmt=args.format, workers=args.workers)
-  if args.json:
-    print(json.dumps(summary))
-  else:
-    print(f"wrote {summary['sites']} sites to {args.out} in {summary['seconds']} s")
-  return summary
-
-
-if __name__ == "__main__":
-  main()
