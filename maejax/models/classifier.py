@@ -166,11 +166,7 @@ class CNNClassifier(_Classifier):
     the output of stage K instead. key is unused (no stochastic layers)."""
     del key
     self.check_images(images)
-    if pool != "mean":
-      raise ValueError(f"CNN embeddings are global averages: pool must be 'mean', got {pool!r}")
-    stages = len(self.cfg.widths)
-    if block is not None and not 1 <= block <= stages:
-      raise ValueError(f"block must be in 1..{stages} (ResNet stages), got {block}")
+    cv.check_pool_and_block(pool, block, len(self.cfg.widths), "ResNet stages", "CNN")
     x = self.backbone(standardize(images).astype(self.dtype), num_stages=block)
     return cv.global_avg_pool(x)
 

@@ -43,7 +43,49 @@ def global_avg_pool(x):
   return x.astype(jnp.float32).mean(axis=(1, 2))
 
 
-class ResBlock(nnx.Module):
+def shortcut(cin, cout, stride, *, dtype=None, rngs):
+  """The residual branch's 1x1 projection where the shape changes, else None (identity)."""
+  if stride == 1 and cin == cout:
+    return None
+  return conv(cin, cout, 1, stride, dtype=dtype, rngs=rngs)
+
+
+def skip(projection, x):
+  return x if projection is None else projection(x)
+
+
+def check_pool_and_block(pool, block, n: int, what: str, model: str) -> None:
+  """Conv models embed global averages of one of their `n` stages/levels (1-based)."""
+  if pool != "mean":
+    raise ValueError(f"{model} embeddings are global averages: pool must be 'mean', got {pool!r}")
+  if block is not None and not 1 <= block <= n:
+    raise ValueError(f"block must be in 1..{n} ({what}), got {block}")
+
+
+class _PreActivation(nnx.Module):
+  """Pre-activation convs (norm -> activation -> conv, named norm<i> / conv<i>) added to the
+  block's input (projected by `shortcut` where the shape changes).
+
+  convs: [(cin, cout, kernel, stride)] in order; [b, H, W, convs[0].cin] ->
+  [b, H / prod(strides), W / prod(strides), convs[-1].cout].
+  """
+
+  def __init__(self, convs, activation, *, groups, dtype, rngs):
+    for i, (cin, cout, kernel, stride) in enumerate(convs, 1):
+      setattr(self, f"norm{i}", group_norm(cin, groups, dtype=dtype, rngs=rngs))
+      setattr(self, f"conv{i}", conv(cin, cout, kernel, stride, dtype=dtype, rngs=rngs))
+    self.depth, self.activation = len(convs), activation
+    stride = math.prod(c[3] for c in convs)
+    self.shortcut = shortcut(convs[0][0], convs[-1][1], stride, dtype=dtype, rngs=rngs)
+
+  def __call__(self, x):
+    h = x
+    for i in range(1, self.depth + 1):
+      h = getattr(self, f"conv{i}")(self.activation(getattr(self, f"norm{i}")(h)))
+    return skip(self.shortcut, x) + h
+
+
+class ResBlock(_PreActivation):
   """Pre-activation basic residual block (ResNet v2) with GroupNorm and SiLU.
 
   [b, H, W, cin] -> [b, H/stride, W/stride, cout]; a 1x1 projection on the shortcut when
@@ -51,20 +93,11 @@ class ResBlock(nnx.Module):
   """
 
   def __init__(self, cin, cout, stride=1, *, groups=32, dtype=None, rngs):
-    self.norm1 = group_norm(cin, groups, dtype=dtype, rngs=rngs)
-    self.conv1 = conv(cin, cout, 3, stride, dtype=dtype, rngs=rngs)
-    self.norm2 = group_norm(cout, groups, dtype=dtype, rngs=rngs)
-    self.conv2 = conv(cout, cout, 3, dtype=dtype, rngs=rngs)
-    needs_proj = stride != 1 or cin != cout
-    self.shortcut = conv(cin, cout, 1, stride, dtype=dtype, rngs=rngs) if needs_proj else None
-
-  def __call__(self, x):
-    h = self.conv1(jax.nn.silu(self.norm1(x)))
-    h = self.conv2(jax.nn.silu(self.norm2(h)))
-    return (self.shortcut(x) if self.shortcut is not None else x) + h
+    super().__init__([(cin, cout, 3, stride), (cout, cout, 3, 1)], jax.nn.silu,
+                     groups=groups, dtype=dtype, rngs=rngs)
 
 
-class Bottleneck(nnx.Module):
+class Bottleneck(_PreActivation):
   """Pre-activation bottleneck block (ResNet-50 style, 4x expansion) with GroupNorm.
 
   [b, H, W, cin] -> [b, H/stride, W/stride, 4 * width]; stride on the 3x3 conv (v1.5).
@@ -73,21 +106,9 @@ class Bottleneck(nnx.Module):
   expansion = 4
 
   def __init__(self, cin, width, stride=1, *, groups=32, dtype=None, rngs):
-    cout = width * self.expansion
-    self.norm1 = group_norm(cin, groups, dtype=dtype, rngs=rngs)
-    self.conv1 = conv(cin, width, 1, dtype=dtype, rngs=rngs)
-    self.norm2 = group_norm(width, groups, dtype=dtype, rngs=rngs)
-    self.conv2 = conv(width, width, 3, stride, dtype=dtype, rngs=rngs)
-    self.norm3 = group_norm(width, groups, dtype=dtype, rngs=rngs)
-    self.conv3 = conv(width, cout, 1, dtype=dtype, rngs=rngs)
-    needs_proj = stride != 1 or cin != cout
-    self.shortcut = conv(cin, cout, 1, stride, dtype=dtype, rngs=rngs) if needs_proj else None
-
-  def __call__(self, x):
-    h = self.conv1(jax.nn.relu(self.norm1(x)))
-    h = self.conv2(jax.nn.relu(self.norm2(h)))
-    h = self.conv3(jax.nn.relu(self.norm3(h)))
-    return (self.shortcut(x) if self.shortcut is not None else x) + h
+    super().__init__([(cin, width, 1, 1), (width, width, 3, stride),
+                      (width, width * self.expansion, 1, 1)], jax.nn.relu,
+                     groups=groups, dtype=dtype, rngs=rngs)
 
 
 def check_conv_images(images, channels, multiple):

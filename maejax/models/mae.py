@@ -54,6 +54,12 @@ def unshuffle(kept, mask_token, ids_restore):
   return jnp.take_along_axis(x, ids_restore[:, :, None], axis=1)
 
 
+def mask_token(dim, rngs) -> nnx.Param:
+  """The learned token [1, 1, dim] that stands in for every hidden patch."""
+  return nnx.Param(jax.random.normal(rngs.params(), (1, 1, dim)) * 0.02,
+                   out_sharding=(None, None, None))
+
+
 def decoder_block(cfg, dtype, rngs):
   return layers.Block(
       cfg.decoder_width, cfg.decoder_heads, mlp_ratio=cfg.decoder_mlp_dim / cfg.decoder_width,
@@ -68,8 +74,7 @@ class MAEDecoder(nnx.Module):
     dtype = dtype_of(cfg.dtype)
     dd = cfg.decoder_width
     self.embed = layers.dense(cfg.width, dd, ("embed", None), dtype=dtype, rngs=rngs)
-    self.mask_token = nnx.Param(
-        jax.random.normal(rngs.params(), (1, 1, dd)) * 0.02, out_sharding=(None, None, None))
+    self.mask_token = mask_token(dd, rngs)
     self.blocks = nnx.List([decoder_block(cfg, dtype, rngs) for _ in range(cfg.decoder_depth)])
     self.norm = layers.layer_norm(dd, cfg.norm_eps, dtype, rngs=rngs, name=None)
     self.pred = layers.dense(dd, cfg.patch_size ** 2 * cfg.channels, (None, None),
@@ -125,8 +130,7 @@ class ChannelAgnosticDecoder(nnx.Module):
     dtype = dtype_of(cfg.dtype)
     dd = cfg.decoder_width
     self.embed = layers.dense(cfg.width, dd, ("embed", None), dtype=dtype, rngs=rngs)
-    self.mask_token = nnx.Param(
-        jax.random.normal(rngs.params(), (1, 1, dd)) * 0.02, out_sharding=(None, None, None))
+    self.mask_token = mask_token(dd, rngs)
     self.channel_tokens = nnx.Param(
         jax.random.normal(rngs.params(), (cfg.decoder_channels, dd)) * 0.02, out_sharding=(None, None))
     self.query_norm = layers.layer_norm(dd, cfg.norm_eps, dtype, rngs=rngs, name=None)

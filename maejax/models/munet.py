@@ -153,11 +153,7 @@ class MUNet(nnx.Module):
     """
     del channel_ids  # Channels are fixed by the config.
     self.check_images(images)
-    if pool != "mean":
-      raise ValueError(f"MU-Net embeddings are global averages: pool must be 'mean', got {pool!r}")
-    levels = len(self.cfg.widths)
-    if block is not None and not 1 <= block <= levels:
-      raise ValueError(f"block must be in 1..{levels} (encoder levels), got {block}")
+    cv.check_pool_and_block(pool, block, len(self.cfg.widths), "encoder levels", "MU-Net")
     feats = self.encoder(standardize(images).astype(self.dtype), num_levels=block)
     return cv.global_avg_pool(feats[-1])
 
