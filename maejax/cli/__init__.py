@@ -81,9 +81,12 @@ def _quiet_closed_loop(hook):
   return quiet
 
 
+# Once per process, not per command run: commands run repeatedly in one process (tests).
+sys.unraisablehook = _quiet_closed_loop(sys.unraisablehook)
+
+
 def run(main: Callable[[], int | None]) -> int:
   """Runs a command's body: bad input is one `error: ...` line and exit 2, never a trace."""
-  sys.unraisablehook = _quiet_closed_loop(sys.unraisablehook)
   try:
     return int(main() or 0)
   except USER_ERRORS as e:
