@@ -375,8 +375,19 @@ def _square(value, field):
   return int(value)
 
 
+def hf_model_name(width, depth, heads, mlp_dim, patch):
+  """A registry-style name for a ViTMAE size: `vitb16` for a paper size, else
+  `vit_w96_d3_p8` (width, depth, patch)."""
+  size = next((s for s, dims in models.SIZES.items()
+               if s != "tiny" and dims == (width, depth, heads, mlp_dim)), None)
+  return f"vit{size}{patch}" if size else f"vit_w{width}_d{depth}_p{patch}"
+
+
 def hf_model_config(hf_config):
-  """HF ViTMAEConfig dict -> the maejax standard-MAE ConfigDict with the same computation."""
+  """HF ViTMAEConfig dict -> the maejax standard-MAE ConfigDict with the same computation.
+
+  Every architecture field comes from the HF config (any size); the name is derived from it.
+  """
   if hf_config.get("model_type", "vit_mae") != "vit_mae":
     raise ValueError(f"config.json model_type is {hf_config.get('model_type')!r}, expected "
                      f"'vit_mae' (a ViTMAEForPreTraining save_pretrained folder)")
@@ -385,24 +396,26 @@ def hf_model_config(hf_config):
     raise ValueError(f"config.json hidden_act={act!r}: maejax's blocks use exact GELU ('gelu')")
   g = lambda k, default: hf_config.get(k, default)
   width, depth = int(g("hidden_size", 768)), int(g("num_hidden_layers", 12))
+  heads, mlp_dim = int(g("num_attention_heads", 12)), int(g("intermediate_size", 3072))
   patch = _square(g("patch_size", 16), "patch_size")
-  # The registry name only seeds defaults: every architecture field is set below.
-  name = next((k for k, f in models.REGISTRY.items()
-               if (lambda c: not c.channel_agnostic and c.width == width and c.depth == depth
-                   and c.patch_size == patch)(f())), "vits16")
+  img_size = _square(g("image_size", 224), "image_size")
+  if img_size % patch:
+    raise ValueError(f"config.json image_size={img_size} is not a multiple of "
+                     f"patch_size={patch}")
   qkv_bias = bool(g("qkv_bias", True))
-  return models.get_config(
-      name, kind="mae", channel_agnostic=False, block="prenorm",
-      img_size=_square(g("image_size", 224), "image_size"), patch_size=patch,
-      channels=int(g("num_channels", 3)), width=width, depth=depth,
-      num_heads=int(g("num_attention_heads", 12)), mlp_dim=int(g("intermediate_size", 3072)),
-      qkv_bias=qkv_bias, qk_norm=False, layerscale=None, drop_path=0.0,
+  cfg = models.base_config()
+  cfg.update(dict(
+      name=hf_model_name(width, depth, heads, mlp_dim, patch), kind="mae",
+      channel_agnostic=False, block="prenorm", img_size=img_size, patch_size=patch,
+      channels=int(g("num_channels", 3)), width=width, depth=depth, num_heads=heads,
+      mlp_dim=mlp_dim, qkv_bias=qkv_bias, qk_norm=False, layerscale=None, drop_path=0.0,
       norm_eps=float(g("layer_norm_eps", 1e-12)), final_norm=True,
       decoder_width=int(g("decoder_hidden_size", 512)),
       decoder_depth=int(g("decoder_num_hidden_layers", 8)),
       decoder_heads=int(g("decoder_num_attention_heads", 16)),
       decoder_mlp_dim=int(g("decoder_intermediate_size", 2048)), decoder_qkv_bias=qkv_bias,
-      mask_ratio=float(g("mask_ratio", 0.75)), norm_pix_loss=bool(g("norm_pix_loss", False)))
+      mask_ratio=float(g("mask_ratio", 0.75)), norm_pix_loss=bool(g("norm_pix_loss", False))))
+  return cfg
 
 
 def _hf_layer(key, path, dim, heads, mlp_dim, qkv_bias):

@@ -126,10 +126,14 @@ def get_config(name, **overrides):
   """The registered ConfigDict for `name`, with field overrides applied."""
   if name not in REGISTRY:
     raise ValueError(f"unknown model {name!r}; registered: {', '.join(sorted(REGISTRY))}")
-  cfg = REGISTRY[name]()
+  return _override(REGISTRY[name](), overrides)
+
+
+def _override(cfg, overrides):
   for k, v in overrides.items():
     if k not in cfg:
-      raise ValueError(f"model {name!r} has no field {k!r}; fields: {', '.join(sorted(cfg))}")
+      raise ValueError(f"model {cfg.name!r} has no field {k!r}; fields: "
+                       f"{', '.join(sorted(cfg))}")
     cfg[k] = v
   return cfg
 
@@ -142,6 +146,11 @@ def resolve(config_or_name, **overrides):
   name = partial.pop("name", None)
   if name is None:
     raise ValueError("model config needs a `name` field (a registered model, e.g. 'vits16')")
+  if name not in REGISTRY and partial.get("kind") == "mae":
+    # An unregistered MAE size (e.g. an imported HF ViTMAE): its fields on base_config().
+    cfg = base_config()
+    cfg.name = name
+    return _override(cfg, {**partial, **overrides})
   return get_config(name, **{**partial, **overrides})
 
 

@@ -2,7 +2,8 @@
 
 OpenPhenom: random weights in the released checkpoint's layout, evaluated by an independent
 PyTorch implementation of the documented computation (torch_reference.py), in float64.
-HF ViTMAE: `transformers`' own ViTMAEForPreTraining (float64) on a tiny random config.
+HF ViTMAE: `transformers`' own ViTMAEForPreTraining (float64) on a small random config of a
+size no registered model has (width 96, 3 layers, 8x8 patches, 4 channels, 64x64 pixels).
 Relative error = max |maejax - torch| / max |torch|; tolerance 1e-4 (float32).
 """
 
@@ -170,13 +171,14 @@ def test_missing_files_are_clear_errors(tmp_path, capsys):
 
 
 # -- HuggingFace ViTMAE -------------------------------------------------------------------------
+HF_IMG, HF_CH, HF_GRID = 64, 4, 8
 @pytest.fixture(scope="module")
 def hf_vitmae(tmp_path_factory):
   """(save_pretrained folder, float64 HF model, converted maejax model)."""
   torch.manual_seed(0)
   config = transformers.ViTMAEConfig(
-      hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
-      image_size=32, patch_size=8, num_channels=3, decoder_hidden_size=32,
+      hidden_size=96, num_hidden_layers=3, num_attention_heads=4, intermediate_size=192,
+      image_size=HF_IMG, patch_size=8, num_channels=HF_CH, decoder_hidden_size=32,
       decoder_num_hidden_layers=2, decoder_num_attention_heads=4, decoder_intermediate_size=64,
       mask_ratio=0.75)
   hf = transformers.ViTMAEForPreTraining(config).eval()
@@ -186,8 +188,8 @@ def hf_vitmae(tmp_path_factory):
     # Fixed sin-cos tables, as HF's own init and released checkpoints hold (a random encoder
     # CLS row, which the importer folds into the CLS token); zero decoder CLS row (maejax has
     # no decoder CLS position).
-    hf.vit.embeddings.position_embeddings[0, 1:] = torch.from_numpy(sincos_table(4, 64))
-    hf.decoder.decoder_pos_embed[0, 1:] = torch.from_numpy(sincos_table(4, 32))
+    hf.vit.embeddings.position_embeddings[0, 1:] = torch.from_numpy(sincos_table(HF_GRID, 96))
+    hf.decoder.decoder_pos_embed[0, 1:] = torch.from_numpy(sincos_table(HF_GRID, 32))
     hf.decoder.decoder_pos_embed[:, 0] = 0.0
   folder = tmp_path_factory.mktemp("hf_vitmae")
   hf.save_pretrained(folder)
@@ -204,8 +206,9 @@ def standardized(images):
 
 def test_hf_vitmae_encoder_and_reconstruction_match(hf_vitmae):
   _, hf, model = hf_vitmae
-  images = uint8_images((2, 32, 32, 3), seed=3)
-  noise = torch.rand(2, 16, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+  images = uint8_images((2, HF_IMG, HF_IMG, HF_CH), seed=3)
+  noise = torch.rand(2, HF_GRID ** 2, generator=torch.Generator().manual_seed(3),
+                     dtype=torch.float64)
   with torch.no_grad():
     out = hf(standardized(images), noise=noise)
     hidden = hf.vit(standardized(images), noise=noise).last_hidden_state.numpy()
@@ -227,10 +230,11 @@ def test_hf_vitmae_cli_embeddings_match_unmasked_encoder(hf_vitmae, tmp_path, mo
                            "--json"]) == 0
   summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
   assert summary["warnings"] == []
-  images = uint8_images((2, 32, 32, 3), seed=4)
+  assert summary["model"] == "vit_w96_d3_p8"  # Derived from config.json: no registered size.
+  images = uint8_images((2, HF_IMG, HF_IMG, HF_CH), seed=4)
   # HF always masks: mask_ratio 0 with increasing noise keeps every token in order.
   monkeypatch.setattr(hf.config, "mask_ratio", 0.0)
-  noise = torch.arange(16, dtype=torch.float64).expand(2, 16)
+  noise = torch.arange(HF_GRID ** 2, dtype=torch.float64).expand(2, HF_GRID ** 2)
   with torch.no_grad():
     hidden = hf.vit(standardized(images), noise=noise).last_hidden_state.numpy()
   loaded = maejax.load(tmp_path)
@@ -253,7 +257,8 @@ def test_imported_position_tables_must_equal_maejax_sincos(openphenom, hf_vitmae
   hf_state, config = convert.load_hf_vitmae(folder)
   key = "vit.embeddings.position_embeddings"
   pos = hf_state[key].clone()
-  pos[0, 1:] = pos[0, 1:].reshape(4, 4, -1).transpose(0, 1).reshape(16, -1)
+  grid = pos[0, 1:].reshape(HF_GRID, HF_GRID, -1)
+  pos[0, 1:] = grid.transpose(0, 1).reshape(HF_GRID ** 2, -1)
   with pytest.raises(ValueError, match=rf"{key}: the positional table is not maejax's"):
     convert.convert_hf_vitmae({**hf_state, key: pos}, config)
 
@@ -267,3 +272,19 @@ def test_hf_vitmae_rejects_a_nonzero_decoder_cls_position(hf_vitmae):
     convert.convert_hf_vitmae(state_dict, config)
   with pytest.raises(ValueError, match=r"hidden_act='relu'"):
     convert.convert_hf_vitmae(state_dict, {**config, "hidden_act": "relu"})
+  with pytest.raises(ValueError, match=r"patch_size=\[8, 4\]: maejax takes square"):
+    convert.convert_hf_vitmae(state_dict, {**config, "patch_size": [8, 4]})
+  with pytest.raises(ValueError, match=r"image_size=60 is not a multiple of patch_size=8"):
+    convert.convert_hf_vitmae(state_dict, {**config, "image_size": 60})
+
+
+@pytest.mark.parametrize("dims,name", [((768, 12, 12, 3072, 16), "vitb16"),
+                                       ((1280, 32, 16, 5120, 14), "vit_w1280_d32_p14")])
+def test_hf_model_config_takes_any_size(dims, name):
+  width, depth, heads, mlp, patch = dims
+  cfg = convert.hf_model_config(dict(hidden_size=width, num_hidden_layers=depth,
+                                     num_attention_heads=heads, intermediate_size=mlp,
+                                     patch_size=patch, image_size=224, num_channels=3))
+  assert (cfg.name, cfg.width, cfg.depth, cfg.num_heads, cfg.patch_size) == (
+      name, width, depth, heads, patch)
+  assert maejax.models.resolve(cfg.to_dict()).to_dict() == cfg.to_dict()  # How load reads it.
