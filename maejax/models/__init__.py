@@ -35,15 +35,17 @@ def base_config():
       decoder_width=512, decoder_depth=8, decoder_heads=16, decoder_mlp_dim=2048,
       decoder_cross_heads=8, decoder_qkv_bias=True,
       mask_ratio=0.75, norm_pix_loss=False, fourier_weight=0.0,
-      dtype="float32", remat=False,
+      dtype="float32", remat=False, remat_policy="full", scan_layers=False,
   ))
 
 
 def _vit(name, size, patch, **kw):
   cfg = base_config()
   width, depth, heads, mlp = SIZES[size]
+  large = size in ("l", "g")
+  # Large models scan over blocks: one compiled block body instead of 24-48.
   fields = dict(name=name, width=width, depth=depth, num_heads=heads, mlp_dim=mlp,
-                patch_size=patch, drop_path=0.3 if size in ("l", "g") else 0.1)
+                patch_size=patch, drop_path=0.3 if large else 0.1, scan_layers=large)
   cfg.update({**fields, **kw})
   return cfg
 
@@ -60,7 +62,8 @@ def _munet(name, widths, depth, **kw):
   return ml_collections.ConfigDict({**dict(
       name=name, kind="munet", img_size=256, patch_size=16, channels=6,
       widths=tuple(widths), depth=depth, groups=32,
-      mask_ratio=0.75, fourier_weight=0.0, dtype="float32", remat=False), **kw})
+      mask_ratio=0.75, fourier_weight=0.0, dtype="float32", remat=False,
+      remat_policy="full"), **kw})
 
 
 def _wsl_cnn(name, stage_sizes, widths, *, bottleneck, **kw):
@@ -69,13 +72,14 @@ def _wsl_cnn(name, stage_sizes, widths, *, bottleneck, **kw):
       name=name, kind="wsl_cnn", img_size=256, channels=6, num_classes=1139,
       label_smoothing=0.1, stage_sizes=tuple(stage_sizes), widths=tuple(widths),
       bottleneck=bottleneck, stem_width=64, stem_kernel=7, stem_stride=2, stem_pool=True,
-      groups=32, dtype="float32", remat=False), **kw})
+      groups=32, dtype="float32", remat=False, remat_policy="full"), **kw})
 
 
 # The ViT-MAE fields a plain ViT encoder reads (maejax.models.vit.Encoder, check_images).
 _ENCODER_FIELDS = ("img_size", "patch_size", "channels", "channel_agnostic", "max_channels",
                    "width", "depth", "num_heads", "mlp_dim", "block", "qkv_bias", "qk_norm",
-                   "layerscale", "drop_path", "norm_eps", "final_norm", "dtype", "remat")
+                   "layerscale", "drop_path", "norm_eps", "final_norm", "dtype", "remat",
+                   "remat_policy", "scan_layers")
 
 
 def _wsl_vit(name, size, patch, **kw):

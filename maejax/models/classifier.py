@@ -22,6 +22,7 @@ import optax
 from flax import nnx
 
 from maejax.models import conv as cv
+from maejax.models import stack
 from maejax.models import layers
 from maejax.models.tokenizers import standardize
 from maejax.models.vit import Encoder, check_images, dtype_of, pool_tokens
@@ -130,11 +131,11 @@ class ResNet(nnx.Module):
       stages.append(nnx.List(blocks))
     self.stages = nnx.List(stages)
     self.norm = cv.group_norm(cin, cfg.groups, dtype=dtype, rngs=rngs)  # Pre-act: final norm.
-    self.dim, self.remat = cin, cfg.remat
+    self.dim, self.remat, self.remat_policy = cin, cfg.remat, cfg.remat_policy
 
   def __call__(self, x, num_stages=None):
     """x [b, H, W, c] float -> output of stage `num_stages` (default: last, normalized)."""
-    step = nnx.remat(lambda blk, x: blk(x)) if self.remat else (lambda blk, x: blk(x))
+    step = stack.checkpointed(lambda blk, x: blk(x), self.remat, self.remat_policy)
     x = self.stem(x)
     if self.stem_pool:
       x = nnx.max_pool(x, (3, 3), (2, 2), padding="SAME")

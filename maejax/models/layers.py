@@ -35,8 +35,11 @@ def dense(din, dout, names, *, use_bias=True, dtype=None, rngs):
 
 
 def drop_path(x, rate, key):
-  """Stochastic depth: drops the whole residual branch per example."""
-  if key is None or rate == 0.0:
+  """Stochastic depth: drops the whole residual branch per example.
+
+  rate: a Python float, or a traced scalar (a scanned stack's per-block rate).
+  """
+  if key is None or (isinstance(rate, (int, float)) and rate == 0.0):
     return x
   keep = jax.random.bernoulli(key, 1.0 - rate, (x.shape[0],) + (1,) * (x.ndim - 1))
   return jnp.where(keep, x / (1.0 - rate), 0.0).astype(x.dtype)
@@ -147,12 +150,14 @@ class Block(nnx.Module):
     self.ls2 = LayerScale(dim, layerscale) if layerscale else None
     self.drop_path = drop_path
 
-  def __call__(self, x, key=None):
+  def __call__(self, x, key=None, rate=None):
+    """x [b, l, dim] -> [b, l, dim]; key drives drop-path at `rate` (default: the block's)."""
+    rate = self.drop_path if rate is None else rate
     k1, k2 = jax.random.split(key) if key is not None else (None, None)
     h = self.attn(self.norm1(x))
-    x = x + drop_path(self.ls1(h) if self.ls1 else h, self.drop_path, k1)
+    x = x + drop_path(self.ls1(h) if self.ls1 else h, rate, k1)
     h = self.mlp(self.norm2(x))
-    return x + drop_path(self.ls2(h) if self.ls2 else h, self.drop_path, k2)
+    return x + drop_path(self.ls2(h) if self.ls2 else h, rate, k2)
 
 
 class ParallelBlock(nnx.Module):
@@ -174,14 +179,16 @@ class ParallelBlock(nnx.Module):
     self.ls = LayerScale(dim, layerscale) if layerscale else None
     self.drop_path = drop_path
 
-  def __call__(self, x, key=None):
+  def __call__(self, x, key=None, rate=None):
+    """x [b, l, dim] -> [b, l, dim]; key drives drop-path at `rate` (default: the block's)."""
+    rate = self.drop_path if rate is None else rate
     y = self.norm(x)
     q, k, v = self.qkv(y)
     if self.qk_norm is not None:
       q, k = self.qk_norm(q, k)
     h = self.attn_out(attention(q, k, v))
     h = h + self.mlp_out(jax.nn.gelu(self.mlp_in(y), approximate=False))
-    return x + drop_path(self.ls(h) if self.ls else h, self.drop_path, key)
+    return x + drop_path(self.ls(h) if self.ls else h, rate, key)
 
 
 class CrossAttention(nnx.Module):

@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from maejax.models import layers
+from maejax.models import layers, stack
 from maejax.models.losses import reconstruction_loss
 from maejax.models.tokenizers import (patchify, patchify_channels, positions, standardize,
                                       unpatchify, unpatchify_channels)
@@ -60,6 +60,11 @@ def mask_token(dim, rngs) -> nnx.Param:
                    out_sharding=(None, None, None))
 
 
+def run_options(cfg) -> dict:
+  """How a decoder runs its block stack (`stack.run` keywords), from the model config."""
+  return dict(scan=cfg.scan_layers, remat=cfg.remat, policy=cfg.remat_policy)
+
+
 def decoder_block(cfg, dtype, rngs):
   return layers.Block(
       cfg.decoder_width, cfg.decoder_heads, mlp_ratio=cfg.decoder_mlp_dim / cfg.decoder_width,
@@ -79,6 +84,7 @@ class MAEDecoder(nnx.Module):
     self.norm = layers.layer_norm(dd, cfg.norm_eps, dtype, rngs=rngs, name=None)
     self.pred = layers.dense(dd, cfg.patch_size ** 2 * cfg.channels, (None, None),
                              dtype=dtype, rngs=rngs)
+    self.run_options = run_options(cfg)
 
   def __call__(self, x, ids_restore, grid_hw, channel_ids=None):
     """x: encoder output [b, 1 + keep, width] -> predictions [b, l, p*p*c]."""
@@ -86,8 +92,7 @@ class MAEDecoder(nnx.Module):
     patches = unshuffle(x[:, 1:], self.mask_token[...], ids_restore)
     pos = positions(*grid_hw, x.shape[-1], x.dtype)
     x = jnp.concatenate([x[:, :1], patches + pos], axis=1)
-    for blk in self.blocks:
-      x = blk(x)
+    x = stack.run(self.blocks, x, **self.run_options)
     return self.pred(self.norm(x))[:, 1:]
 
 
@@ -104,6 +109,7 @@ class ChannelStacks(nnx.Module):
       return nnx.List([decoder_block(cfg, dtype, rngs) for _ in range(cfg.decoder_depth)])
 
     self.stacks = make(rngs)
+    self.run_options = run_options(cfg)
 
   def __call__(self, x, ids):
     """x [c, b, n, d] (tokens of channel slot i in x[i]); ids [c] int -> [c, b, n, d]."""
@@ -111,9 +117,7 @@ class ChannelStacks(nnx.Module):
     picked = jax.tree.map(lambda a: a[ids], state)
 
     def apply(state_c, x_c):
-      for blk in nnx.merge(graphdef, state_c):
-        x_c = blk(x_c)
-      return x_c
+      return stack.run(nnx.merge(graphdef, state_c), x_c, **self.run_options)
 
     return jax.vmap(apply)(picked, x)
 

@@ -30,6 +30,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from maejax.models import conv as cv
+from maejax.models import stack
 from maejax.models.layers import part, zeros
 from maejax.models.losses import reconstruction_loss
 from maejax.models.mae import draw_mask
@@ -55,11 +56,11 @@ class Encoder(nnx.Module):
         nnx.List([cv.ResBlock(wk, wk, groups=cfg.groups, dtype=dtype, rngs=rngs)
                   for _ in range(cfg.depth)])
         for wk in w])
-    self.remat = cfg.remat
+    self.remat, self.remat_policy = cfg.remat, cfg.remat_policy
 
   def __call__(self, x, num_levels=None):
     """x [b, H, W, c] -> list of the first `num_levels` level outputs [b, H/2^k, W/2^k, w_k]."""
-    step = nnx.remat(lambda blk, x: blk(x)) if self.remat else (lambda blk, x: blk(x))
+    step = stack.checkpointed(lambda blk, x: blk(x), self.remat, self.remat_policy)
     feats = []
     x = self.stem(x)
     for k, blocks in enumerate(list(self.levels)[:num_levels]):
@@ -88,10 +89,10 @@ class Decoder(nnx.Module):
         for k in range(len(w) - 1)])
     self.norm = cv.group_norm(w[0], cfg.groups, dtype=dtype, rngs=rngs)
     self.head = cv.conv(w[0], cfg.channels, 1, dtype=dtype, rngs=rngs)
-    self.remat = cfg.remat
+    self.remat, self.remat_policy = cfg.remat, cfg.remat_policy
 
   def __call__(self, feats):
-    step = nnx.remat(lambda blk, x: blk(x)) if self.remat else (lambda blk, x: blk(x))
+    step = stack.checkpointed(lambda blk, x: blk(x), self.remat, self.remat_policy)
     x = feats[-1]
     for k in reversed(range(len(self.up))):
       x = jnp.concatenate([feats[k], self.up[k](x)], axis=-1)

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from maejax.models import layers
+from maejax.models import layers, stack
 from maejax.models.tokenizers import ChannelAgnosticPatchEmbed, PatchEmbed, standardize
 
 
@@ -58,7 +58,8 @@ class Encoder(nnx.Module):
             drop_path=r, eps=cfg.norm_eps, dtype=dtype, rngs=rngs)
         for r in rates])
     self.norm = layers.layer_norm(cfg.width, cfg.norm_eps, dtype, rngs=rngs) if cfg.final_norm else None
-    self.dtype, self.remat = dtype, cfg.remat
+    self.dtype = dtype
+    self.scan, self.remat, self.remat_policy = cfg.scan_layers, cfg.remat, cfg.remat_policy
 
   def tokenize(self, images):
     """uint8 [b, H, W, c] -> patch tokens with positions [b, l, width]."""
@@ -76,10 +77,11 @@ class Encoder(nnx.Module):
     n = depth if num_blocks is None else num_blocks
     if not 1 <= n <= depth:
       raise ValueError(f"block must be in 1..{depth}, got {n}")
-    keys = jax.random.split(key, depth) if key is not None else [None] * depth
-    step = nnx.remat(lambda blk, x, k: blk(x, k)) if self.remat else (lambda blk, x, k: blk(x, k))
-    for blk, k in zip(list(self.blocks)[:n], keys[:n]):
-      x = step(blk, x, k)
+    blocks = list(self.blocks)[:n]
+    keys = jax.random.split(key, depth)[:n] if key is not None else None
+    rates = [blk.drop_path for blk in blocks] if key is not None else None
+    x = stack.run(blocks, x, keys, rates, scan=self.scan, remat=self.remat,
+                  policy=self.remat_policy)
     if self.norm is not None and n == depth:
       x = self.norm(x)
     return x

@@ -21,7 +21,8 @@ from maejax import workdir as workdir_lib
 # value is refused. Everything else (lr, total_steps, log_every, ...) may change on resume.
 STATE_FIELDS = ("model.", "optimizer", "b1", "b2", "data.source", "data.channels",
                 "data.sample_channels", "data.crop_size")
-COMPUTE_FIELDS = ("model.remat", "model.dtype")  # How the same state is computed: free.
+# How the same state is computed: free to change on resume.
+COMPUTE_FIELDS = ("model.remat", "model.remat_policy", "model.scan_layers", "model.dtype")
 
 
 def _register_array_handler():
