@@ -1,8 +1,9 @@
 """The one config language of every maejax command.
 
 A run is one ml_collections.ConfigDict. A config file is plain Python with
-`get_config(arg=None) -> ConfigDict`; `--config configs/vitl8.py:arg` passes `arg` through, and
-`--config run/config.json` reads a config a run wrote. `--config.<field>=<value>` overrides are
+`get_config(arg=None) -> ConfigDict`; `--config configs/vitl8.py:arg` passes `arg` through,
+`--config vitl8:arg` names a config shipped with the package (configs/ is the package
+maejax.configs) and `--config run/config.json` reads a config a run wrote. `--config.<field>=<value>` overrides are
 typed by the field they replace, so `--config.batch_size=abc` or `--config.no_such_field=1` is
 one clear ValueError. `to_json` / `from_json` round-trip a config (tuples survive).
 """
@@ -85,7 +86,8 @@ def _default_data_config() -> ml_collections.ConfigDict:
 
 
 def load_config(spec: str) -> ml_collections.ConfigDict:
-  """Loads `path/to/config.py[:arg]` (its `get_config(arg)`) or a run's `config.json`."""
+  """Loads a config: `NAME[:arg]` (a config shipped in maejax.configs, e.g. `vitl8:plus`),
+  `path/to/config.py[:arg]` (its `get_config(arg)`) or a run's `config.json`."""
   path, _, arg = spec.partition(":")
   if path.endswith(".json") and not arg:
     file = epath.Path(path)
@@ -95,10 +97,12 @@ def load_config(spec: str) -> ml_collections.ConfigDict:
       return from_json(file.read_text())
     except json.JSONDecodeError as e:
       raise ValueError(f"--config: {path} is not valid JSON ({e}).") from None
+  if not os.path.isfile(path) and _is_name(path) and path in available_configs():
+    path = os.path.join(configs_dir(), path + ".py")
   if not os.path.isfile(path):
     raise FileNotFoundError(
-        f"--config: no config file at {path!r}; give a file such as configs/demo.py "
-        f"(configs available: {', '.join(available_configs())}).")
+        f"--config: no config named or at {path!r}; give a name such as demo or vitl8:plus, or "
+        f"a file such as configs/demo.py (names: {', '.join(available_configs())}).")
   module_name = "maejax_config_" + os.path.splitext(os.path.basename(path))[0]
   spec_ = importlib.util.spec_from_file_location(module_name, path)
   module = importlib.util.module_from_spec(spec_)
@@ -113,12 +117,39 @@ def load_config(spec: str) -> ml_collections.ConfigDict:
   return config
 
 
+def _is_name(text: str) -> bool:
+  return bool(text) and os.sep not in text and "/" not in text and not text.endswith(".py")
+
+
+def configs_dir() -> str | None:
+  """The folder of the shipped configs: the installed package maejax.configs (the checkout's
+  configs/, see pyproject.toml), or configs/ beside the package in a checkout not installed."""
+  try:
+    spec = importlib.util.find_spec("maejax.configs")
+  except ImportError:
+    spec = None
+  if spec is not None and spec.submodule_search_locations:
+    return list(spec.submodule_search_locations)[0]
+  checkout = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "configs")
+  return os.path.normpath(checkout) if os.path.isdir(checkout) else None
+
+
 def available_configs() -> list[str]:
-  root = os.path.join(os.path.dirname(__file__), "..", "..", "configs")
-  if not os.path.isdir(root):
+  """Names of the shipped configs (`--config NAME`)."""
+  root = configs_dir()
+  if root is None:
     return []
-  return sorted(f"configs/{f}" for f in os.listdir(root)
-                if f.endswith(".py") and not f.startswith("_"))
+  return sorted(f[:-3] for f in os.listdir(root) if f.endswith(".py") and not f.startswith("_"))
+
+
+def describe_configs() -> list[tuple[str, str]]:
+  """[(name, first line of its docstring)] of the shipped configs."""
+  out = []
+  for name in available_configs():
+    with open(os.path.join(configs_dir(), name + ".py")) as f:
+      doc = ast.get_docstring(ast.parse(f.read())) or ""
+    out.append((name, doc.split("\n\n")[0].replace("\n", " ")))
+  return out
 
 
 def apply_overrides(config: ml_collections.ConfigDict,

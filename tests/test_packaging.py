@@ -35,3 +35,11 @@ def test_every_imported_distribution_is_declared():
   missing = {m: providers.get(m, [m]) for m in _third_party_imports() - {"etils"}
              if not {_normalize(d) for d in providers.get(m, [m])} & declared}
   assert not missing, f"imported but not declared in pyproject.toml: {missing}"
+
+
+def test_every_package_is_shipped():
+  setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+  found = {".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "maejax").rglob(
+      "__init__.py")}
+  assert set(setuptools["packages"]) == found | {"maejax.configs"}
+  assert setuptools["package-dir"] == {"maejax.configs": "configs"}

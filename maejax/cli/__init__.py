@@ -60,7 +60,7 @@ def load_config(spec: str | None, overrides: Sequence[str] = (),
   `default` when not given) with the overrides applied."""
   if spec is None:
     if default is None:
-      raise ValueError("--config is required (e.g. --config configs/demo.py)")
+      raise ValueError("--config is required (e.g. --config demo or --config configs/demo.py)")
     config = ml_collections.ConfigDict(default.to_dict())
   elif workdir_lib.path(spec.partition(":")[0]).is_dir():
     config = workdir_lib.read_config(spec)

@@ -114,8 +114,8 @@ def format_table(table: pd.DataFrame) -> str:
 def parse_args(argv):
   p = cli.parser("python -m maejax.compare", __doc__, config_lib.default_config(), progress=True)
   p.add_argument("--configs", required=True,
-                 help="comma-separated config files, e.g. configs/demo.py,"
-                 "configs/munet_demo.py,configs/wsl_demo.py")
+                 help="comma-separated config names or files, e.g. demo,munet_demo,wsl_demo "
+                 "or configs/demo.py,configs/munet_demo.py")
   p.add_argument("--out", required=True, help="output directory (workdirs in <out>/runs)")
   p.add_argument("--steps", type=int, default=None,
                  help="training steps for every config (default: each config's)")

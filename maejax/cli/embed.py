@@ -63,7 +63,8 @@ def parse_args(argv):
   p.add_argument("--step", type=int, default=None,
                  help="checkpoint step of a training workdir (default: newest)")
   p.add_argument("--config", default=None,
-                 help="the screen: a config file (configs/X.py[:arg]), a config.json or a "
+                 help="the screen: a config name or file (demo, configs/X.py[:arg]), a "
+                 "config.json or a "
                  "workdir, whose `data` is embedded; default: the checkpoint's own config.data")
   p.add_argument("--out", required=True, help="output table (.parquet or .csv; local or gs://)")
   cli.add_embedding_flags(p, "tile size in pixels (default: config.data.crop_size; 0 = whole "

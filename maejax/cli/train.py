@@ -1,4 +1,7 @@
-"""`python -m maejax.train --config configs/vitl8.py [--workdir DIR] [--config.field=value ...]`."""
+"""`python -m maejax.train --config vitl8 [--workdir DIR] [--config.field=value ...]`.
+
+`--config` takes a shipped config's name (`--list-configs` lists them) or a config file.
+"""
 
 from __future__ import annotations
 
@@ -15,8 +18,11 @@ from maejax.train import loop
 def parse_args(argv):
   p = cli.parser("python -m maejax.train", "Train (or resume) a masked autoencoder.",
                  config_lib.default_config(), progress=True)
-  p.add_argument("--config", required=True,
-                 help="config file, optionally with an argument: configs/vitl8.py[:arg]")
+  p.add_argument("--config", default=None,
+                 help="a shipped config's name or a config file, optionally with an argument: "
+                      "vitl8[:arg] or configs/vitl8.py[:arg] (required)")
+  p.add_argument("--list-configs", action="store_true",
+                 help="list the shipped configs (names for --config) and exit")
   p.add_argument("--workdir", default=None,
                  help="checkpoints, metrics.jsonl, TensorBoard events and plots go here, local "
                       "or gs://... (default: ./runs/<config name>)")
@@ -28,6 +34,10 @@ def parse_args(argv):
 
 def main(argv: Sequence[str] | None = None) -> int:
   args, overrides = parse_args(argv)
+  if args.list_configs:
+    for name, doc in config_lib.describe_configs():
+      print(f"{name:<12} {doc}")
+    return 0
 
   def body():
     config = cli.load_config(args.config, overrides)

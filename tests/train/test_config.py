@@ -66,6 +66,27 @@ def test_missing_config_file_names_the_path():
     config_lib.load_config("configs/vits16.py:huge")
 
 
+def test_configs_by_name_are_the_shipped_files():
+  assert set(CONFIGS) <= set(config_lib.available_configs())
+  assert config_lib.load_config("demo").to_dict() == config_lib.load_config(
+      "configs/demo.py").to_dict()
+  assert config_lib.load_config("vitl8:plus").model.fourier_weight == 0.01
+  with pytest.raises(FileNotFoundError, match=r"no config named or at 'vitl9'.*names: .*vitl8"):
+    config_lib.load_config("vitl9")
+
+
+def test_cli_lists_configs_and_takes_names(capsys, monkeypatch):
+  assert cli.main(["--list-configs"]) == 0
+  lines = dict(line.split(maxsplit=1) for line in capsys.readouterr().out.splitlines())
+  assert set(lines) == set(config_lib.available_configs())
+  assert lines["demo"].startswith("Demo: a tiny MAE")
+  seen = []
+  monkeypatch.setattr(cli.loop, "train", lambda config, *a, **k: seen.append(config) or {})
+  assert cli.main(["--config", "demo:plus", "--workdir", "unused"]) == 0
+  assert seen[0].name == "demo_plus"
+  assert cli.main([]) == 2 and "--config is required" in capsys.readouterr().err
+
+
 def test_cli_help_and_errors(capsys):
   with pytest.raises(SystemExit) as e:
     cli.main(["--help"])
