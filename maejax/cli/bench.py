@@ -1,4 +1,4 @@
-"""Speed figures: `python -m maejax.bench {model,data,train} ... [--json]`.
+"""Speed figures: `python -m maejax.bench {model,data,train,compile} ... [--json]`.
 
 `model` times one train step (forward, backward, AdamW) of a registered model on random uint8
 images on one device; `train` the real sharded step of a config; `data` the input pipeline.
@@ -15,6 +15,7 @@ from maejax import config as config_lib
 from maejax import models
 from maejax.data import bench as data_bench
 from maejax.models import flops
+from maejax.train import aot
 from maejax.train import bench as train_bench
 from maejax.train import metrics
 
@@ -74,6 +75,62 @@ def main_train(argv) -> int:
   return cli.report(args, body, print_figures)
 
 
+def main_compile(argv) -> int:
+  p = cli.parser("python -m maejax.bench compile",
+                 "Compile a config's sharded train step and embedding step ahead of time for a "
+                 "TPU slice (needs libtpu, no TPU): per-chip HBM, FLOPs, the compiler's "
+                 "cost-model step time and MFU (estimates), collectives. Exit 2 when it does "
+                 "not fit.", config_lib.default_config())
+  p.add_argument("--config", required=True, help="config file or name, e.g. configs/vitl8.py")
+  p.add_argument("--topology", required=True, help="e.g. v5p:4x4x4, v5e:4x4, v4:2x2x2, v6e:4x4")
+  p.add_argument("--num-slices", type=int, default=1,
+                 help="slices joined by DCN (the data axis spans them: set --config.mesh.dcn_data)")
+  p.add_argument("--no-embed", action="store_true", help="compile the train step only")
+  args, overrides = cli.parse(p, argv)
+
+  def body():
+    config = cli.load_config(args.config, overrides)
+    result = aot.report(config, aot.topology(args.topology, args.num_slices),
+                        embed=not args.no_embed)
+    _show_compile(result)
+    if args.json:
+      cli.print_json(result)
+    aot.check_fits(result)
+
+  return cli.run(body)
+
+
+def _gib(b):
+  return f"{b / 2 ** 30:.2f} GiB"
+
+
+def _show_compile(r: dict) -> None:
+  t = r["train"]
+  mesh = " ".join(f"{k}={v}" for k, v in t["mesh"].items())
+  print(f"{r['config']} ({r['model']}, {r['dtype']}, scan_layers={r['scan_layers']}, "
+        f"remat={r['remat']}) on {r['topology']} x{r['num_slices']}: {r['chips']} chips "
+        f"({r['device']}), mesh {mesh}, global batch {t['global_batch']} "
+        f"({t['per_chip_batch']:g} per chip)")
+  for name in ("train", "embed"):
+    if name not in r:
+      continue
+    step, m = r[name], r[name]["memory"]
+    print(f"{name} step: compiled in {step['compile_s']:.1f} s; HBM per chip: arguments "
+          f"{m['arguments_gib']:.2f} + outputs {m['outputs_gib']:.2f} - donated "
+          f"{m['aliased_gib']:.2f} + temporaries {m['temporaries_gib']:.2f} = "
+          f"{m['total_gib']:.2f} GiB of {m['hbm_gib']:.0f} "
+          f"({'fits' if m['fits'] else 'DOES NOT FIT'}, margin {m['margin']:.0%})")
+    used = [f"{op} {c['count']} ({_gib(c['bytes'])})" for op, c in step["collectives"].items()
+            if c["count"]]
+    print(f"  collectives (static count, result bytes): {', '.join(used) or 'none'}")
+  print(f"  train FLOPs per chip: XLA {t['xla_flops_per_chip']:.3g}, analytic "
+        f"{t['analytic_flops_per_chip']:.3g}")
+  if t["cost_model_step_s"]:
+    mfu = t["cost_model_mfu"]
+    print(f"  compiler cost-model estimate (not a measurement): step "
+          f"{t['cost_model_step_s']:.4g} s" + (f", MFU {mfu:.1%}" if mfu is not None else ""))
+
+
 def main_data(argv) -> int:
   p = cli.parser("python -m maejax.bench data", data_bench.__doc__)
   p.add_argument("--sites", type=int, default=200, help="sites written for folder/ArrayRecord")
@@ -110,7 +167,8 @@ def _show_data(out: dict) -> None:
           f"crop {r['crop_shape']}")
 
 
-COMMANDS = {"model": main_model, "data": main_data, "train": main_train}
+COMMANDS = {"model": main_model, "data": main_data, "train": main_train,
+            "compile": main_compile}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -119,6 +177,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"usage: python -m maejax.bench {{{','.join(COMMANDS)}}} ... [--json]\n"
           "  model  train-step speed of one registered model on random images\n"
           "  train  speed of the sharded train step of a config\n"
+          "  compile  ahead-of-time compile for a TPU slice: per-chip HBM, cost-model MFU\n"
           "  data   input-pipeline crops/s per worker for each source\n"
           "each takes --help", file=sys.stderr if argv and argv[0] not in ("-h", "--help")
           else sys.stdout)

@@ -82,7 +82,7 @@ class MAEDecoder(nnx.Module):
     self.mask_token = mask_token(dd, rngs)
     self.blocks = nnx.List([decoder_block(cfg, dtype, rngs) for _ in range(cfg.decoder_depth)])
     self.norm = layers.layer_norm(dd, cfg.norm_eps, dtype, rngs=rngs, name=None)
-    self.pred = layers.dense(dd, cfg.patch_size ** 2 * cfg.channels, (None, None),
+    self.pred = layers.dense(dd, cfg.patch_size ** 2 * cfg.channels, ("embed", None),
                              dtype=dtype, rngs=rngs)
     self.run_options = run_options(cfg)
 
@@ -143,7 +143,7 @@ class ChannelAgnosticDecoder(nnx.Module):
     self.out_norm = layers.layer_norm(dd, cfg.norm_eps, dtype, rngs=rngs, name=None)
     self.mlp = layers.Mlp(dd, cfg.decoder_mlp_dim, dtype=dtype, rngs=rngs)
     self.stacks = ChannelStacks(cfg, dtype, rngs=rngs)
-    self.pred = layers.dense(dd, cfg.patch_size ** 2, (None, None), dtype=dtype, rngs=rngs)
+    self.pred = layers.dense(dd, cfg.patch_size ** 2, ("embed", None), dtype=dtype, rngs=rngs)
 
   def __call__(self, x, ids_restore, grid_hw, channel_ids):
     """x: encoder output [b, 1 + keep, width]; channel_ids [c] -> [b, c*n, p*p]."""

@@ -33,9 +33,13 @@ def peak_tflops_per_device(config=None) -> float | None:
   """The config's `peak_tflops_per_device` if set, else the accelerator's; None if unknown."""
   if config is not None and float(config.get("peak_tflops_per_device", -1)) > 0:
     return float(config.peak_tflops_per_device)
-  kind = jax.devices()[0].device_kind
+  return peak_tflops(jax.devices()[0].device_kind)
+
+
+def peak_tflops(device_kind: str) -> float | None:
+  """Dense bf16 peak TFLOP/s of a device kind ("NVIDIA H100 80GB HBM3", "TPU v5"), or None."""
   for name in sorted(PEAK_TFLOPS, key=len, reverse=True):  # Longest match first.
-    if name.lower() in kind.lower():
+    if name.lower() in device_kind.lower():
       return PEAK_TFLOPS[name]
   return None
 

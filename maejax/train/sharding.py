@@ -2,7 +2,8 @@
 
 Parameters carry logical names in their `out_sharding` metadata (`nnx.with_partitioning`);
 `config.sharding_rules` maps each logical name to mesh axes. A dimension that the mapped
-mesh axes do not divide is replicated instead (logged), so odd sizes never stop a run.
+mesh axes do not divide is replicated instead (one warning counts them), so odd sizes never
+stop a run.
 """
 
 import logging
@@ -33,10 +34,12 @@ def rules_dict(rules: Rules) -> dict[str, tuple[str, ...]]:
 
 def logical_to_spec(logical_axes: Sequence[str | None], rules: Rules,
                     shape: Sequence[int] | None = None,
-                    mesh: jax.sharding.Mesh | None = None) -> P:
+                    mesh: jax.sharding.Mesh | None = None,
+                    replicated: list | None = None) -> P:
   """Maps logical names to a PartitionSpec; a mesh axis is used at most once (first wins).
 
-  With `shape` and `mesh`, a dimension not divisible by its mesh axes is replicated.
+  With `shape` and `mesh`, a dimension not divisible by its mesh axes is replicated, and
+  (name, size, axes, ways) is appended to `replicated`.
   """
   table = rules_dict(rules)
   used, spec = set(), []
@@ -57,15 +60,16 @@ def logical_to_spec(logical_axes: Sequence[str | None], rules: Rules,
     if shape is not None and mesh is not None and axes:
       size = int(np.prod([mesh.shape[a] for a in axes]))
       if shape[dim] % size:
-        logging.info("replicating dim %d (%s, size %d): not divisible by mesh axes %s (%d)",
-                     dim, name, shape[dim], axes, size)
+        if replicated is not None:
+          replicated.append((name, int(shape[dim]), axes, size))
         axes = ()
     used.update(axes)
     spec.append(None if not axes else axes[0] if len(axes) == 1 else axes)
   return P(*spec)
 
 
-def _variable_spec(var: nnx.Variable, rules: Rules, mesh: jax.sharding.Mesh) -> P:
+def _variable_spec(var: nnx.Variable, rules: Rules, mesh: jax.sharding.Mesh,
+                   replicated: list) -> P:
   value = var.get_value()
   logical = var.get_metadata().get("out_sharding") or ()
   if not logical:
@@ -73,16 +77,28 @@ def _variable_spec(var: nnx.Variable, rules: Rules, mesh: jax.sharding.Mesh) -> 
   if len(logical) != len(value.shape):
     raise ValueError(f"parameter of shape {value.shape} has logical axes {logical} "
                      "(one name per dimension expected).")
-  return logical_to_spec(logical, rules, value.shape, mesh)
+  return logical_to_spec(logical, rules, value.shape, mesh, replicated)
 
 
 def state_shardings(abstract_state: nnx.State, mesh: jax.sharding.Mesh, rules: Rules):
-  """NamedSharding for every leaf of an (abstract) NNX state, from its logical axes."""
+  """NamedSharding for every leaf of an (abstract) NNX state, from its logical axes.
+
+  Dimensions the rules shard but the mesh does not divide are replicated, with one warning
+  that counts them (each replicated copy costs memory on every device).
+  """
+  replicated = []
+
   def one(var):
     if isinstance(var, nnx.Variable):
-      return var.replace(NamedSharding(mesh, _variable_spec(var, rules, mesh)))
+      return var.replace(NamedSharding(mesh, _variable_spec(var, rules, mesh, replicated)))
     return NamedSharding(mesh, P())
-  return jax.tree.map(one, abstract_state, is_leaf=lambda x: isinstance(x, nnx.Variable))
+  out = jax.tree.map(one, abstract_state, is_leaf=lambda x: isinstance(x, nnx.Variable))
+  if replicated:
+    kinds = sorted({f"{name} {size} over {'x'.join(axes)} ({ways})"
+                    for name, size, axes, ways in replicated})
+    logging.warning("%d parameter dimensions replicated instead of sharded (not divisible by "
+                    "their mesh axes): %s", len(replicated), "; ".join(kinds))
+  return out
 
 
 def batch_spec(rules: Rules, ndim: int) -> P:
