@@ -148,7 +148,8 @@ def describe_configs() -> list[tuple[str, str]]:
   for name in available_configs():
     with open(os.path.join(configs_dir(), name + ".py")) as f:
       doc = ast.get_docstring(ast.parse(f.read())) or ""
-    out.append((name, doc.split("\n\n")[0].replace("\n", " ")))
+    first = doc.split("\n\n")[0].replace("\n", " ").split(". ")[0].rstrip(".")
+    out.append((name, first if len(first) <= 90 else first[:87] + "..."))
   return out
 
 
