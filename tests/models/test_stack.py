@@ -94,3 +94,16 @@ def test_constrain_batch_pins_the_batch_axis():
   assert y.sharding.spec[0] == ("data", "fsdp")
   assert odd.shape == (6, 5, 3)
   assert stack.constrain_batch(x) is x  # No mesh, no rules: untouched.
+
+
+@pytest.mark.parametrize("name", ["vit_tiny", "camae_tiny", "wsl_tiny_vit"])
+def test_scan_keeps_the_parameter_layout(name):
+  """Checkpoints, importers and maejax.load see one layout: a loop model's parameters load
+  into the scanned model unchanged (and give the same embedding)."""
+  loop = models.create(name, rngs=nnx.Rngs(0))
+  scan = models.create(name, rngs=nnx.Rngs(1), scan_layers=True)
+  params = nnx.state(loop, nnx.Param)
+  assert jax.tree.structure(params) == jax.tree.structure(nnx.state(scan, nnx.Param))
+  nnx.update(scan, params)
+  images = _images(6 if name != "camae_tiny" else 3)
+  np.testing.assert_allclose(scan.embed(images), loop.embed(images), rtol=1e-5, atol=1e-6)
