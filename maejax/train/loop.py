@@ -232,7 +232,7 @@ def train(config, workdir, *, resume: bool = True, progress: bool = True,
                  metrics_lib.peak_tflops_per_device(config))
   plotter = _Plotter(config, spec, mesh, workdir, compiler_options)
   writer = metrics_lib.Writer(workdir, start_step=start)
-  bar = metrics_lib.Progress(start, total, enabled=progress)
+  bar = metrics_lib.Progress(start, total, enabled=progress, batch_size=batch_size)
   preempt = _Preemption()
   t0, status, step = time.time(), "finished", start
   try:
@@ -251,7 +251,7 @@ def train(config, workdir, *, resume: bool = True, progress: bool = True,
           _check_finite(scalars, step, ckpt)  # Before saving: never checkpoint a NaN state.
           if log_now:
             writer.write(step, scalars)
-            bar.update(0, scalars)
+            bar.log(step, scalars)
         if save_now:
           ckpt.save(step, state, data_iter, train_flops=meter.train_flops,
                     images_seen=step * batch_size)

@@ -6,6 +6,7 @@ Only process 0 writes; on other processes every writer is a no-op.
 import json
 import math
 import os
+import sys
 from typing import Any
 
 import jax
@@ -139,27 +140,54 @@ class _EpathRecordFile:
 
 
 class Progress:
-  """A tqdm bar showing step, loss, images/s, TFLOP/s and MFU (process 0 only)."""
+  """Process 0's view of the run: a tqdm bar on a terminal, else (`enabled=False`, or output
+  to a file, e.g. a SLURM log) one plain line per logged step: step, loss, images/s, TFLOP/s,
+  MFU and ETA."""
 
-  def __init__(self, start: int, total: int, enabled: bool = True):
-    self.bar = None
-    if enabled and jax.process_index() == 0:
-      self.bar = tqdm(total=total, initial=start, unit="step", dynamic_ncols=True)
-
-  def update(self, n: int = 1, scalars: dict | None = None) -> None:
-    if self.bar is None:
+  def __init__(self, start: int, total: int, enabled: bool = True, *, batch_size: int = 1,
+               stream=None):
+    self.total, self.batch_size, self.bar, self.plain = total, batch_size, None, False
+    if jax.process_index() != 0:
       return
-    self.bar.update(n)
-    if scalars:
-      post = {"loss": f"{scalars['loss']:.4f}", "img/s": f"{scalars['images_per_s']:.1f}"}
-      if "tflops" in scalars:
-        post["TFLOP/s"] = f"{scalars['tflops']:.2f}"
-      post["MFU"] = f"{100 * scalars['mfu']:.1f}%" if "mfu" in scalars else "n/a"
+    self.stream = stream or sys.stdout
+    if enabled and sys.stderr.isatty():
+      self.bar = tqdm(total=total, initial=start, unit="step", dynamic_ncols=True)
+    else:
+      self.plain = True
+
+  def update(self, n: int = 1) -> None:
+    if self.bar is not None:
+      self.bar.update(n)
+
+  def log(self, step: int, scalars: dict) -> None:
+    """The logged step's scalars: the bar's postfix, or one line."""
+    post = {"loss": f"{scalars['loss']:.4f}"}
+    if "images_per_s" in scalars:
+      post["img/s"] = f"{scalars['images_per_s']:.1f}"
+    if "tflops" in scalars:
+      post["TFLOP/s"] = f"{scalars['tflops']:.2f}"
+    post["MFU"] = f"{100 * scalars['mfu']:.1f}%" if "mfu" in scalars else "n/a"
+    if self.bar is not None:
       self.bar.set_postfix(post, refresh=False)
+    elif self.plain:
+      rate = scalars.get("images_per_s", 0.0) / self.batch_size  # steps/s
+      post["ETA"] = (_duration((self.total - step) / rate) if rate > 0 and step < self.total
+                     else "n/a" if step < self.total else "0s")
+      print(f"step {step}/{self.total}: " + ", ".join(
+          f"{k} {v}" if k != "img/s" else f"{v} {k}" for k, v in post.items()),
+            file=self.stream, flush=True)
 
   def close(self) -> None:
     if self.bar is not None:
       self.bar.close()
+
+
+def _duration(seconds: float) -> str:
+  """3725 -> '1h02m', 125 -> '2m05s', 42 -> '42s'."""
+  s = int(round(seconds))
+  if s >= 3600:
+    return f"{s // 3600}h{s % 3600 // 60:02d}m"
+  return f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
 
 
 def save_reconstruction_png(path, recon: dict[str, np.ndarray], step: int) -> None:

@@ -2,6 +2,7 @@
 NaN stops the run with the last good checkpoint kept."""
 
 import hashlib
+import io
 import json
 import os
 import signal
@@ -83,7 +84,8 @@ def test_demo_loss_falls_and_outputs_are_written(uninterrupted):
   ckpt.close()
 
 
-def test_sigterm_saves_and_resume_reproduces_losses(uninterrupted, tmp_path, monkeypatch):
+def test_sigterm_saves_and_resume_reproduces_losses(uninterrupted, tmp_path, monkeypatch,
+                                                    capsys):
   workdir = str(tmp_path / "run")
   write = metrics_lib.Writer.write
 
@@ -97,8 +99,14 @@ def test_sigterm_saves_and_resume_reproduces_losses(uninterrupted, tmp_path, mon
   assert first["status"] == "preempted" and first["step"] == 14
   assert first["checkpoint_step"] == 14  # Saved on the way out (not a ckpt_every step).
   monkeypatch.setattr(metrics_lib.Writer, "write", write)
+  capsys.readouterr()
   second = loop.train(_demo(), workdir, progress=False, compiler_options=FAST)
   assert second["status"] == "finished" and second["step"] == STEPS
+  # No progress bar (as in a cluster log): one plain line per logged step, from the resume on.
+  lines = [l for l in capsys.readouterr().out.splitlines() if l.startswith("step ")]
+  assert [int(l.split()[1].split("/")[0]) for l in lines] == list(range(15, STEPS + 1))
+  assert lines[-1].startswith(f"step {STEPS}/{STEPS}: loss ") and "img/s" in lines[-1]
+  assert "ETA" in lines[0] and "MFU" in lines[0]
   _, resumed = _losses(workdir)
   _, reference = _losses(uninterrupted[0])
   assert sorted(resumed) == list(range(1, STEPS + 1))
@@ -209,3 +217,14 @@ def test_truncated_newest_checkpoint_falls_back_with_one_warning_line(uninterrup
   assert len(warnings) == 1 and "resumed from step 20" in warnings[0], output
   assert "finished at step 31/31" in proc.stdout
   assert any(d.startswith("30.corrupt-") for d in os.listdir(workdir / "checkpoints"))
+
+
+def test_plain_progress_line_has_step_loss_rate_mfu_and_eta():
+  out = io.StringIO()
+  bar = metrics_lib.Progress(0, 1000, enabled=True, batch_size=32, stream=out)
+  assert bar.plain  # stderr is not a terminal under pytest: lines, not a bar.
+  bar.log(400, {"loss": 0.51234, "images_per_s": 64.0, "tflops": 1.5, "mfu": 0.123})
+  bar.log(1000, {"loss": 0.4, "images_per_s": 64.0})
+  assert out.getvalue().splitlines() == [
+      "step 400/1000: loss 0.5123, 64.0 img/s, TFLOP/s 1.50, MFU 12.3%, ETA 5m00s",
+      "step 1000/1000: loss 0.4000, 64.0 img/s, MFU n/a, ETA 0s"]
