@@ -8,6 +8,7 @@ A training workdir (`python -m maejax.train`), local or on a bucket (`gs://...`)
                            with), and custom metadata {"step", "train_flops", "images_seen"}
     metrics.jsonl          one JSON object per logged step
     tensorboard/, plots/
+    lock.json              while a run holds the workdir: {"host", "pid", "since"} (`Lock`)
 
 A pretrained folder (`maejax.save_pretrained`, `python -m maejax.convert`):
 
@@ -19,17 +20,27 @@ Only this module knows these names; train, the API and eval read and write throu
 
 from __future__ import annotations
 
+import contextlib
+import datetime
+import errno
 import io
+import json
 import logging
 import math
 import os
+import signal
+import socket
+import sys
+import threading
 from typing import Any
 
 import ml_collections
 import numpy as np
 import pandas as pd
+import jax
 import orbax.checkpoint as ocp
 from etils import epath
+from jax.experimental import multihost_utils
 
 from maejax import config as config_lib
 
@@ -39,6 +50,7 @@ STATE = "state"
 METRICS = "metrics.jsonl"
 TENSORBOARD = "tensorboard"
 PLOTS = "plots"
+LOCK = "lock.json"
 ITEMS = ("state", "data", "config")  # The items of one training checkpoint.
 
 
@@ -141,6 +153,161 @@ def jsonable(value):
 
 def _as_dict(config) -> dict:
   return config.to_dict() if hasattr(config, "to_dict") else dict(config)
+
+
+# ----------------------------------------------------------------------------- locks
+
+class LockedError(ValueError):
+  """Another run holds a workdir or output; the message names it (host, pid, since) and the fix."""
+
+
+def lock_file(workdir) -> epath.Path:
+  """`<workdir>/lock.json`, held while a training run uses the workdir."""
+  return path(workdir) / LOCK
+
+
+def output_lock_file(out) -> epath.Path:
+  """`<out>.lock`, held while a run writes the output file `out` (maejax.embed)."""
+  out = path(out)
+  return out.parent / (out.name + ".lock")
+
+
+class Lock:
+  """An exclusive lock file holding {"host", "pid", "since"} as JSON.
+
+  Locally the file is created with O_EXCL, so of two runs exactly one gets it. A lock whose
+  pid no longer runs on this host (the run was killed with -9 or the machine rebooted) is stale
+  and taken over with one warning line; one from another host cannot be checked and stays an
+  error whose fix is deleting the file. On object stores (gs://) there is no exclusive create:
+  the lock is best effort (look, then write), which stops a run started while another runs,
+  not two started in the same instant.
+  """
+
+  def __init__(self, file, *, flag: str = "--workdir"):
+    self.file, self.flag = path(file), flag
+    self.held = False
+    self._made_dir = False
+
+  def acquire(self) -> Lock:
+    """Takes the lock or raises LockedError; writes nothing when it raises."""
+    if not self.file.parent.exists():
+      self.file.parent.mkdir(parents=True, exist_ok=True)
+      self._made_dir = True
+    mine = dict(host=socket.gethostname(), pid=os.getpid(),
+                since=datetime.datetime.now().astimezone().isoformat(timespec="seconds"))
+    for _ in range(3):
+      if self._create(json.dumps(mine)):
+        self.held = True
+        return self
+      holder = self.holder()
+      if holder is None:  # Released meanwhile.
+        continue
+      if not _stale(holder):
+        self._remove_made_dir()
+        raise LockedError(
+            f"{self.file.parent} is in use by another run (pid {holder.get('pid')} on "
+            f"{holder.get('host')}, since {holder.get('since')}); wait for it to end or pick "
+            f"another {self.flag}; if that run is gone, delete {self.file}")
+      print(f"WARNING: taking over the stale lock {self.file} (pid {holder['pid']} on "
+            f"{holder['host']}, since {holder.get('since')}, no longer runs).",
+            file=sys.stderr, flush=True)
+      self.file.unlink(missing_ok=True)
+    self._remove_made_dir()
+    raise LockedError(f"could not take the lock {self.file}; another run keeps taking it")
+
+  def holder(self) -> dict | None:
+    """The lock's record ({"host", "pid", "since"}); None when there is no lock file."""
+    try:
+      text = self.file.read_text()
+    except FileNotFoundError:
+      return None
+    try:
+      return dict(json.loads(text))
+    except ValueError:  # Being written by its creator this instant.
+      return dict(host="?", pid="?", since="now (lock being written)")
+
+  def release(self) -> None:
+    if self.held:
+      holder = self.holder() or {}
+      if holder.get("pid") == os.getpid() and holder.get("host") == socket.gethostname():
+        self.file.unlink(missing_ok=True)
+      self.held = False
+    self._remove_made_dir()
+
+  def _create(self, text: str) -> bool:
+    if "://" in os.fspath(self.file):
+      if self.file.exists():
+        return False
+      self.file.write_text(text)
+      return True
+    try:
+      fd = os.open(self.file, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:
+      return False
+    with os.fdopen(fd, "w") as f:
+      f.write(text)
+    return True
+
+  def _remove_made_dir(self) -> None:
+    if self._made_dir and self.file.parent.is_dir() and not any(self.file.parent.iterdir()):
+      self.file.parent.rmdir()
+    self._made_dir = False
+
+
+def _stale(holder: dict) -> bool:
+  """Whether a lock's process is gone (decidable only on its own host)."""
+  if holder.get("host") != socket.gethostname() or not isinstance(holder.get("pid"), int):
+    return False
+  try:
+    os.kill(holder["pid"], 0)
+  except ProcessLookupError:
+    return True
+  except PermissionError:  # Alive, another user's.
+    return False
+  return False
+
+
+@contextlib.contextmanager
+def locked(file, *, flag: str = "--workdir"):
+  """Holds `Lock(file)` for the block: on process 0 only, the others follow its outcome.
+
+  SIGTERM inside the block exits through the block's `finally`s (the lock is released) unless
+  the block installs its own handler (training saves a checkpoint first).
+  """
+  lock, error = Lock(file, flag=flag), None
+  if jax.process_index() == 0:
+    try:
+      lock.acquire()
+    except LockedError as e:
+      error = e
+  if jax.process_count() > 1:
+    ok = bool(multihost_utils.broadcast_one_to_all(np.int32(error is None)))
+    if not ok and error is None:
+      error = LockedError(f"process 0 could not lock {lock.file}; see its error")
+  if error is not None:
+    raise error
+  old = _exit_on_sigterm()
+  try:
+    yield lock
+  finally:
+    if old is not None:
+      signal.signal(signal.SIGTERM, old)
+    lock.release()
+
+
+def _exit_on_sigterm():
+  """Turns SIGTERM into SystemExit(143) (returns the old handler; None when not changed)."""
+  if threading.current_thread() is not threading.main_thread():
+    return None
+  old = signal.getsignal(signal.SIGTERM)
+  if old is not signal.SIG_DFL:
+    return None
+
+  def handler(signum, frame):
+    del frame
+    raise SystemExit(128 + signum)
+  signal.signal(signal.SIGTERM, handler)
+  return old
 
 
 # ----------------------------------------------------------------------------- pretrained
