@@ -9,6 +9,7 @@ import dataclasses
 import logging
 import math
 import signal
+import sys
 import time
 from typing import Any
 
@@ -53,10 +54,39 @@ def check_settings(config) -> None:
   for name in POSITIVE_FIELDS:
     if int(config[name]) < 1:
       raise ValueError(f"config.{name}={config[name]}: must be >= 1.")
+  if not float(config.lr) > 0.0:
+    raise ValueError(f"config.lr={config.lr}: must be > 0 (e.g. 1e-4).")
   ratio = config.model.get("mask_ratio")
   if ratio is not None and not 0.0 < float(ratio) < 1.0:
     raise ValueError(f"config.model.mask_ratio={ratio}: must lie strictly between 0 and 1 "
                      "(the paper uses 0.75).")
+  _check_sizes(config)
+
+
+def _check_sizes(config) -> None:
+  """Crop vs synthetic site vs patch, and a mask ratio that keeps a token per channel."""
+  crop, patch = int(config.data.crop_size), config.model.get("patch_size")
+  if crop < 1:
+    raise ValueError(f"config.data.crop_size={crop}: must be >= 1.")
+  if config.data.source == "synthetic" and crop > int(config.data.synthetic.site_size):
+    raise ValueError(f"config.data.crop_size={crop}: must be <= the sites "
+                     f"(config.data.synthetic.site_size={config.data.synthetic.site_size}).")
+  if not patch:
+    return
+  if crop % int(patch):
+    raise ValueError(f"config.data.crop_size={crop}: must be a multiple of "
+                     f"config.model.patch_size={patch} (e.g. {max(1, crop // patch) * patch}).")
+  ratio = config.model.get("mask_ratio")
+  if ratio is None or config.model.get("kind", "mae") != "mae":
+    return
+  channels = (int(config.data.sample_channels) if config.data.get("sample_channels")
+              else len(config.data.channels))
+  per_channel = bool(config.model.get("channel_agnostic"))
+  tokens = (crop // int(patch)) ** 2 * (channels if per_channel else 1)
+  need = channels if per_channel else 1
+  if int(tokens * (1.0 - float(ratio))) < need:
+    raise ValueError(f"config.model.mask_ratio={ratio}: keeps {int(tokens * (1 - ratio))} of "
+                     f"{tokens} tokens, must keep >= {need} (one per channel); lower it.")
 
 
 def check_batch(config, mesh) -> int:
@@ -72,20 +102,31 @@ def check_batch(config, mesh) -> int:
 
 
 class _Preemption:
-  """SIGTERM -> save at the next step and exit. Multi-host runs use JAX's preemption sync
-  point instead, so that every process stops at the same step."""
+  """SIGTERM or Ctrl-C (SIGINT) -> save at the next step and exit; a second Ctrl-C exits at
+  once (SystemExit 130, no save). Multi-host runs use JAX's preemption sync point instead, so
+  that every process stops at the same step."""
+
+  SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
   def __init__(self):
     self.flag = False
-    self._old = None
+    self.reason = "preempted"
+    self._old = {}
     if jax.process_count() == 1:
       try:
-        self._old = signal.signal(signal.SIGTERM, self._handler)
+        self._old = {s: signal.signal(s, self._handler) for s in self.SIGNALS}
       except ValueError:  # Not the main thread.
-        self._old = None
+        self._old = {}
 
   def _handler(self, signum, frame):
-    del signum, frame
+    del frame
+    if signum == signal.SIGINT:
+      if self.reason == "interrupted":
+        print("\ninterrupted again: exiting without saving", file=sys.stderr, flush=True)
+        raise SystemExit(130)
+      self.reason = "interrupted"
+      print("\ninterrupted: saving a checkpoint after this step (Ctrl-C again to exit now)",
+            file=sys.stderr, flush=True)
     self.flag = True
 
   def reached(self, manager, step: int) -> bool:
@@ -94,8 +135,8 @@ class _Preemption:
     return self.flag
 
   def restore(self):
-    if self._old is not None:
-      signal.signal(signal.SIGTERM, self._old)
+    for s, old in self._old.items():
+      signal.signal(s, old)
 
 
 @dataclasses.dataclass
@@ -190,7 +231,8 @@ def train(config, workdir, *, resume: bool = True, progress: bool = True,
 
   A workdir that holds checkpoints is only ever resumed, never trained from step 0: a config
   that changes the state (checkpoint.STATE_FIELDS) or checkpoints that cannot be read stop
-  with a CheckpointError (a ValueError) before anything is written.
+  with a CheckpointError (a ValueError) before anything is written. The workdir is locked
+  for the run (workdir.Lock): a second run on it is a LockedError naming the first.
   stop_at: stop (with a checkpoint) after this step, as a pre-emption would.
   compiler_options: XLA options for the jitted init and step (tests compile faster with
   {"xla_backend_optimization_level": 0}).
@@ -198,8 +240,15 @@ def train(config, workdir, *, resume: bool = True, progress: bool = True,
   check_settings(config)
   mesh_lib.maybe_initialize_distributed(config.distributed)
   mesh = mesh_lib.make_mesh(config.mesh)
-  rules = tuple(tuple(r) for r in config.sharding_rules)
   check_batch(config, mesh)
+  with workdir_lib.locked(workdir_lib.lock_file(workdir)):
+    return _train(config, workdir, mesh, resume=resume, progress=progress, stop_at=stop_at,
+                  compiler_options=compiler_options)
+
+
+def _train(config, workdir, mesh, *, resume, progress, stop_at, compiler_options):
+  """`train` inside the workdir's lock."""
+  rules = tuple(tuple(r) for r in config.sharding_rules)
   checkpoint_lib.check_resumable(workdir, config, resume=resume)
 
   tx = optimizer_lib.make_optimizer(config)
@@ -258,7 +307,7 @@ def train(config, workdir, *, resume: bool = True, progress: bool = True,
         bar.update(1)
         plotter.maybe_plot(state, step)
         if preempted:
-          status = "preempted"
+          status = preempt.reason
           break
       if stop_at is not None and step == stop_at and step < total:
         status = "stopped"
