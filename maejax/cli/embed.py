@@ -12,6 +12,8 @@ Resumable: finished sites go to `<out>.partial/shard_<k>.parquet` (site embeddin
 block of sites) with the run settings in `<out>.partial/settings.json`; a rerun with the same
 settings skips finished shards, and the folder is removed once the table is written.
 
+While it runs, `<out>.lock` (host, pid, start time) keeps a second run off the same --out.
+
 Multi-host: started on N processes (jax.distributed, as `python -m maejax.train`: the
 launcher's environment or JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID),
 process i embeds the shards k with k % N == i on its own devices; after a barrier process 0
@@ -175,6 +177,12 @@ def run(args, overrides: Sequence[str]) -> dict:
   crop = embed_lib.crop_size_for(data, args.crop_size)
   embedder = embed_lib.make_embedder(model, source, crop, batch_size=args.batch_size,
                                      pool=args.pool, block=args.block)
+  with workdir.locked(workdir.output_lock_file(args.out), flag="--out"):
+    return _run_locked(args, t0, model, data, source, crop, embedder)
+
+
+def _run_locked(args, t0, model, data, source, crop, embedder) -> dict:
+  """`run` while holding `<out>.lock`."""
   partial = _open_partial(args, model, data)
   shards = embed_lib.plan_shards(len(source), args.sites_per_shard)
   info = dict(checkpoint=os.fspath(workdir.path(args.checkpoint)), step=model.step,

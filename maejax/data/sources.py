@@ -438,6 +438,13 @@ class ArrayRecordSource(Source):
     import grain  # pylint: disable=g-import-not-at-top
     info_path = os.path.join(root, ARRAYRECORD_INFO)
     if not os.path.isfile(info_path):
+      leftover = glob.glob(os.path.abspath(root) + ".ingest-tmp-*")
+      half = os.path.isdir(root) and any(f.endswith(".array_record") for f in os.listdir(root))
+      if leftover or half:
+        what = f"leftover {leftover[0]}" if leftover else f"shards without {ARRAYRECORD_INFO}"
+        raise FileNotFoundError(
+            f"{root} is a half-written ingest output ({what}): the ingest was killed or "
+            f"failed; rerun `python -m maejax.data.ingest ... --out {root}`")
       raise FileNotFoundError(f"{info_path} not found: config.data.path must be a directory "
                               "written by `python -m maejax.data.ingest`")
     with open(info_path) as f:

@@ -8,6 +8,7 @@ other models' embeddings in this layout work as they are.
 
 from __future__ import annotations
 
+import io
 import os
 import tempfile
 import warnings
@@ -123,11 +124,12 @@ def write_embeddings(table: pd.DataFrame, path) -> epath.Path:
   path.parent.mkdir(parents=True, exist_ok=True)
   if name.endswith(".h5ad"):
     return write_h5ad(table, path)
-  with path.open("wb") as f:
-    if name.endswith((".parquet", ".pq")):
-      table.to_parquet(f, index=False)
-    else:
-      table.to_csv(f, index=False, compression="gzip" if name.endswith(".gz") else None)
+  buffer = io.BytesIO()  # Written whole (workdir.write_bytes): a kill never leaves half a table.
+  if name.endswith((".parquet", ".pq")):
+    table.to_parquet(buffer, index=False)
+  else:
+    table.to_csv(buffer, index=False, compression="gzip" if name.endswith(".gz") else None)
+  workdir.write_bytes(path, buffer.getvalue())
   return path
 
 
@@ -143,7 +145,9 @@ def write_h5ad(table: pd.DataFrame, path) -> epath.Path:
                           var=pd.DataFrame(index=[str(n) for n in names]))
   path = workdir.path(path)
   if not _remote(path):
-    adata.write_h5ad(os.fspath(path))
+    tmp = path.parent / f".tmp-{os.getpid()}-{path.name}"
+    adata.write_h5ad(os.fspath(tmp))
+    tmp.replace(path)
     return path
   with tempfile.TemporaryDirectory() as tmp:  # h5py writes local files only.
     local = os.path.join(tmp, path.name)
