@@ -22,7 +22,8 @@ from maejax.data import shards
 
 
 def parse_args(argv):
-  p = cli.parser("python -m maejax.data.ingest", __doc__, config_lib.default_config().data)
+  p = cli.parser("python -m maejax.data.ingest", __doc__, config_lib.default_config().data,
+                 progress=True)
   p.epilog = p.epilog.replace("--config.", "--config.data.")
   p.add_argument("--config", default=None,
                  help="take config.data from a config file, config.json or workdir "
@@ -62,7 +63,8 @@ def ingest(args, overrides) -> dict:
   cfg = data_config(args, overrides)
   info = shards.ingest(data.make_source(cfg), args.out, num_shards=args.shards,
                        skip_bad_images=bool(cfg.skip_bad_images), options=args.options,
-                       num_threads=args.threads, description=f"{cfg.source}:{cfg.path}")
+                       num_threads=args.threads, description=f"{cfg.source}:{cfg.path}",
+                       progress=args.progress)
   summary = {k: info[k] for k in ("num_sites", "site_shape", "channel_ids", "bytes", "seconds")}
   summary.update(out=args.out, shards=len(info["shards"]), skipped=len(info["skipped"]))
   return summary

@@ -100,7 +100,7 @@ def random_configs(names: Sequence[str], channels: int,
 
 def parse_args(argv: Sequence[str] | None = None):
   p = cli.parser("python -m maejax.probe", __doc__,
-                 ml_collections.ConfigDict({"data": data_lib.default_config()}))
+                 ml_collections.ConfigDict({"data": data_lib.default_config()}), progress=True)
   p.add_argument("--checkpoint", action="append", default=[],
                  help="maejax model directory (maejax.load); repeat for several models")
   p.add_argument("--model", action="append", default=[],
@@ -138,7 +138,7 @@ def run(args, overrides: Sequence[str] = ()) -> dict:
   for model in embedders.values():
     model.embed(crops[:1], batch_size=1)  # Wrong channels or sizes fail now, not after measuring.
   features, categories = probe.measure(crops, names, nuclei_channel=nuclei, cell_channel=cell,
-                                       max_objects=args.max_objects)
+                                       max_objects=args.max_objects, progress=args.progress)
   measured_s = time.perf_counter() - start
   embeddings = {label: model.embed(crops) for label, model in embedders.items()}
   per_feature, summary = probe.run_probe(features, categories, embeddings,

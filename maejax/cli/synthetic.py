@@ -18,7 +18,7 @@ def _bool(text: str) -> bool:
 def parse_args(argv):
   p = cli.parser("python -m maejax.data.synthetic",
                  "Write a synthetic Cell Painting screen (images + metadata.csv + "
-                 "relationships.csv) to --out.")
+                 "relationships.csv) to --out.", progress=True)
   p.add_argument("--out", required=True, help="output directory")
   for f in dataclasses.fields(synthetic.ScreenSpec):
     kind = {"bool": _bool, "float": float}.get(str(f.type), int)
@@ -33,7 +33,7 @@ def write(args) -> dict:
   spec = synthetic.ScreenSpec(**{f.name: getattr(args, f.name)
                                  for f in dataclasses.fields(synthetic.ScreenSpec)})
   return synthetic.write_screen(synthetic.SyntheticScreen(spec), args.out, fmt=args.format,
-                                workers=args.workers)
+                                workers=args.workers, progress=args.progress)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -36,6 +36,7 @@ import numpy as np
 import pandas as pd
 import ml_collections
 import tifffile
+import tqdm
 from cp_measure import bulk
 from scipy import ndimage
 from skimage import feature, filters, segmentation
@@ -198,9 +199,9 @@ def measure_crop(crop: np.ndarray, masks: Mapping[str, np.ndarray], channel_name
 
 def measure(crops: np.ndarray, channel_names: Sequence[str], *, nuclei_channel: int,
             cell_channel: int, max_objects: int = 8, functions: Sequence[str] = DEFAULT_FUNCTIONS,
-            params: Mapping[str, dict] | None = None, **segment_kwargs
-            ) -> tuple[pd.DataFrame, dict[str, str]]:
-  """Segments and measures every crop.
+            params: Mapping[str, dict] | None = None, progress: bool = False,
+            **segment_kwargs) -> tuple[pd.DataFrame, dict[str, str]]:
+  """Segments and measures every crop (progress: a tqdm bar of crops).
 
   Args: crops uint8 [n, h, w, c].
   Returns: (features [n rows, features] with `Metadata_n_nuclei`; NaN where a crop has no
@@ -218,7 +219,8 @@ def measure(crops: np.ndarray, channel_names: Sequence[str], *, nuclei_channel: 
                        f"pass --{what}-channel between 0 and {crops.shape[-1] - 1}")
   thresholds = otsu_thresholds(crops, (nuclei_channel, cell_channel))
   rows, categories, counts = [], {}, []
-  for crop in crops:
+  for crop in tqdm.tqdm(crops, unit="crop", desc="measure", dynamic_ncols=True,
+                        disable=not progress):
     nuclei, cells = segment(crop, nuclei_channel, cell_channel, thresholds,
                             max_objects=max_objects, **segment_kwargs)
     counts.append(int(nuclei.max()))

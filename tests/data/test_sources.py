@@ -204,7 +204,10 @@ def test_ingest_synthetic_with_overrides(tmp_path, capsys):
                      [f"--config.data.synthetic.{k}={v}" for k, v in TINY.items()]) == 0
   info = json.load(open(out / "info.json"))
   assert info["channel_ids"] == [0, 4] and info["site_shape"] == [32, 32, 2]
-  capsys.readouterr()
+  assert "ingest: 100%" in capsys.readouterr().err  # The progress bar ...
+  assert ingest.main(["--source", "synthetic", "--out", str(tmp_path / "quiet"), "--no-progress"]
+                     + [f"--config.data.synthetic.{k}={v}" for k, v in TINY.items()]) == 0
+  assert "ingest:" not in capsys.readouterr().err  # ... and --no-progress.
   assert ingest.main(["--source", "synthetic", "--out", str(out),
                       "--config.data.synthetic.sitesize=3"]) == 2
   assert "--config.data.synthetic.sitesize: no such config field" in capsys.readouterr().err

@@ -119,7 +119,9 @@ def test_cli_writes_and_prints_json(tmp_path, capsys):
       "--n-null-genes", "1", "--n-experiments", "1", "--plates-per-experiment", "1",
       "--controls-per-plate", "2", "--sites-per-well", "1", "--workers", "1",
       "--cell-radius", "6", "--json"]) == 0
-  summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+  captured = capsys.readouterr()
+  summary = json.loads(captured.out.strip().splitlines()[-1])
   assert summary["sites"] == 7
+  assert "write: 100%" in captured.err and "7/7" in captured.err  # The progress bar.
   assert len(os.listdir(out / "images" / "SYN-1" / "Plate1")) == 7 * 6
   assert json.load(open(out / "spec.json"))["site_size"] == 32

@@ -76,7 +76,9 @@ def test_cli_on_partseg_crops_with_random_tiny_model(tmp_path, capsys):
   code = probe_cli.main(["--model", "vit_tiny", "--data", "partseg", "--out", str(tmp_path),
                          "--max-crops", "40", "--folds", "3", "--json"])
   assert code == 0
-  info = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+  captured = capsys.readouterr()
+  info = json.loads(captured.out.strip().splitlines()[-1])
+  assert "measure: 100%" in captured.err and "40/40" in captured.err  # The progress bar.
   assert info["crops"] == 40 and info["crops_with_nuclei"] >= 10
   medians = info["median_r2"]["vit_tiny (random)"]
   assert set(medians) == set(probe.CATEGORIES) - {"correlation"} or \

@@ -33,6 +33,7 @@ import time
 
 import numpy as np
 import pandas as pd
+import tqdm
 from scipy import ndimage
 
 CHANNEL_NAMES = ("nuclei", "er", "actin", "rna", "mito", "golgi")
@@ -331,11 +332,11 @@ def _write_chunk(spec: ScreenSpec, image_dir: str, fmt: str, indices: list[int])
 
 
 def write_screen(screen: SyntheticScreen, out_dir: str, *, fmt: str = "png",
-                 workers: int | None = None) -> dict:
+                 workers: int | None = None, progress: bool = False) -> dict:
   """Writes images/EXP/PlateN/WELL_sS_wC.{png,tif}, metadata.csv, relationships.csv, genes.csv.
 
   The layout is the RxRx1 one, so `config.data.source="folder"` with the default template reads
-  it back. Returns a summary dict (sites, seconds, paths).
+  it back. Returns a summary dict (sites, seconds, paths). progress: a tqdm bar of sites.
   """
   if fmt not in ("png", "tif"):
     raise ValueError(f"write_screen: fmt must be 'png' or 'tif', got {fmt!r}")
@@ -345,14 +346,18 @@ def write_screen(screen: SyntheticScreen, out_dir: str, *, fmt: str = "png",
   workers = workers or min(os.cpu_count() or 1, 8)
   indices = list(range(len(screen)))
   chunks = [indices[k::workers * 4] for k in range(workers * 4) if indices[k::workers * 4]]
-  if workers == 1:
-    for chunk in chunks:
-      _write_chunk(screen.spec, image_dir, fmt, chunk)
-  else:
-    ctx = multiprocessing.get_context("spawn" if _jax_started() else "fork")
-    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=ctx) as pool:
-      list(pool.map(_write_chunk, [screen.spec] * len(chunks), [image_dir] * len(chunks),
-                    [fmt] * len(chunks), chunks))
+  bar = tqdm.tqdm(total=len(indices), unit="site", desc="write", dynamic_ncols=True,
+                  disable=not progress)
+  with bar:
+    if workers == 1:
+      for chunk in chunks:
+        bar.update(_write_chunk(screen.spec, image_dir, fmt, chunk))
+    else:
+      ctx = multiprocessing.get_context("spawn" if _jax_started() else "fork")
+      with concurrent.futures.ProcessPoolExecutor(workers, mp_context=ctx) as pool:
+        for done in pool.map(_write_chunk, [screen.spec] * len(chunks),
+                             [image_dir] * len(chunks), [fmt] * len(chunks), chunks):
+          bar.update(done)
   meta = screen.metadata.drop(columns=["plate_index", "experiment_index", "well_index"])
   meta.to_csv(os.path.join(out_dir, "metadata.csv"), index=False)
   screen.relationships.to_csv(os.path.join(out_dir, "relationships.csv"), index=False)
