@@ -69,7 +69,7 @@ def test_finished_workdirs_are_reused(run, tmp_path):
 
 def test_bad_arguments_are_clear_errors(tmp_path, capsys):
   assert compare.main(["--configs", "configs/nope.py", "--out", str(tmp_path)]) == 2
-  assert "no config file" in capsys.readouterr().err
+  assert "no config named or at" in capsys.readouterr().err
   assert compare.main(["--configs", "configs/demo.py,configs/demo.py", "--out",
                        str(tmp_path)]) == 2
   assert "share a name" in capsys.readouterr().err

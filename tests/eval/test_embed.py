@@ -158,7 +158,7 @@ def test_bad_inputs_are_clear_errors(camae, tmp_path, capsys):
       (["--checkpoint", camae, "--config.data.synthetic.site_size=big"],
        "--config.data.synthetic.site_size='big': expected an int"),
       (["--checkpoint", camae, "--crop-size", "64"], "--crop-size 64 exceeds the sites"),
-      (["--checkpoint", camae, "--config", "nowhere.py"], "no config file"),
+      (["--checkpoint", camae, "--config", "nowhere.py"], "no config named or at"),
       (["--checkpoint", str(tmp_path / "missing")], "is not a directory"),
   ]
   for args, message in cases:
