@@ -6,9 +6,12 @@ import os
 import numpy as np
 import pandas as pd
 import pytest
+from scipy import stats
+from skimage import filters, measure
 
 from maejax.data import synthetic
 from maejax.cli import synthetic as synthetic_cli
+from maejax.eval import pipeline, plots
 
 SMALL = dict(site_size=64, cell_radius=8.0, n_groups=3, genes_per_group=3, n_null_genes=2,
              n_experiments=1, plates_per_experiment=2, controls_per_plate=3, sites_per_well=1)
@@ -46,37 +49,124 @@ def test_layout_controls_and_relationships():
   assert list(rel.columns) == ["entity1", "entity2"]
 
 
-def _site_features(img):
-  x = img.astype(np.float32)
-  return np.log1p(np.concatenate([x.mean((0, 1)), x.std((0, 1)),
-                                  np.percentile(x, 99, axis=(0, 1))]))
+@pytest.fixture(scope="module")
+def default_screen():
+  """The default screen (every config's data), rendered once: (screen, sites uint8 list)."""
+  s = synthetic.SyntheticScreen()
+  return s, [s[i] for i in range(len(s))]
 
 
-def test_planted_groups_recoverable_from_per_channel_statistics():
-  s = synthetic.SyntheticScreen(site_size=96, cell_radius=8.0, sites_per_well=2)
-  feats = np.stack([_site_features(s[i]) for i in range(len(s))])
+INTENSITY_PERCENTILES = (1, 5, 25, 50, 75, 95, 99)
+
+
+def _intensity_stats(img):
+  """Per-channel mean, std and percentiles of one site [6 * 9]."""
+  x = img.reshape(-1, img.shape[-1]).astype(np.float64)
+  return np.concatenate([x.mean(0), x.std(0), np.percentile(x, INTENSITY_PERCENTILES, 0).ravel()])
+
+
+def _gene_profiles(s, site_features, floor):
+  """Site features -> wells -> z-scores on each plate's control wells -> mean per gene."""
   m = s.metadata
-  for plate in m.plate_index.unique():  # batch correction: center-scale on each plate's controls
-    sel = (m.plate_index == plate).to_numpy()
-    ctrl = sel & m.is_control.to_numpy()
-    feats[sel] = (feats[sel] - feats[ctrl].mean(0)) / (feats[ctrl].std(0) + 1e-6)
-  genes = pd.DataFrame(feats).groupby(m.perturbation.to_numpy()).mean().drop(synthetic.CONTROL)
+  wells = pd.DataFrame(site_features).groupby([m.plate_index, m.well]).mean()
+  pert = m.groupby(["plate_index", "well"]).perturbation.first().loc[wells.index]
+  x = wells.to_numpy()
+  plate = wells.index.get_level_values(0).to_numpy()
+  control = (pert == synthetic.CONTROL).to_numpy()
+  for p in np.unique(plate):
+    sel, ctrl = plate == p, (plate == p) & control
+    x[sel] = (x[sel] - x[ctrl].mean(0)) / (x[ctrl].std(0) + floor)
+  return pd.DataFrame(x).groupby(pert.to_numpy()).mean()
+
+
+def _pair_recall(profiles, pairs):
+  """Fraction of pairs whose cosine is in the bottom or top 5% of all gene-gene cosines."""
+  genes = profiles.drop(synthetic.CONTROL)
   x = genes.to_numpy() / np.linalg.norm(genes.to_numpy(), axis=1, keepdims=True)
-  sim = x @ x.T
-  names = list(genes.index)
-  iu = np.triu_indices(len(names), 1)
-  threshold = np.quantile(sim[iu], 0.9)
-  pairs = s.relationships
-  hits = [sim[names.index(a), names.index(b)] > threshold
-          for a, b in zip(pairs.entity1, pairs.entity2)]
-  # Random pairs pass the top-10% threshold 10% of the time.
-  assert np.mean(hits) > 0.6
+  sim, names = x @ x.T, list(genes.index)
+  lo, hi = np.quantile(sim[np.triu_indices(len(names), 1)], [0.05, 0.95])
+  v = np.array([sim[names.index(a), names.index(b)] for a, b in pairs])
+  return float(((v < lo) | (v > hi)).mean())
+
+
+def _pairs(s, matched: bool):
+  is_matched = s.genes.set_index("gene").intensity_matched
+  rel = s.relationships[s.relationships.entity1 < s.relationships.entity2]
+  keep = is_matched[rel.entity1].to_numpy() == matched
+  return list(zip(rel.entity1[keep], rel.entity2[keep]))
+
+
+def test_default_screen_has_intensity_matched_and_visible_complexes(default_screen):
+  s, _ = default_screen
+  genes = s.genes
+  assert genes.intensity_matched.sum() == 4 * 4 and (genes.has_phenotype & ~genes.intensity_matched).sum() == 4 * 4
+  morph = [synthetic.FACTOR_NAMES.index(f) for f in synthetic.MORPHOLOGY_ONLY]
+  other = np.setdiff1d(np.arange(len(synthetic.FACTOR_NAMES)), morph)
+  effects = s._effects  # pylint: disable=protected-access
+  assert (effects[genes.intensity_matched.to_numpy()][:, other] == 0).all()
+  visible = (genes.has_phenotype & ~genes.intensity_matched).to_numpy()
+  assert (np.abs(effects[visible][:, other]).sum(1) > 0).all()
+
+
+def test_visible_complexes_recovered_by_per_channel_statistics(default_screen):
+  s, sites = default_screen
+  profiles = _gene_profiles(s, np.stack([_intensity_stats(x) for x in sites]), floor=1.0)
+  # Random pairs land in the bottom or top 5% of cosines 10% of the time.
+  assert _pair_recall(profiles, _pairs(s, matched=False)) > 0.6
   # Genes without phenotype look like controls: their profiles are small.
-  null = s.genes.gene[~s.genes.has_phenotype]
-  strong = s.genes.gene[s.genes.has_phenotype]
-  norm = np.linalg.norm(genes.to_numpy(), axis=1)
-  norms = pd.Series(norm, index=names)
-  assert norms[null].mean() < 0.5 * norms[strong].mean()
+  genes = s.genes.set_index("gene")
+  norms = np.sqrt((profiles ** 2).mean(1))
+  visible = genes.index[genes.has_phenotype & ~genes.intensity_matched]
+  assert norms[genes.index[~genes.has_phenotype]].mean() < 0.5 * norms[visible].mean()
+
+
+def test_intensity_matched_complexes_hidden_from_per_channel_statistics(default_screen):
+  s, sites = default_screen
+  profiles = _gene_profiles(s, np.stack([_intensity_stats(x) for x in sites]), floor=1.0)
+  genes = s.genes.set_index("gene")
+  worst = profiles.abs().max(1)  # largest |z| over the 54 statistics, per gene
+  matched = genes.index[genes.intensity_matched]
+  visible = genes.index[genes.has_phenotype & ~genes.intensity_matched]
+  null = genes.index[~genes.has_phenotype]
+  # Matched knock-downs sit within the spread that genes without phenotype show ...
+  assert worst[matched].max() < 2.0 and worst[matched].median() < 1.5 * worst[null].median()
+  assert worst[visible].median() > 2.5  # ... unlike the visible ones.
+  assert _pair_recall(profiles, _pairs(s, matched=True)) < 0.25  # chance is 0.10
+
+
+def _nucleus_features(img):
+  """Median nucleus area and solidity of a site: Otsu threshold of DNA, connected components."""
+  dna = img[..., 0].astype(np.float64)
+  labels = measure.label(dna > filters.threshold_otsu(dna))
+  props = [p for p in measure.regionprops(labels) if p.area >= 10]
+  return np.array([np.median([p.area for p in props]), np.median([p.solidity for p in props])])
+
+
+def test_intensity_matched_complexes_seen_by_nucleus_segmentation(default_screen):
+  s, sites = default_screen
+  m = s.metadata
+  feats = pd.DataFrame(np.stack([_nucleus_features(x) for x in sites]), columns=["area", "solidity"])
+  wells = feats.groupby([m.plate_index, m.well]).mean()
+  pert = m.groupby(["plate_index", "well"]).perturbation.first().loc[wells.index].to_numpy()
+  control = wells[pert == synthetic.CONTROL]
+  genes = s.genes
+  for group, members in s.clusters.items():
+    if not genes.set_index("group").intensity_matched[group].all():
+      continue
+    knocked = wells[np.isin(pert, members)]
+    p = [stats.ttest_ind(knocked[f], control[f], equal_var=False).pvalue for f in wells.columns]
+    assert min(p) < 1e-4, (group, p)
+  null = wells[np.isin(pert, genes.gene[~genes.has_phenotype])]
+  p_null = [stats.ttest_ind(null[f], control[f], equal_var=False).pvalue for f in wells.columns]
+  assert min(p_null) > 1e-3, p_null
+
+
+def test_clusters_are_the_planted_complexes(default_screen):
+  s, _ = default_screen
+  groups = s.genes[s.genes.group != ""].groupby("group").gene.apply(list).to_dict()
+  assert s.clusters == groups and len(s.clusters) == s.spec.n_groups
+  pairs = {(a, b) for members in s.clusters.values() for a in members for b in members if a != b}
+  assert pairs == set(zip(s.relationships.entity1, s.relationships.entity2))
 
 
 def test_batch_effects_switch():
@@ -105,6 +195,8 @@ def test_write_screen_round_trip(tmp_path, fmt):
   assert {"experiment", "plate", "well", "site", "perturbation", "is_control"} <= set(meta.columns)
   rel = pd.read_csv(tmp_path / "relationships.csv")
   assert list(rel.columns) == ["entity1", "entity2"] and len(rel) == len(s.relationships)
+  assert plots.read_clusters(info["clusters"]) == s.clusters
+  assert pipeline.find_clusters(str(tmp_path)) == tmp_path / "clusters.tsv"
   row = meta.iloc[3]
   for c in range(6):
     path = tmp_path / "images" / row.experiment / f"Plate{row.plate}" / f"{row.well}_s{row.site}_w{c + 1}.{fmt}"

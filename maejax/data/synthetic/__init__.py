@@ -1,21 +1,31 @@
 """A deterministic, Cell Painting-like synthetic screen: maejax's embedded default data.
 
-Genes are grouped into complexes; the knock-out of each gene in a group shifts a few
-morphological factors in the group's shared direction (genes differ only in strength), a few
-genes have no phenotype and negative-control wells (`EMPTY`) have none. Cells are rendered with
-vectorised NumPy into 6 channels
+Genes are grouped into complexes; the knock-down of each gene in a complex shifts a few
+morphological factors (`FACTOR_NAMES`) in the complex's shared direction (genes differ only in
+strength), a few genes have no phenotype and negative-control wells (`EMPTY`) have none. The
+factors change cell and nucleus size and shape, texture, organelle count, sub-cellular
+position and the spatial arrangement of cells, not only brightness. The factors in
+`MORPHOLOGY_ONLY` leave each channel's pixel-intensity distribution unchanged (an affine or
+radial reshaping of a cell keeps the distribution of its normalised distances; larger cells
+come with proportionally fewer of them), and the complexes marked `intensity_matched` use only
+those: per-channel statistics (mean, std, percentiles) see nothing of them, a segmentation
+does. Cells are rendered with vectorised NumPy into 6 channels
 
     0 nuclei (DNA)   1 ER   2 actin   3 nucleoli/RNA   4 mitochondria   5 Golgi/membrane
 
-and plate/batch effects (per-channel gain and offset, illumination gradient, noise, focus blur)
-are laid on top. Every site is a pure function of `(seed, index)`, so Grain workers generate
-sites on demand without sharing memory.
+and the confounders of a real screen are laid on top: per-well cell density, edge wells
+(fewer cells, brighter stain), batch shifts of morphology, plate/batch gain and offset,
+illumination gradients, vignetting, noise and focus blur. Every site is a pure function of
+`(seed, index)`, so Grain workers generate sites on demand without sharing memory.
 
     screen = SyntheticScreen(site_size=96)
     screen[0]                 # uint8 [96, 96, 6]
     screen.metadata           # one row per site: experiment, plate, well, site, perturbation, ...
+    screen.genes              # gene, group, has_phenotype, intensity_matched
     screen.relationships      # planted gene pairs, columns entity1, entity2 (both directions)
-    write_screen(screen, "out/")  # images/EXP/PlateN/WELL_sS_wC.png + metadata.csv + relationships.csv
+    screen.clusters           # {complex name: [genes]} (CORUM-like)
+    write_screen(screen, "out/")  # images/EXP/PlateN/WELL_sS_wC.png + metadata.csv +
+                                  # relationships.csv + clusters.tsv + genes.csv + spec.json
 
 Command: `python -m maejax.data.synthetic --out DIR [--site-size 256 ...] [--json]`
 (maejax/cli/synthetic.py).
@@ -40,9 +50,15 @@ CHANNEL_NAMES = ("nuclei", "er", "actin", "rna", "mito", "golgi")
 FACTOR_NAMES = (
     "nucleus_size", "nucleus_intensity", "cell_size", "elongation", "er_texture",
     "actin_fibres", "nucleoli", "mito_clumping", "golgi_position", "cell_count",
+    "cell_scale", "texture_scale", "alignment", "nucleus_lobes", "clustering",
 )
+# Factors that keep every channel's pixel-intensity distribution (see the module docstring).
+MORPHOLOGY_ONLY = ("elongation", "cell_scale", "texture_scale", "alignment", "nucleus_lobes")
+# Factors that only act in one direction (a negative shift would look like the controls).
+ONE_SIDED = ("alignment", "nucleus_lobes", "clustering")
 CONTROL = "EMPTY"
 _ROWS = "ABCDEFGHIJKLMNOP"
+_F = {name: i for i, name in enumerate(FACTOR_NAMES)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,7 +68,7 @@ class ScreenSpec:
   seed: int = 0
   n_groups: int = 8            # complexes/pathways: ground-truth relationships
   genes_per_group: int = 4
-  n_null_genes: int = 4        # knock-outs without phenotype (in no group)
+  n_null_genes: int = 4        # knock-downs without phenotype (in no group)
   n_experiments: int = 2       # experimental batches
   plates_per_experiment: int = 2
   controls_per_plate: int = 8  # EMPTY wells on every plate
@@ -62,33 +78,49 @@ class ScreenSpec:
   confluence: float = 0.3      # fraction of a site covered by cells (sets cells per site)
   effect_size: float = 2.0     # gene shift in units of cell-to-cell std of a factor
   factors_per_group: int = 3
-  batch_effects: bool = True
+  matched_fraction: float = 0.5    # share of complexes using MORPHOLOGY_ONLY factors only
+  batch_effects: bool = True   # plate/batch acquisition and morphology shifts, edge wells
 
   @property
   def genes(self) -> list[str]:
     return [f"G{i:03d}" for i in range(self.n_groups * self.genes_per_group + self.n_null_genes)]
 
+  @property
+  def matched_groups(self) -> int:
+    """How many complexes (the last ones) are intensity-matched."""
+    return int(round(self.n_groups * self.matched_fraction))
+
+
+def _plate_wells(n: int) -> tuple[list[str], int, int]:
+  """All well names of the smallest 96/384-well plate holding n wells, rows and columns."""
+  if n > 384:
+    raise ValueError(f"synthetic screen: {n} wells per plate exceed a 384-well plate; "
+                     "lower n_groups/genes_per_group/n_null_genes/controls_per_plate")
+  rows, cols = (8, 12) if n <= 96 else (16, 24)
+  return [f"{_ROWS[i // cols]}{i % cols + 1:02d}" for i in range(rows * cols)], rows, cols
+
 
 def _layout(spec: ScreenSpec) -> pd.DataFrame:
-  """One row per site, in (experiment, plate, well, site) order; wells shuffled per plate."""
+  """One row per site, in (experiment, plate, well, site) order; wells at random plate positions."""
   genes = spec.genes
   perts = genes + [CONTROL] * spec.controls_per_plate
-  if len(perts) > 384:
-    raise ValueError(f"synthetic screen: {len(perts)} wells per plate exceed a 384-well plate; "
-                     "lower n_groups/genes_per_group/n_null_genes/controls_per_plate")
-  wells = [f"{_ROWS[i // 24]}{i % 24 + 1:02d}" for i in range(len(perts))]
+  names, n_rows, n_cols = _plate_wells(len(perts))
   rows = []
   for e in range(spec.n_experiments):
     for p in range(spec.plates_per_experiment):
       plate_index = e * spec.plates_per_experiment + p
-      order = np.random.default_rng([spec.seed, 4, plate_index]).permutation(len(perts))
+      rng = np.random.default_rng([spec.seed, 4, plate_index])
+      order = rng.permutation(len(perts))
+      positions = np.sort(rng.choice(len(names), len(perts), replace=False))
       for w in range(len(perts)):
         pert = perts[order[w]]
+        r, c = divmod(int(positions[w]), n_cols)
+        edge = r in (0, n_rows - 1) or c in (0, n_cols - 1)
         for s in range(spec.sites_per_well):
-          rows.append((f"SYN-{e + 1}", p + 1, wells[w], s + 1, pert, pert == CONTROL,
-                       plate_index, e))
+          rows.append((f"SYN-{e + 1}", p + 1, names[positions[w]], s + 1, pert, pert == CONTROL,
+                       plate_index, e, edge))
   df = pd.DataFrame(rows, columns=["experiment", "plate", "well", "site", "perturbation",
-                                   "is_control", "plate_index", "experiment_index"])
+                                   "is_control", "plate_index", "experiment_index", "edge"])
   df["well_index"] = df.groupby(["plate_index", "well"], sort=False).ngroup()
   df["well_type"] = np.where(df.is_control, "negative_control", "treatment")
   df["perturbation_id"] = pd.Categorical(df.perturbation, categories=genes + [CONTROL]).codes
@@ -97,27 +129,48 @@ def _layout(spec: ScreenSpec) -> pd.DataFrame:
   return df
 
 
+def _group_direction(rng: np.random.Generator, spec: ScreenSpec, matched: bool) -> np.ndarray:
+  """A complex's unit direction [n_factors] over `factors_per_group` factors."""
+  morph = [_F[f] for f in MORPHOLOGY_ONLY]
+  if matched:
+    support = rng.choice(morph, size=min(spec.factors_per_group, len(morph)), replace=False)
+  else:  # At least one factor per-channel statistics can see.
+    visible = [i for i in range(len(FACTOR_NAMES)) if i not in morph]
+    first = rng.choice(visible)
+    rest = rng.choice([i for i in range(len(FACTOR_NAMES)) if i != first],
+                      size=spec.factors_per_group - 1, replace=False)
+    support = np.concatenate([[first], rest]).astype(np.int64)
+  direction = np.zeros(len(FACTOR_NAMES))
+  direction[support] = rng.choice([-1.0, 1.0], size=support.size) * rng.uniform(0.7, 1.0, support.size)
+  one_sided = [_F[f] for f in ONE_SIDED]
+  direction[one_sided] = np.abs(direction[one_sided])
+  return direction / np.linalg.norm(direction), support
+
+
 def _gene_effects(spec: ScreenSpec) -> tuple[pd.DataFrame, np.ndarray]:
-  """Genes table (gene, group, has_phenotype) and effects [n_genes, n_factors]."""
+  """Genes table (gene, group, has_phenotype, intensity_matched) and effects [n_genes, n_factors]."""
   rng = np.random.default_rng([spec.seed, 0])
   n_factors = len(FACTOR_NAMES)
-  effects, groups = [], []
+  effects, groups, matched = [], [], []
+  first_matched = spec.n_groups - spec.matched_groups
   for g in range(spec.n_groups):
-    support = rng.choice(n_factors, size=spec.factors_per_group, replace=False)
-    direction = np.zeros(n_factors)
-    direction[support] = rng.choice([-1.0, 1.0], size=support.size) * rng.uniform(0.7, 1.0, support.size)
-    direction /= np.linalg.norm(direction)
+    direction, support = _group_direction(rng, spec, g >= first_matched)
     for _ in range(spec.genes_per_group):
       jitter = np.zeros(n_factors)
       jitter[support] = 0.15 * rng.standard_normal(support.size)
       effects.append(spec.effect_size * rng.uniform(0.8, 1.2) * (direction + jitter))
       groups.append(f"complex_{g + 1}")
+      matched.append(g >= first_matched)
   for _ in range(spec.n_null_genes):
     effects.append(np.zeros(n_factors))
     groups.append("")
+    matched.append(False)
   effects = np.asarray(effects, np.float32)
+  one_sided = [_F[f] for f in ONE_SIDED]
+  effects[:, one_sided] = np.abs(effects[:, one_sided])
   genes = pd.DataFrame({"gene": spec.genes, "group": groups,
-                        "has_phenotype": np.abs(effects).sum(1) > 0})
+                        "has_phenotype": np.abs(effects).sum(1) > 0,
+                        "intensity_matched": matched})
   return genes, effects
 
 
@@ -128,45 +181,88 @@ def _relationships(genes: pd.DataFrame) -> pd.DataFrame:
   return pd.DataFrame(pairs, columns=["entity1", "entity2"])
 
 
+def _clusters(genes: pd.DataFrame) -> dict[str, list[str]]:
+  """{complex: member genes}, the CORUM-like clusters of the planted groups."""
+  return {name: list(grp.gene) for name, grp in genes[genes.group != ""].groupby("group", sort=False)}
+
+
 def _acquisition(spec: ScreenSpec, plate_index: int, experiment_index: int) -> dict:
   """Per-plate imaging/batch parameters (gains etc.), deterministic per plate and batch."""
-  c = len(CHANNEL_NAMES)
+  c, nf = len(CHANNEL_NAMES), len(FACTOR_NAMES)
   if not spec.batch_effects:
     return dict(gain=np.ones(c, np.float32), offset=np.full(c, 0.02, np.float32), grad=0.0,
-                grad_angle=0.0, vignette=0.0, noise=0.01, blur=0.0)
+                grad_angle=0.0, vignette=0.0, noise=0.01, blur=0.0, edge_gain=0.0,
+                edge_density=0.0, shift=np.zeros(nf, np.float32))
   rb = np.random.default_rng([spec.seed, 3, experiment_index])
   rp = np.random.default_rng([spec.seed, 2, plate_index])
   gain = np.exp(0.25 * rb.standard_normal(c) + 0.08 * rp.standard_normal(c))
   offset = rb.uniform(0.0, 0.06, c) + rp.uniform(0.0, 0.02, c)
+  # Batches differ in morphology too (cell line passage, seeding): small shifts of every factor.
+  shift = 0.3 * rb.standard_normal(nf) + 0.1 * rp.standard_normal(nf)
+  shift[[_F[f] for f in ONE_SIDED]] = 0.0
   return dict(gain=gain.astype(np.float32), offset=offset.astype(np.float32),
               grad=float(rb.uniform(0.0, 0.35) + rp.uniform(0.0, 0.1)),
               grad_angle=float(rp.uniform(0, 2 * np.pi)),
               vignette=float(rb.uniform(0.0, 0.3)),
               noise=float(rb.uniform(0.01, 0.03) + rp.uniform(0.0, 0.01)),
-              blur=float(rb.choice([0.0, 0.6, 1.0]) + rp.uniform(0.0, 0.3)))
+              blur=float(rb.choice([0.0, 0.6, 1.0]) + rp.uniform(0.0, 0.3)),
+              # Edge wells evaporate: fewer cells, brighter stain.
+              edge_gain=float(rp.uniform(0.03, 0.12)), edge_density=float(rp.uniform(0.2, 0.6)),
+              shift=shift.astype(np.float32))
+
+
+def _positions(rng: np.random.Generator, n: int, size: int, radius: float,
+               clustering: float) -> np.ndarray:
+  """Cell centres [n, 2]: uniform, or (a `clustering` share of cells) in colonies."""
+  pos = rng.uniform(0, size, (n, 2))
+  share = 0.8 * np.tanh(max(clustering, 0.0))
+  colony = rng.uniform(0, 1, n) < share
+  if colony.any():
+    seeds = rng.uniform(0, size, (max(1, n // 8), 2))
+    pos[colony] = (seeds[rng.integers(0, len(seeds), colony.sum())]
+                   + 1.5 * radius * rng.standard_normal((colony.sum(), 2)))
+  return pos % size
 
 
 def _cells(rng: np.random.Generator, spec: ScreenSpec, phenotype: np.ndarray) -> dict:
   """Draws per-cell parameters for one site from the well phenotype [n_factors]."""
-  area = spec.site_size ** 2
-  mean_cells = spec.confluence * area / (np.pi * spec.cell_radius ** 2)
+  ph = phenotype
+  # A whole-cell scale with proportionally fewer cells keeps the channels' pixel histograms.
+  scale = np.exp(0.15 * ph[_F["cell_scale"]])
+  mean_cells = spec.confluence * spec.site_size ** 2 / (np.pi * (spec.cell_radius * scale) ** 2)
   # Log-normal rather than Poisson counts: small sites stay informative about density.
-  n = max(1, int(round(mean_cells * np.exp(0.35 * phenotype[9] + 0.1 * rng.standard_normal()))))
-  f = phenotype[None, :9] + 0.4 * rng.standard_normal((n, 9))
-  r = spec.cell_radius * np.exp(0.12 * f[:, 2])
-  elong = np.clip(0.25 + 0.15 * f[:, 3], 0.0, 0.9)
+  n = max(1, int(round(mean_cells * np.exp(0.35 * ph[_F["cell_count"]] + 0.1 * rng.standard_normal()))))
+  f = ph[None] + 0.4 * rng.standard_normal((n, len(FACTOR_NAMES)))
+  s = scale * np.exp(0.05 * rng.standard_normal(n))
+  r = spec.cell_radius * s * np.exp(0.12 * f[:, _F["cell_size"]])
+  elong = np.clip(0.3 + 0.15 * f[:, _F["elongation"]], 0.02, 0.9)
+  base = rng.uniform(0, np.pi)
+  kappa = 0.15 * np.exp(1.5 * ph[_F["alignment"]])  # von Mises concentration of orientations
+  lobes = 0.3 / (1 + np.exp(-2.5 * (f[:, _F["nucleus_lobes"]] - 1.0)))
+  rn = 0.45 * spec.cell_radius * s * np.exp(0.15 * f[:, _F["nucleus_size"]])
   return dict(
-      n=n, center=rng.uniform(0, spec.site_size, (n, 2)), angle=rng.uniform(0, np.pi, n),
-      a=r * (1 + elong), b=r / (1 + elong),
-      rn=0.45 * spec.cell_radius * np.exp(0.15 * f[:, 0]),
-      dna=0.55 * np.exp(0.2 * f[:, 1]),
-      er_tex=1 / (1 + np.exp(-f[:, 4])), er=0.6 * np.exp(0.2 * f[:, 4]), actin=0.6 / (1 + np.exp(-f[:, 5])),
-      nucleoli=0.5 * np.exp(0.35 * f[:, 6]), mito_exp=np.exp(0.5 * f[:, 7]),
-      golgi=0.6 * np.exp(0.4 * f[:, 8]), golgi_size=0.45 * np.exp(0.25 * f[:, 8]),
+      n=n, center=_positions(rng, n, spec.site_size, spec.cell_radius * scale,
+                             ph[_F["clustering"]]),
+      angle=0.5 * rng.vonmises(2 * base, kappa, n), a=r * (1 + elong), b=r / (1 + elong),
+      rn=rn, lobes=lobes, lobe_phase=rng.uniform(0, 2 * np.pi, n),
+      spot_sd=np.sqrt(1.5) * s, tex=np.exp(0.2 * f[:, _F["texture_scale"]]),
+      dna=0.55 * np.exp(0.2 * f[:, _F["nucleus_intensity"]]),
+      er_tex=1 / (1 + np.exp(-f[:, _F["er_texture"]])), er=0.6 * np.exp(0.2 * f[:, _F["er_texture"]]),
+      actin=0.6 / (1 + np.exp(-f[:, _F["actin_fibres"]])),
+      mito_exp=np.exp(0.5 * f[:, _F["mito_clumping"]]),
+      golgi=0.6 * np.exp(0.4 * f[:, _F["golgi_position"]]),
+      golgi_size=0.45 * np.exp(0.25 * f[:, _F["golgi_position"]]),
       golgi_dir=rng.uniform(0, 2 * np.pi, n),
-      spots=rng.uniform(-0.5, 0.5, (n, 3, 2)), phase=rng.uniform(0, 2 * np.pi, (n, 4)),
-      spot_on=rng.uniform(0, 1, (n, 3)) < 0.5 + 0.2 * np.tanh(f[:, 6:7]),
+      # Nucleoli: up to 6, each present with a probability the `nucleoli` factor sets.
+      spots=0.6 * np.sqrt(rng.uniform(0, 1, (n, 6, 1))) * _unit(rng.uniform(0, 2 * np.pi, (n, 6))),
+      spot_on=rng.uniform(0, 1, (n, 6)) < np.clip(0.4 + 0.25 * f[:, _F["nucleoli"], None], 0.05, 0.95),
+      phase=rng.uniform(0, 2 * np.pi, (n, 4)),
   )
+
+
+def _unit(angle: np.ndarray) -> np.ndarray:
+  """Angles [...] -> unit vectors [..., 2]."""
+  return np.stack([np.cos(angle), np.sin(angle)], -1)
 
 
 def _render(cells: dict, size: int) -> np.ndarray:
@@ -183,25 +279,38 @@ def _render(cells: dict, size: int) -> np.ndarray:
   a, b, rn = col(cells["a"]), col(cells["b"]), col(cells["rn"])
   dc = np.sqrt((u / a) ** 2 + (v / b) ** 2)
   nu = 0.15 * a  # nucleus sits off-centre along the long axis
-  dn = np.sqrt(((u - nu) / rn) ** 2 + (v / (0.85 * rn)) ** 2)
+  # Lobed nucleus: radius rn (1 + l cos(3 theta + phi)), rescaled to keep its area.
+  un, vn = u - nu, v / 0.85
+  rho = np.sqrt(un ** 2 + vn ** 2) + 1e-6
+  c, s = un / rho, vn / rho
+  lp = cells["lobe_phase"]
+  cos3 = (4 * c ** 3 - 3 * c) * col(np.cos(lp)) - (3 * s - 4 * s ** 3) * col(np.sin(lp))
+  lobes = col(cells["lobes"])
+  dn = rho * np.sqrt(1 + lobes ** 2 / 2) / (rn * (1 + lobes * cos3))
   cell = 1 / (1 + np.exp(-8 * (1 - dc)))
   nuc = 1 / (1 + np.exp(-6 * (1 - dn)))
   cyto = cell * (1 - nuc)
   ph = [col(cells["phase"][:, k]) for k in range(4)]
+  tu, tv = u * col(cells["tex"]), v * col(cells["tex"])  # texture coordinates
   ring = cell * np.exp(-(((1 - dc) / 0.12) ** 2))
 
-  dna = nuc * col(cells["dna"]) * (1 + 0.15 * np.cos(0.9 * u + ph[0]) * np.cos(0.9 * v + ph[1]))
-  er_tex = 0.5 + 0.5 * np.cos(0.8 * u + ph[2]) * np.cos(0.8 * v + ph[3])
+  dna = nuc * col(cells["dna"]) * (1 + 0.15 * np.cos(0.9 * tu + ph[0]) * np.cos(0.9 * tv + ph[1]))
+  er_tex = 0.5 + 0.5 * np.cos(0.7 * tu + ph[2]) * np.cos(0.7 * tv + ph[3])
   er = cyto * np.exp(-dc) * col(cells["er"]) * (1 - col(cells["er_tex"]) + col(cells["er_tex"]) * 2 * er_tex)
-  fibres = (0.5 + 0.5 * np.cos(1.3 * v + ph[0])) ** 4
+  fibres = (0.5 + 0.5 * np.cos(1.1 * tv + ph[0])) ** 4
   actin = 0.35 * ring + cell * col(cells["actin"]) * fibres
-  spot_xy = cells["spots"] * cells["rn"][:, None, None]
-  su = spot_xy[:, :, 0, None, None] + cells["a"][:, None, None, None] * 0.15
-  sv = spot_xy[:, :, 1, None, None]
-  spots = np.exp(-((u[:, None] - su.astype(np.float32)) ** 2 + (v[:, None] - sv.astype(np.float32)) ** 2) / 3.0)
-  spots = (spots * cells["spot_on"][:, :, None, None]).sum(1)
-  rna = 0.12 * cyto + 0.2 * nuc + col(cells["nucleoli"]) * spots
-  mito_grain = 0.6 + 0.4 * np.cos(1.6 * u + ph[1]) * np.cos(1.6 * v + ph[2])
+  rna = 0.12 * cyto + 0.2 * nuc
+  # Nucleoli lie within the nucleus: evaluated on the patch's central window only (speed).
+  k = int(np.ceil((0.15 * cells["a"] + 1.2 * cells["rn"] + 3 * cells["spot_sd"]).max()))
+  win = slice(max(half - k, 0), half + k + 1)
+  uw, vw = u[:, win, win], v[:, win, win]
+  spot_xy = (cells["spots"] * cells["rn"][:, None, None]).astype(np.float32)  # [n, 6, 2]
+  su = spot_xy[:, :, 0, None, None] + nu[:, None]
+  sv = spot_xy[:, :, 1, None, None] * 0.85
+  sd2 = 2 * col(cells["spot_sd"])[:, None] ** 2
+  spots = np.exp(-((uw[:, None] - su) ** 2 + (vw[:, None] - sv) ** 2) / sd2)
+  rna[:, win, win] += 0.5 * (spots * cells["spot_on"][:, :, None, None]).sum(1)
+  mito_grain = 0.6 + 0.4 * np.cos(1.3 * tu + ph[1]) * np.cos(1.3 * tv + ph[2])
   mito = cyto * 0.7 * np.clip(1 - dc, 0, 1) ** col(cells["mito_exp"]) * mito_grain
   # A dispersed Golgi sits further from the nucleus and spreads wider (fragmentation).
   gd = col(cells["golgi"]) * rn + rn
@@ -218,7 +327,7 @@ def _render(cells: dict, size: int) -> np.ndarray:
   return out.reshape(6, size, size).transpose(1, 2, 0).astype(np.float32)
 
 
-def _acquire(img: np.ndarray, acq: dict, rng: np.random.Generator) -> np.ndarray:
+def _acquire(img: np.ndarray, acq: dict, rng: np.random.Generator, gain: float = 1.0) -> np.ndarray:
   """Applies microscope/plate effects to float [H, W, 6] and quantises to uint8."""
   h, w, _ = img.shape
   if acq["blur"] > 0.05:
@@ -227,7 +336,7 @@ def _acquire(img: np.ndarray, acq: dict, rng: np.random.Generator) -> np.ndarray
                        np.linspace(-1, 1, w, dtype=np.float32), indexing="ij")
   field = (1 + acq["grad"] * 0.5 * (xx * np.cos(acq["grad_angle"]) + yy * np.sin(acq["grad_angle"]))
            - acq["vignette"] * 0.5 * (xx ** 2 + yy ** 2))
-  img = img * field[..., None] * acq["gain"] + acq["offset"]
+  img = img * (gain * field)[..., None] * acq["gain"] + acq["offset"]
   img += acq["noise"] * rng.standard_normal(img.shape, dtype=np.float32) * (1 + np.sqrt(np.abs(img)))
   return np.clip(img * 255.0 + 0.5, 0, 255).astype(np.uint8)
 
@@ -235,8 +344,9 @@ def _acquire(img: np.ndarray, acq: dict, rng: np.random.Generator) -> np.ndarray
 class SyntheticScreen:
   """Random-access source of synthetic sites: `screen[i] -> uint8 [H, W, 6]`.
 
-  Attributes: `metadata` (one row per site), `genes` (gene, group, has_phenotype),
-  `relationships` (entity1, entity2), `channel_names`, `channel_ids` (int32 [6]).
+  Attributes: `metadata` (one row per site), `genes` (gene, group, has_phenotype,
+  intensity_matched), `relationships` (entity1, entity2), `clusters` ({complex: genes}),
+  `channel_names`, `channel_ids` (int32 [6]).
   """
 
   def __init__(self, spec: ScreenSpec | None = None, **overrides):
@@ -245,12 +355,13 @@ class SyntheticScreen:
     self.metadata = _layout(spec)
     self.genes, self._effects = _gene_effects(spec)
     self.relationships = _relationships(self.genes)
+    self.clusters = _clusters(self.genes)
     self.channel_names = CHANNEL_NAMES
     self.channel_ids = np.arange(len(CHANNEL_NAMES), dtype=np.int32)
     pert = self.metadata.perturbation_id.to_numpy()
     zero = np.zeros((1, len(FACTOR_NAMES)), np.float32)
     self._site_effect = np.concatenate([self._effects, zero])[pert]  # [sites, factors]
-    self._cols = self.metadata[["plate_index", "experiment_index", "well_index"]].to_numpy()
+    self._cols = self.metadata[["plate_index", "experiment_index", "well_index", "edge"]].to_numpy()
     self._acq = {}
 
   @classmethod
@@ -277,20 +388,27 @@ class SyntheticScreen:
     return self._acq[plate_index]
 
   def phenotype(self, index: int) -> np.ndarray:
-    """Well-level factor vector [n_factors] of site `index` (gene effect + well noise)."""
-    plate_index, _, well_index = self._cols[index]
-    well_rng = np.random.default_rng([self.spec.seed, 5, int(well_index)])
-    return self._site_effect[index] + 0.15 * well_rng.standard_normal(len(FACTOR_NAMES)).astype(np.float32)
+    """Well-level factor vector [n_factors] of site `index`: gene effect + well noise + the
+    plate's morphology shift + the edge wells' lower density."""
+    plate_index, experiment_index, well_index, edge = (int(v) for v in self._cols[index])
+    acq = self._acquisition(plate_index, experiment_index)
+    well_rng = np.random.default_rng([self.spec.seed, 5, well_index])
+    noise = 0.15 * well_rng.standard_normal(len(FACTOR_NAMES)).astype(np.float32)
+    noise[_F["cell_count"]] *= 2  # seeding density varies most from well to well
+    ph = self._site_effect[index] + noise + acq["shift"]
+    ph[_F["cell_count"]] -= edge * acq["edge_density"]
+    return ph
 
   def __getitem__(self, index: int) -> np.ndarray:
     index = int(index)
     if not 0 <= index < len(self):
       raise IndexError(f"site index {index} out of range for a screen of {len(self)} sites")
-    plate_index, experiment_index, _ = self._cols[index]
+    plate_index, experiment_index, _, edge = (int(v) for v in self._cols[index])
+    acq = self._acquisition(plate_index, experiment_index)
     rng = np.random.default_rng([self.spec.seed, 1, index])
     cells = _cells(rng, self.spec, self.phenotype(index))
     img = _render(cells, self.spec.site_size)
-    return _acquire(img, self._acquisition(int(plate_index), int(experiment_index)), rng)
+    return _acquire(img, acq, rng, 1.0 + edge * acq["edge_gain"])
 
   def __getstate__(self):
     return {"spec": self.spec}
@@ -333,10 +451,13 @@ def _write_chunk(spec: ScreenSpec, image_dir: str, fmt: str, indices: list[int])
 
 def write_screen(screen: SyntheticScreen, out_dir: str, *, fmt: str = "png",
                  workers: int | None = None, progress: bool = False) -> dict:
-  """Writes images/EXP/PlateN/WELL_sS_wC.{png,tif}, metadata.csv, relationships.csv, genes.csv.
+  """Writes images/EXP/PlateN/WELL_sS_wC.{png,tif}, metadata.csv, relationships.csv,
+  clusters.tsv, genes.csv and spec.json.
 
   The layout is the RxRx1 one, so `config.data.source="folder"` with the default template reads
-  it back. Returns a summary dict (sites, seconds, paths). progress: a tqdm bar of sites.
+  it back. clusters.tsv holds one complex a line, `name<TAB>gene gene ...` (the format and name
+  the benchmark's complex heat-map looks for beside relationship files). Returns a summary dict
+  (sites, seconds, paths). progress: a tqdm bar of sites.
   """
   if fmt not in ("png", "tif"):
     raise ValueError(f"write_screen: fmt must be 'png' or 'tif', got {fmt!r}")
@@ -358,12 +479,15 @@ def write_screen(screen: SyntheticScreen, out_dir: str, *, fmt: str = "png",
         for done in pool.map(_write_chunk, [screen.spec] * len(chunks),
                              [image_dir] * len(chunks), [fmt] * len(chunks), chunks):
           bar.update(done)
-  meta = screen.metadata.drop(columns=["plate_index", "experiment_index", "well_index"])
+  meta = screen.metadata.drop(columns=["plate_index", "experiment_index", "well_index", "edge"])
   meta.to_csv(os.path.join(out_dir, "metadata.csv"), index=False)
   screen.relationships.to_csv(os.path.join(out_dir, "relationships.csv"), index=False)
+  with open(os.path.join(out_dir, "clusters.tsv"), "w", encoding="utf-8") as f:
+    f.writelines(f"{name}\t{' '.join(members)}\n" for name, members in screen.clusters.items())
   screen.genes.to_csv(os.path.join(out_dir, "genes.csv"), index=False)
   with open(os.path.join(out_dir, "spec.json"), "w") as f:
     json.dump(dataclasses.asdict(screen.spec), f, indent=1)
   return dict(sites=len(screen), seconds=round(time.time() - t0, 2), out=out_dir,
               image_dir=image_dir, metadata=os.path.join(out_dir, "metadata.csv"),
-              relationships=os.path.join(out_dir, "relationships.csv"))
+              relationships=os.path.join(out_dir, "relationships.csv"),
+              clusters=os.path.join(out_dir, "clusters.tsv"))
