@@ -190,11 +190,13 @@ def _local_batch(batch: dict) -> dict:
 
 
 class _Plotter:
-  """Reconstruction PNGs of one fixed crop (the first batch's busiest), every plot_every."""
+  """Reconstructions of one fixed crop (the first batch's busiest), every plot_every: PNGs
+  and TensorBoard images, rows named by the source's channel names (stains)."""
 
-  def __init__(self, config, spec, mesh, workdir, compiler_options):
+  def __init__(self, config, spec, mesh, workdir, compiler_options, source):
     self.every, self.seed = int(config.plot_every), int(config.seed)
     self.dir = workdir_lib.path(workdir) / workdir_lib.PLOTS
+    self.names = dict(zip(np.asarray(source.channel_ids).tolist(), source.channel_names))
     self.example = None
 
     def fn(params, images, channel_ids, key):
@@ -209,14 +211,17 @@ class _Plotter:
       self.example = multihost_utils.broadcast_one_to_all(
           {k: v[i:i + 1] for k, v in local.items() if k in ("image", "channel_ids")})
 
-  def maybe_plot(self, state, step: int) -> None:
+  def maybe_plot(self, state, step: int, writer) -> None:
     if self.every <= 0 or step % self.every:
       return
     key = jax.random.fold_in(jax.random.key(self.seed), step)
-    out = self._fn(state["params"], self.example["image"], self.example.get("channel_ids"), key)
+    ids = self.example.get("channel_ids")
+    out = self._fn(state["params"], self.example["image"], ids, key)
     if jax.process_index() == 0:
       out = {k: np.asarray(v.addressable_data(0)) for k, v in out.items()}
-      metrics_lib.save_reconstruction_png(self.dir / f"reconstruction_{step:08d}.png", out, step)
+      names = None if ids is None else [self.names.get(int(i), f"channel {int(i)}")
+                                        for i in np.asarray(ids)[0]]
+      writer.reconstruction(self.dir / f"reconstruction_{step:08d}.png", out, step, names)
 
 
 def _busiest(images) -> int:
@@ -253,9 +258,10 @@ def _train(config, workdir, mesh, *, resume, progress, stop_at, compiler_options
 
   tx = optimizer_lib.make_optimizer(config)
   spec = state_lib.make_spec(model_fn_for(config.model), tx, mesh, rules)
+  source = data.make_source(config.data)
   data_iter = data.train_iterator(config.data, batch_size=int(config.batch_size),
                                   seed=int(config.seed), shard_index=jax.process_index(),
-                                  shard_count=jax.process_count())
+                                  shard_count=jax.process_count(), source=source)
   ckpt = checkpoint_lib.Checkpointer(workdir, config)
   restored = ckpt.restore(spec.abstract, data_iter)
   is_main = jax.process_index() == 0
@@ -279,8 +285,9 @@ def _train(config, workdir, mesh, *, resume, progress, stop_at, compiler_options
   end = min(total, stop_at) if stop_at is not None else total
   meter = _Meter(start, train_flops, flops_per_image(config) * batch_size,
                  metrics_lib.peak_tflops_per_device(config))
-  plotter = _Plotter(config, spec, mesh, workdir, compiler_options)
+  plotter = _Plotter(config, spec, mesh, workdir, compiler_options, source)
   writer = metrics_lib.Writer(workdir, start_step=start)
+  writer.config(config, start)
   bar = metrics_lib.Progress(start, total, enabled=progress, batch_size=batch_size)
   preempt = _Preemption()
   t0, status, step = time.time(), "finished", start
@@ -305,7 +312,7 @@ def _train(config, workdir, mesh, *, resume, progress, stop_at, compiler_options
           ckpt.save(step, state, data_iter, train_flops=meter.train_flops,
                     images_seen=step * batch_size)
         bar.update(1)
-        plotter.maybe_plot(state, step)
+        plotter.maybe_plot(state, step, writer)
         if preempted:
           status = preempt.reason
           break

@@ -16,6 +16,7 @@ from tensorboardX import SummaryWriter
 from tensorboardX import record_writer
 from tqdm import tqdm
 
+from maejax import config as config_lib
 from maejax import workdir as workdir_lib
 
 matplotlib.use("Agg")
@@ -57,7 +58,8 @@ def throughput(images: int, seconds: float, flops_per_image: float | None,
 
 
 class Writer:
-  """metrics.jsonl (one object per logged step) and TensorBoard scalars under `workdir`.
+  """metrics.jsonl (one object per logged step) and TensorBoard scalars, reconstruction
+  images and the config text under `workdir`.
 
   `start_step`: the step a run starts from. Rows of later steps (logged by a run that was
   killed after its last checkpoint) are dropped from metrics.jsonl and hidden from TensorBoard
@@ -96,6 +98,26 @@ class Writer:
     for k, v in row.items():
       if k != "step" and isinstance(v, (int, float)) and v is not None:
         self._tb.add_scalar(k, v, step)
+    self._tb.flush()
+
+  def config(self, config, step: int = 0) -> None:
+    """The run's config as TensorBoard text (tag `config`), once at the start of a run."""
+    if not self.active:
+      return
+    # Four-space indent: a Markdown code block, so the text plugin keeps the layout.
+    text = "\n".join("    " + line for line in config_lib.to_json(config).splitlines())
+    self._tb.add_text("config", text, step)
+    self._tb.flush()
+
+  def reconstruction(self, path, recon: dict[str, np.ndarray], step: int,
+                     channel_names=None) -> None:
+    """The reconstruction figure (see `reconstruction_figure`) as a PNG at `path` and as
+    TensorBoard image `reconstruction` at `step`."""
+    if not self.active:
+      return
+    fig = reconstruction_figure(recon, step, channel_names)
+    workdir_lib.write_figure(fig, path, dpi=80)
+    self._tb.add_figure("reconstruction", fig, step, close=True)
     self._tb.flush()
 
   def close(self) -> None:
@@ -190,14 +212,18 @@ def _duration(seconds: float) -> str:
   return f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
 
 
-def save_reconstruction_png(path, recon: dict[str, np.ndarray], step: int) -> None:
-  """One figure: rows = channels, columns = masked input / reconstruction / target.
+def reconstruction_figure(recon: dict[str, np.ndarray], step: int,
+                          channel_names=None) -> "plt.Figure":
+  """One figure: rows = channels (named by `channel_names`, e.g. the source's stains),
+  columns = masked input / reconstruction / target.
 
   recon: {"pred", "target", "mask"} float [height, width, channels] for one image
   (standardized units; mask 1 = hidden from the encoder).
   """
   target, pred, mask = (np.asarray(recon[k], np.float32) for k in ("target", "pred", "mask"))
   channels = target.shape[-1]
+  names = list(channel_names or [])
+  names = names if len(names) == channels else [f"channel {c}" for c in range(channels)]
   fig, axes = plt.subplots(channels, 3, figsize=(6, 2 * channels), squeeze=False)
   for c in range(channels):
     lo, hi = np.percentile(target[..., c], [1, 99])
@@ -210,8 +236,15 @@ def save_reconstruction_png(path, recon: dict[str, np.ndarray], step: int) -> No
       ax.set_yticks([])
       if c == 0:
         ax.set_title(title, fontsize=9)
-    axes[c, 0].set_ylabel(f"channel {c}", fontsize=9)
+    axes[c, 0].set_ylabel(names[c], fontsize=9)
   fig.suptitle(f"step {step}", fontsize=10)
   fig.tight_layout()
+  return fig
+
+
+def save_reconstruction_png(path, recon: dict[str, np.ndarray], step: int,
+                            channel_names=None) -> None:
+  """`reconstruction_figure` written as a PNG to `path` (local or bucket)."""
+  fig = reconstruction_figure(recon, step, channel_names)
   workdir_lib.write_figure(fig, path, dpi=80)
   plt.close(fig)
