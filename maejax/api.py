@@ -8,6 +8,8 @@ A pretrained directory (written by `save_pretrained` or `python -m maejax.conver
 from __future__ import annotations
 
 import functools
+import inspect
+import json
 import logging
 
 import jax
@@ -64,6 +66,9 @@ def _load_checkpoint(workdir, step):
   step, a newest checkpoint that cannot be read is passed over with one warning line."""
   steps = workdir_lib.checkpoint_steps(workdir)
   if not steps:
+    foreign = _foreign_weights(workdir)
+    if foreign:
+      raise FileNotFoundError(foreign)
     raise FileNotFoundError(
         f"{workdir} holds no model: expected {workdir_lib.CONFIG} + {workdir_lib.STATE}/ "
         "(save_pretrained) or checkpoints/<step>/ (a `python -m maejax.train` workdir)")
@@ -83,6 +88,32 @@ def _load_checkpoint(workdir, step):
           print(f"WARNING: checkpoint step {s} in {workdir} cannot be read ({errors[-1]}); "
                 "loading the previous one.", flush=True)
   raise ValueError(f"no checkpoint in {workdir} can be read ({'; '.join(errors)})")
+
+
+def _foreign_weights(d) -> str | None:
+  """For a HuggingFace ViTMAE or an OpenPhenom folder (weights maejax reads only through
+  `python -m maejax.convert`): one line naming the convert command; else None."""
+  out = d.parent / f"{d.name}_maejax"
+  config = {}
+  if (d / workdir_lib.CONFIG).is_file():
+    try:
+      config = json.loads((d / workdir_lib.CONFIG).read_text())
+    except (OSError, ValueError):
+      config = {}
+  kind = config.get("model_type") if isinstance(config, dict) else None
+  if kind == "vit_mae":
+    what, command = "a HuggingFace ViTMAE folder", f"hf-vitmae --checkpoint {d}"
+  elif kind == "MAE" or (kind is None and (d / "model.safetensors").is_file()):
+    what = "OpenPhenom weights"
+    command = f"openphenom --checkpoint {d / 'model.safetensors'}"
+  elif kind is not None:
+    return (f"{d} is a HuggingFace {kind!r} model; maejax imports only ViTMAE "
+            "(`python -m maejax.convert hf-vitmae`) and OpenPhenom "
+            "(`python -m maejax.convert openphenom`) weights")
+  else:
+    return None
+  return (f"{d} holds {what}, not a maejax model: convert it once with "
+          f"`python -m maejax.convert {command} --out {out}`, then maejax.load({str(out)!r})")
 
 
 def _restore(m, step):
@@ -162,6 +193,17 @@ class Model:
     self.module, self.config, self.step = module, config, step  # step: of a training checkpoint
     self.graphdef, self.state = nnx.split(module)
     self._embedders = {}
+
+  def __repr__(self) -> str:
+    """Model('camae_s16', 21,960,768 parameters, channels 1..11 (channel-agnostic), pool 'mean')."""
+    cfg = self.config.model
+    params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(nnx.state(self.module,
+                                                                            nnx.Param)))
+    channels = (f"channels 1..{cfg.max_channels} (channel-agnostic)"
+                if cfg.get("channel_agnostic") else f"{cfg.channels} channels")
+    pool = inspect.signature(self.module.embed).parameters["pool"].default or cfg.get("pool")
+    step = "" if self.step is None else f", step {self.step}"
+    return f"Model({cfg.name!r}, {params:,} parameters, {channels}, pool {pool!r}{step})"
 
   @functools.partial(jax.jit, static_argnums=(0,), static_argnames=("mask_ratio",))
   def _reconstruct(self, state, images, key, channel_ids, mask_ratio):

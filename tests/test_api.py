@@ -1,6 +1,9 @@
 """maejax.load on training workdirs (any step, a damaged newest checkpoint) and on gs:// paths."""
 
+import json
 import os
+import re
+import shlex
 import shutil
 
 import jax
@@ -13,6 +16,8 @@ from flax import nnx
 import maejax
 from maejax import config as config_lib
 from maejax import workdir as workdir_lib
+from maejax.cli import convert as convert_cli
+from maejax.models.tokenizers import sincos_2d
 from maejax.train import checkpoint as checkpoint_lib
 from maejax.train import loop
 from maejax.train import metrics as metrics_lib
@@ -87,6 +92,72 @@ def test_bad_step_and_empty_dir_are_clear_errors(workdir, tmp_path):
     maejax.load(tmp_path)
 
 
+def _convert_command(error) -> list[str]:
+  """The `python -m maejax.convert ...` command named in an error, as argv after the module."""
+  command = re.search(r"`python -m maejax\.convert ([^`]+)`", str(error)).group(1)
+  return shlex.split(command)
+
+
+def test_hf_vitmae_folder_names_the_convert_command_that_then_loads(tmp_path, capsys):
+  transformers = pytest.importorskip("transformers", reason="the maejax[torch] extra")
+  hf = transformers.ViTMAEForPreTraining(transformers.ViTMAEConfig(
+      hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+      image_size=32, patch_size=16, num_channels=3, decoder_hidden_size=16,
+      decoder_num_hidden_layers=1, decoder_num_attention_heads=2, decoder_intermediate_size=32))
+  torch = pytest.importorskip("torch")
+  with torch.no_grad():  # The fixed sin-cos tables of released checkpoints (init leaves zeros).
+    hf.vit.embeddings.position_embeddings[0, 1:] = torch.from_numpy(np.asarray(sincos_2d(2, 2, 32)))
+    hf.decoder.decoder_pos_embed[0, 1:] = torch.from_numpy(np.asarray(sincos_2d(2, 2, 16)))
+    hf.decoder.decoder_pos_embed[:, 0] = 0.0
+  hf.save_pretrained(tmp_path / "vit-mae")
+  with pytest.raises(FileNotFoundError) as e:
+    maejax.load(tmp_path / "vit-mae")
+  assert len(str(e.value).splitlines()) == 1 and "HuggingFace ViTMAE" in str(e.value)
+  argv = _convert_command(e.value)
+  assert argv[:3] == ["hf-vitmae", "--checkpoint", str(tmp_path / "vit-mae")]
+  assert convert_cli.main(argv) == 0  # The command it names is the right one.
+  out = argv[argv.index("--out") + 1]
+  assert f"maejax.load({out!r})" in str(e.value)
+  model = maejax.load(out)
+  assert model.embed(np.zeros((1, 32, 32, 3), np.uint8)).shape == (1, 32)
+  assert repr(model).startswith("Model(") and "3 channels" in repr(model)
+  capsys.readouterr()
+
+
+@pytest.mark.parametrize("config", [{"model_type": "MAE", "architectures": ["MAEModel"]}, None])
+def test_openphenom_folder_names_the_convert_command(tmp_path, config):
+  folder = tmp_path / "OpenPhenom"
+  folder.mkdir()
+  (folder / "model.safetensors").write_bytes(b"\x80\x02")  # Only the name is looked at.
+  if config is not None:
+    (folder / "config.json").write_text(json.dumps(config))
+  with pytest.raises(FileNotFoundError, match="OpenPhenom weights, not a maejax model") as e:
+    maejax.load(folder)
+  argv = _convert_command(e.value)
+  assert argv[:3] == ["openphenom", "--checkpoint", str(folder / "model.safetensors")]
+  args, overrides = convert_cli.parse_args(argv)  # Real sub-command and flags.
+  assert args.format == "openphenom" and args.out and not overrides
+
+
+def test_other_huggingface_model_is_named(tmp_path):
+  (tmp_path / "config.json").write_text(json.dumps({"model_type": "vit"}))
+  with pytest.raises(FileNotFoundError, match="HuggingFace 'vit' model; maejax imports only "
+                     "ViTMAE"):
+    maejax.load(tmp_path)
+
+
+def test_repr_names_model_parameters_channels_and_pooling(workdir):
+  model = maejax.load(workdir)
+  params = sum(x.size for x in jax.tree.leaves(nnx.state(model.module, nnx.Param)))
+  assert params > 1000
+  assert repr(model) == f"Model('vit_tiny', {params:,} parameters, 6 channels, pool 'mean', step 4)"
+  ca = maejax.api.Model(maejax.create("camae_tiny"), config_lib.experiment("x", "camae_tiny"))
+  assert re.fullmatch(r"Model\('camae_tiny', [\d,]+ parameters, channels 1\.\.11 "
+                      r"\(channel-agnostic\), pool 'mean'\)", repr(ca)), repr(ca)
+  wsl = maejax.api.Model(maejax.create("wsl_tiny_cnn"), config_lib.experiment("x", "wsl_tiny_cnn"))
+  assert "6 channels" in repr(wsl) and "pool 'mean'" in repr(wsl)
+
+
 def test_damaged_newest_checkpoint_loads_the_previous_with_one_warning(workdir, tmp_path, capsys):
   copy = tmp_path / "copy"
   shutil.copytree(workdir, copy)
@@ -133,11 +204,19 @@ def test_gs_workdir_config_metrics_and_plots_go_through_epath(tmp_path):
     image = np.zeros((8, 8, 2), np.float32)
     metrics_lib.save_reconstruction_png(run / "plots" / "r.png",
                                         {"pred": image, "target": image, "mask": image}, 2)
+    writer = metrics_lib.Writer(run, start_step=2)
+    writer.config(config, 2)
+    writer.reconstruction(run / "plots" / "r3.png",
+                          {"pred": image, "target": image, "mask": image}, 3, ["dna", "er"])
+    writer.close()
   assert (tmp_path / "run" / "config.json").is_file()
   assert (tmp_path / "run" / "metrics.jsonl").read_text().splitlines() == [
       '{"step": 1, "loss": 1.5}', '{"step": 2, "loss": null}']
   assert os.listdir(tmp_path / "run" / "tensorboard")
   assert (tmp_path / "run" / "plots" / "r.png").read_bytes()[:4] == b"\x89PNG"
+  assert (tmp_path / "run" / "plots" / "r3.png").read_bytes()[:4] == b"\x89PNG"
+  events = b"".join(f.read_bytes() for f in (tmp_path / "run" / "tensorboard").iterdir())
+  assert b"reconstruction" in events and b"config/text_summary" in events
 
 
 def test_resumed_writer_drops_rows_of_the_lost_segment(tmp_path):

@@ -117,7 +117,8 @@ def test_tensorboard_has_scalars_reconstruction_images_and_the_config(uninterrup
   texts = [(s, v) for s, tag, kind, plugin, v in summaries if plugin == "text"]
   assert len(texts) == 1 and texts[0][0] == 0 and texts[0][1].tag.startswith("config")
   text = texts[0][1].tensor.string_val[0].decode()
-  assert json.loads(text) == json.loads((workdir_lib.path(workdir) / workdir_lib.CONFIG).read_text())
+  saved = (workdir_lib.path(workdir) / workdir_lib.CONFIG).read_text()
+  assert json.loads(text) == json.loads(saved)
 
 
 def test_reconstruction_rows_are_named_by_the_stains(tmp_path):
