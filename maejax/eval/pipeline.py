@@ -161,7 +161,7 @@ def write_outputs(result: dict, out_dir, *, clusters=None, h5ad: bool = False) -
     files.extend(_heatmap(result, clusters, out / "complex_heatmap.png"))
   replicate_png = plots.plot_replicate_consistency(
       result["replicates"], result["replicate_summary"]["median_null_cosine"],
-      out / "replicate_consistency.png")
+      out / "replicate_consistency.png", correction=result["correction"])
   if replicate_png is not None:
     files.append(replicate_png)
   return [str(f) for f in files]

@@ -1,4 +1,9 @@
-"""PNG figures of the benchmark: recall curves, complex heat-map, replicate consistency."""
+"""PNG figures of the benchmark: recall curves, complex heat-map, replicate consistency,
+recall against training compute or encoder block.
+
+Each `*_figure` function builds and returns the matplotlib figure (every one titled; recall
+plots carry the random baseline); `plot_*` writes it as a PNG and returns the path.
+"""
 
 from __future__ import annotations
 
@@ -17,7 +22,15 @@ matplotlib.use("Agg")  # PNG files only; no display (headless hosts).
 
 
 def plot_recall_curves(curve: pd.DataFrame, path: str | Path, title: str = "") -> Path:
-  """Recall vs percentile p (tails p and 100 - p), one line per database plus random."""
+  """`recall_curves_figure` as a PNG at `path`."""
+  return save_figure(recall_curves_figure(curve, title), path)
+
+
+def recall_curves_figure(curve: pd.DataFrame, title: str = ""):
+  """Recall vs percentile p (tails p and 100 - p), one line per database plus random.
+
+  curve: [database, percentile, recall] rows, database "random" the baseline.
+  """
   fig, ax = plt.subplots(figsize=(6, 4.5))
   for name, rows in curve[curve.database != "random"].groupby("database", sort=True):
     ax.plot(rows.percentile, rows.recall, label=name, lw=1.5)
@@ -30,7 +43,43 @@ def plot_recall_curves(curve: pd.DataFrame, path: str | Path, title: str = "") -
   ax.grid(alpha=0.3)
   ax.legend(fontsize=8)
   ax.set_title(title or "known-relationship recall")
-  return save_figure(fig, path)
+  return fig
+
+
+def random_recall(column: str) -> float:
+  """The recall expected by chance for a `recall_<lower>_<upper>` column: the fraction of
+  pairs the two tails select, (lower + 100 - upper) / 100 (0.10 for recall_5_95)."""
+  lower, upper = (float(v) for v in column.split("_")[1:3])
+  return (lower + 100.0 - upper) / 100.0
+
+
+def sweep_figure(table: pd.DataFrame, x: str, y: str, *, database: str, logx: bool,
+                 xlabel: str, title: str):
+  """One line per run of recall column `y` (`recall_5_95`, ...) against `x` (training FLOPs,
+  encoder block) for one database, with the random baseline as a dashed line.
+
+  table: one row per (run, x, database) with columns run, model, `x`, `y`, database.
+  """
+  rows = table[table.database == database]
+  fig, ax = plt.subplots(figsize=(6, 4.5))
+  for run, part in rows.groupby("run", sort=True):
+    part = part.sort_values(x)
+    ax.plot(part[x], part[y], "o-", label=f"{run} ({part.model.iloc[0]})")
+  ax.axhline(random_recall(y), color="k", ls="--", lw=1, label="random")
+  if logx:
+    ax.set_xscale("log")
+  ax.set_xlabel(xlabel)
+  ax.set_ylabel(f"recall {y[len('recall_'):].replace('_', '/')} ({database})")
+  ax.set_ylim(0, 1)
+  ax.grid(alpha=0.3, which="both")
+  ax.legend(fontsize=8)
+  ax.set_title(title)
+  return fig
+
+
+def plot_sweep(table: pd.DataFrame, x: str, y: str, path, **kwargs) -> Path:
+  """`sweep_figure` as a PNG at `path` (recall_vs_flops.png, recall_vs_block.png)."""
+  return save_figure(sweep_figure(table, x, y, **kwargs), path)
 
 
 def read_clusters(path: str | Path, min_genes: int = 2) -> dict[str, list[str]]:
@@ -72,9 +121,18 @@ def select_complexes(clusters: dict[str, list[str]], genes: Sequence[str], *,
 
 def plot_complex_heatmap(features, genes: Sequence[str], clusters: dict[str, list[str]],
                          path: str | Path, **select_kwargs) -> Path | None:
+  """`complex_heatmap_figure` as a PNG at `path`; None when no complex has enough genes in
+  the map."""
+  fig = complex_heatmap_figure(features, genes, clusters, **select_kwargs)
+  return None if fig is None else save_figure(fig, path)
+
+
+def complex_heatmap_figure(features, genes: Sequence[str], clusters: dict[str, list[str]],
+                           **select_kwargs):
   """Cosine-similarity heat-map of the genes of known complexes, grouped by complex.
 
-  Returns the path, or None when no complex has enough genes in the map.
+  features: [genes, dim], one row per entry of `genes`. Returns None when no complex has
+  enough genes in the map.
   """
   chosen = select_complexes(clusters, genes, **select_kwargs)
   if not chosen:
@@ -97,13 +155,20 @@ def plot_complex_heatmap(features, genes: Sequence[str], clusters: dict[str, lis
     start += len(members)
   names = ax.secondary_yaxis("right")
   names.set_yticks(centers, [name[:40] for name, _ in chosen], fontsize=7)
-  ax.set_title("known complexes")
-  return save_figure(fig, path)
+  ax.set_title("known complexes (cosine similarity of gene profiles)")
+  return fig
 
 
 def plot_replicate_consistency(per_perturbation: pd.DataFrame, null_mean: float,
-                               path: str | Path) -> Path | None:
-  """Histogram of replicate cosines against the null mean."""
+                               path: str | Path, correction: str = "") -> Path | None:
+  """`replicate_figure` as a PNG at `path`; None when there are no replicates."""
+  fig = replicate_figure(per_perturbation, null_mean, correction)
+  return None if fig is None else save_figure(fig, path)
+
+
+def replicate_figure(per_perturbation: pd.DataFrame, null_mean: float, correction: str = ""):
+  """Histogram of replicate cosines (one per perturbation, column `cosine`) against the
+  median cosine of random wells; the title names the batch correction. None when empty."""
   if per_perturbation.empty:
     return None
   fig, ax = plt.subplots(figsize=(5, 3.5))
@@ -112,7 +177,8 @@ def plot_replicate_consistency(per_perturbation: pd.DataFrame, null_mean: float,
   ax.set_xlabel("mean cosine between replicate wells")
   ax.set_ylabel("perturbations")
   ax.legend(fontsize=8)
-  return save_figure(fig, path)
+  ax.set_title("replicate consistency" + (f" (correction: {correction})" if correction else ""))
+  return fig
 
 
 def save_figure(fig, path) -> Path:

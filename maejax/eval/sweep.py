@@ -99,25 +99,6 @@ def sweep_blocks(workdirs: Sequence, blocks, scorer: scorer_lib.Scorer) -> pd.Da
   return _ordered(frames, BLOCK_COLUMNS)
 
 
-def plot_lines(table: pd.DataFrame, x: str, y: str, path, *, database: str, logx: bool,
-               xlabel: str, title: str):
-  """One line per run of `y` against `x` for one database."""
-  rows = table[table.database == database]
-  fig, ax = plots.plt.subplots(figsize=(6, 4.5))
-  for run, part in rows.groupby("run", sort=True):
-    part = part.sort_values(x)
-    ax.plot(part[x], part[y], "o-", label=f"{run} ({part.model.iloc[0]})")
-  if logx:
-    ax.set_xscale("log")
-  ax.set_xlabel(xlabel)
-  ax.set_ylabel(f"recall {y[len('recall_'):].replace('_', '/')} ({database})")
-  ax.set_ylim(0, 1)
-  ax.grid(alpha=0.3, which="both")
-  ax.legend(fontsize=8)
-  ax.set_title(title)
-  return plots.save_figure(fig, path)
-
-
 def pick_database(table: pd.DataFrame, wanted: str | None) -> str:
   names = list(dict.fromkeys(table.database))
   if wanted is not None:
@@ -149,7 +130,7 @@ def run(workdirs: Sequence, out_dir, scorer: scorer_lib.Scorer, *, blocks=None,
     plot = dict(x="block", logx=False, xlabel="encoder block (1-based)",
                 title="recall vs encoder block")
   database = pick_database(table, database)
-  plot_lines(table, y="recall_5_95", path=png, database=database, **plot)
+  plots.plot_sweep(table, y="recall_5_95", path=png, database=database, **plot)
   io.write_embeddings(table, csv)
   return dict(table=table, database=database, files=[str(csv), str(png)],
               wall_s=round(time.time() - t0, 1))
