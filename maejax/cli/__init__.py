@@ -12,7 +12,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
+import warnings
 from typing import Callable, Sequence
 
 import ml_collections
@@ -81,8 +83,20 @@ def _quiet_closed_loop(hook):
   return quiet
 
 
+def _one_line_warnings(format_warning):
+  """A formatwarning that prints maejax's own warnings (expected situations, e.g. a database
+  with no gene in the map) as one `warning: ...` line, without the source line echo."""
+  package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  def fmt(message, category, filename, lineno, line=None):
+    if os.path.abspath(filename).startswith(package + os.sep):
+      return f"warning: {message}\n"
+    return format_warning(message, category, filename, lineno, line)
+  return fmt
+
+
 # Once per process, not per command run: commands run repeatedly in one process (tests).
 sys.unraisablehook = _quiet_closed_loop(sys.unraisablehook)
+warnings.formatwarning = _one_line_warnings(warnings.formatwarning)
 
 
 def run(main: Callable[[], int | None]) -> int:

@@ -1,5 +1,8 @@
 """Benchmark figures: every one titled, recall plots with the random baseline, PNGs written."""
 
+import subprocess
+import sys
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -94,3 +97,28 @@ def test_complex_heatmap_is_titled_and_groups_complexes(tmp_path):
   plt.close(fig)
   _png(plots.plot_complex_heatmap(features, genes, clusters, tmp_path / "h.png"))
   assert plots.plot_complex_heatmap(features, genes, {"x": ["G0", "Z"]}, tmp_path / "n.png") is None
+
+
+def test_benchmark_command_writes_its_plots_and_warns_in_one_line(tmp_path):
+  rng = np.random.default_rng(2)
+  genes = [f"G{i}" for i in range(8)] * 2 + ["EMPTY"] * 12
+  table = pd.DataFrame({"Metadata_perturbation": genes,
+                        "Metadata_experiment": [f"E{i % 2}" for i in range(len(genes))],
+                        "Metadata_is_control": [g == "EMPTY" for g in genes],
+                        **{f"f{k}": rng.normal(size=len(genes)) for k in range(6)}})
+  table.to_csv(tmp_path / "wells.csv", index=False)
+  rel = tmp_path / "relationships"
+  rel.mkdir()
+  (rel / "Known.txt").write_text("entity1,entity2\nG0,G1\nG2,G3\nG4,G5\n")
+  (rel / "Elsewhere.txt").write_text("entity1,entity2\nTP53,MDM2\n")  # No gene in the map.
+  proc = subprocess.run(
+      [sys.executable, "-W", "default", "-m", "maejax.benchmark", "--embeddings",
+       str(tmp_path / "wells.csv"), "--relationships", str(rel), "--out", str(tmp_path / "out"),
+       "--n-null", "20"], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+  assert proc.returncode == 0, proc.stderr
+  ours = [l for l in proc.stderr.splitlines() if "Elsewhere" in l]
+  assert len(ours) == 1 and ours[0].startswith("warning: database Elsewhere: none of its"), (
+      proc.stderr)
+  assert "UserWarning" not in proc.stderr and "warnings.warn" not in proc.stderr
+  for name in ("recall_curve.png", "replicate_consistency.png"):
+    _png(tmp_path / "out" / name)
