@@ -377,7 +377,10 @@ def checkpoint_config(m: ocp.CheckpointManager, step: int) -> ml_collections.Con
 
 def checkpoint_metadata(m: ocp.CheckpointManager, step: int) -> dict[str, Any]:
   """{"step", "train_flops", "images_seen"} saved with a checkpoint."""
-  return dict(m.metadata(int(step)).custom_metadata or {})
+  # The step's metadata file alone: m.metadata(step) also reads each item's metadata and logs
+  # 'Item "state" ... could not be restored' for every item no restore has named yet.
+  step_dir = m.directory / str(int(step))
+  return dict(ocp.metadata.get_step_metadata(step_dir).custom_metadata or {})
 
 
 def restore_params(m: ocp.CheckpointManager, step: int, target: dict) -> dict:

@@ -1,6 +1,7 @@
 """maejax.load on training workdirs (any step, a damaged newest checkpoint) and on gs:// paths."""
 
 import json
+import logging
 import os
 import re
 import shlex
@@ -156,6 +157,15 @@ def test_repr_names_model_parameters_channels_and_pooling(workdir):
                       r"\(channel-agnostic\), pool 'mean'\)", repr(ca)), repr(ca)
   wsl = maejax.api.Model(maejax.create("wsl_tiny_cnn"), config_lib.experiment("x", "wsl_tiny_cnn"))
   assert "6 channels" in repr(wsl) and "pool 'mean'" in repr(wsl)
+
+
+def test_checkpoint_config_and_metadata_read_quietly(workdir, caplog):
+  with caplog.at_level(logging.WARNING), workdir_lib.manager(workdir) as m:
+    meta = workdir_lib.checkpoint_metadata(m, 2)
+    config = workdir_lib.checkpoint_config(m, 2)
+  assert meta["step"] == 2 and meta["images_seen"] == 2 * 8
+  assert config.model.name == "vit_tiny"
+  assert "could not be restored" not in caplog.text  # Orbax's noise about unread items.
 
 
 def test_damaged_newest_checkpoint_loads_the_previous_with_one_warning(workdir, tmp_path, capsys):
