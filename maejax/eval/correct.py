@@ -4,17 +4,22 @@ All functions take well features `[wells, features]`, a boolean `is_control [wel
 batch label of every well `batch [wells]` (the experiment), and return new features
 `[wells, features']`. Statistics are fitted on control wells only and applied to every well.
 
-TVN follows Kraus et al. 2024 / Celik et al. 2024 (EFAAR):
-  1. standardize on controls (per batch), 2. PCA fitted on controls, 3. standardize on
-  controls again (per batch), 4. per batch, whiten by the control covariance:
-  x <- x @ (cov(controls of the batch) + 0.5 I)^(-1/2)   (CORAL without re-coloring).
+`tvn` is EFAAR's `tvn_on_controls(..., batch_col=...)` (Celik et al. 2024; Kraus et al. 2024):
+  1. standardize on all control wells pooled, 2. PCA with all components fitted on the
+  controls, 3. standardize on the pooled controls again, 4. per batch, whiten by that batch's
+  control covariance: x <- x @ (cov(controls of the batch, ddof=1) + 0.5 I)^(-1/2) (CORAL
+  without re-coloring).
+`tvn_per_batch` (maejax's TVN before it followed EFAAR) standardizes per batch in steps 1 and 3.
+With `n_components=None` the PCA keeps every component with non-zero control variance (all
+of them, as sklearn's PCA(), when there are more control wells than features).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-METHODS = ("none", "center_scale", "pca", "tvn")
+METHODS = ("none", "center_scale", "pca", "tvn", "tvn_per_batch")
+PCA_METHODS = ("pca", "tvn", "tvn_per_batch")  # Return principal-component scores.
 CORAL_RIDGE = 0.5
 
 
@@ -104,6 +109,8 @@ def pca_on_controls(features, is_control, batch=None, *,
                     n_components: int | float | None = None, min_controls: int = 2):
   """Center-scale per batch, PCA fitted on (pooled) controls, center-scale per batch again.
 
+  batch None: one batch, so both center-scalings use all control wells pooled.
+
   Returns: float64 [wells, k] principal-component scores.
   """
   features, is_control = _check_inputs(features, is_control)
@@ -137,7 +144,21 @@ def coral_whiten(features, is_control, batch=None, *, ridge: float = CORAL_RIDGE
 
 def tvn(features, is_control, batch=None, *, n_components: int | float | None = None,
         min_controls: int = 2):
-  """Typical variation normalization: pca_on_controls then per-batch CORAL whitening.
+  """EFAAR's TVN: standardize, PCA, standardize (all on pooled controls), per-batch CORAL.
+
+  Returns: float64 [wells, k].
+  """
+  features, is_control = _check_inputs(features, is_control)
+  batch = _batches(batch, features.shape[0])
+  _check_controls(is_control, batch, min_controls, "TVN's per-batch whitening")
+  x = pca_on_controls(features, is_control, None, n_components=n_components,
+                      min_controls=min_controls)
+  return coral_whiten(x, is_control, batch, min_controls=min_controls)
+
+
+def tvn_per_batch(features, is_control, batch=None, *,
+                  n_components: int | float | None = None, min_controls: int = 2):
+  """TVN with per-batch standardization: pca_on_controls(batch) then per-batch CORAL.
 
   Returns: float64 [wells, k].
   """
@@ -155,10 +176,7 @@ def correct(features, is_control, batch=None, *, method: str = "tvn",
     return np.asarray(features, dtype=np.float64)
   if method == "center_scale":
     return center_scale(features, is_control, batch, min_controls=min_controls)
-  if method == "pca":
-    return pca_on_controls(features, is_control, batch, n_components=n_components,
-                           min_controls=min_controls)
-  if method == "tvn":
-    return tvn(features, is_control, batch, n_components=n_components,
-               min_controls=min_controls)
-  raise ValueError(f"unknown correction {method!r}; choose one of {METHODS}")
+  pca = {"pca": pca_on_controls, "tvn": tvn, "tvn_per_batch": tvn_per_batch}.get(method)
+  if pca is None:
+    raise ValueError(f"unknown correction {method!r}; choose one of {METHODS}")
+  return pca(features, is_control, batch, n_components=n_components, min_controls=min_controls)

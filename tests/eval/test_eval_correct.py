@@ -1,6 +1,7 @@
 """Batch correction against independent scikit-learn / SciPy computations."""
 
 import numpy as np
+import pandas as pd
 import pytest
 from scipy import linalg
 from sklearn.decomposition import PCA
@@ -70,7 +71,39 @@ def test_pca_on_controls_matches_sklearn(n_components):
   np.testing.assert_allclose(_align_signs(out, expected), expected, atol=1e-8)
 
 
-def test_tvn_matches_independent_computation():
+def _efaar_tvn(x, batch, is_control):
+  """EFAAR's tvn_on_controls with a batch column, step by step in sklearn / SciPy."""
+  x = StandardScaler().fit(x[is_control]).transform(x)
+  x = PCA().fit(x[is_control]).transform(x)
+  x = StandardScaler().fit(x[is_control]).transform(x)
+  for b in np.unique(batch):
+    rows = batch == b
+    cov = np.cov(x[rows & is_control], rowvar=False, ddof=1) + 0.5 * np.eye(x.shape[1])
+    x[rows] = x[rows] @ linalg.fractional_matrix_power(cov, -0.5)
+  return x
+
+
+def _gene_cosines(x, batch, is_control):
+  """Gene-gene cosine similarities of the map: treated wells averaged per gene, as the
+  benchmark does. Genes cycle over each batch's treated wells, so each gene spans batches."""
+  genes = np.array([f"G{i % 9}" for i in range(int((~is_control).sum()))])
+  means = pd.DataFrame(x[~is_control]).groupby(genes).mean().to_numpy()
+  unit = means / np.linalg.norm(means, axis=1, keepdims=True)
+  return unit @ unit.T
+
+
+def test_tvn_equals_efaar_tvn_on_controls_on_gene_cosines():
+  x, batch, is_control = _screen(seed=2)
+  expected = _gene_cosines(_efaar_tvn(x, batch, is_control), batch, is_control)
+  got = _gene_cosines(correct.tvn(x, is_control, batch), batch, is_control)
+  np.testing.assert_allclose(got, expected, atol=1e-6)
+  assert np.abs(expected - np.eye(len(expected))).max() > 0.1  # Not a trivial map.
+  # Standardizing per batch instead gives another map on batches of different scales.
+  per_batch = _gene_cosines(correct.tvn_per_batch(x, is_control, batch), batch, is_control)
+  assert np.abs(per_batch - expected).max() > 0.05
+
+
+def test_tvn_per_batch_matches_independent_computation():
   x, batch, is_control = _screen(seed=2)
   # standardize on controls, PCA on controls, standardize again (all per batch) ...
   scaled = _scale_per_batch(x, batch, is_control)
@@ -81,7 +114,7 @@ def test_tvn_matches_independent_computation():
     rows = batch == b
     cov = np.cov(expected[rows & is_control].T) + 0.5 * np.eye(x.shape[1])
     expected[rows] = expected[rows] @ np.real(linalg.inv(linalg.sqrtm(cov)))
-  out = correct.tvn(x, is_control, batch)
+  out = correct.correct(x, is_control, batch, method="tvn_per_batch")
   np.testing.assert_allclose(_align_signs(out, expected), expected, atol=1e-8)
 
 
