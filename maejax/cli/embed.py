@@ -4,7 +4,9 @@
     python -m maejax.embed --checkpoint openphenom/ --config configs/rxrx1.py --channels 0,1,2 ...
 
 Embeds every well of a screen (maejax.eval.embed): one row per well, `Metadata_*` columns and
-`feature_<i>` columns. The screen is the checkpoint's own `config.data` unless `--config`
+`feature_<i>` columns, indexed by the well id, with the model, checkpoint, step, crop size,
+pooling and channels in the Parquet metadata / AnnData uns under "maejax" (maejax.eval.io).
+The screen is the checkpoint's own `config.data` unless `--config`
 (a config file, a config.json or a workdir) names another; `--config.data.<field>=<value>`
 changes one field of it (typed; an unknown field is an error).
 
@@ -151,10 +153,14 @@ def _embed_mine(embedder, source, shards, crop, partial: embed_lib.Partial, data
   return info
 
 
-def _write_table(partial: embed_lib.Partial, n_shards: int, source, args) -> dict:
-  """Process 0: all shards -> the well table at --out (and .h5ad); the partial folder goes."""
+def _write_table(partial: embed_lib.Partial, n_shards: int, source, args, embedder,
+                 crop) -> dict:
+  """Process 0: all shards -> the well table at --out (and .h5ad), with its provenance; the
+  partial folder goes."""
   sites = _site_table(partial, n_shards)
   wells = embed_lib.sites_to_wells(sites, source.metadata)
+  io.with_provenance(wells, embed_lib.provenance(
+      embedder, source, crop, checkpoint=workdir.path(args.checkpoint)))
   out = workdir.path(args.out)
   files = [str(io.write_embeddings(wells, out))]
   if args.h5ad:
@@ -193,7 +199,7 @@ def _run_locked(args, t0, model, data, source, crop, embedder) -> dict:
   _barrier("maejax_embed_shards_written")
   if jax.process_index() != 0:  # Process 0 assembles and writes the table.
     return dict(info, files=[], wall_s=round(time.time() - t0, 2))
-  return dict(info, **_write_table(partial, len(shards), source, args),
+  return dict(info, **_write_table(partial, len(shards), source, args, embedder, crop),
               wall_s=round(time.time() - t0, 2))
 
 

@@ -42,6 +42,10 @@ def default_config() -> ml_collections.ConfigDict:
       # Or one CSV row per site and channel: set file_column (and channel_column).
       file_column="",
       channel_column="",
+      # Or a CellProfiler LoadData CSV (found by its FileName_<Channel> columns; PathName_<Channel>
+      # relative to the CSV's folder): the <Channel> of physical channels 0, 1, ..., e.g.
+      # "DNA,ER,AGP,RNA,Mito" (also matches FileName_OrigDNA); "" = the CSV's column order.
+      loaddata_channels="",
       columns=ml_collections.ConfigDict(dict(
           experiment="experiment", plate="plate", well="well", site="site",
           perturbation="perturbation")),

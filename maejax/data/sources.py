@@ -5,7 +5,8 @@ Every source has `.metadata` (pandas, one row per site, with the standard column
 (int32 [channels], the physical channel of each slot), `.channel_names` and `len()`.
 
 Sources: the synthetic screen, a folder of per-channel TIFF/PNG files with a metadata CSV (the
-RxRx1 layout as a preset), RxRx3-core parquet shards, and ArrayRecord shards written by
+RxRx1 layout as a preset; or a CellProfiler LoadData CSV, detected by its `FileName_<Channel>`
+columns), RxRx3-core parquet shards, and ArrayRecord shards written by
 `python -m maejax.data.ingest` (the fast path). `make_source(config.data)` picks one.
 
 16-bit images: `config.data.uint16` says how they become uint8, never by silent clipping:
@@ -32,6 +33,12 @@ import pandas as pd
 from maejax.data import synthetic
 
 STANDARD_COLUMNS = ("experiment", "plate", "well", "site", "perturbation", "is_control")
+# CellProfiler LoadData: FileName_<Channel> / PathName_<Channel> per channel, Metadata_* columns.
+FILE_NAME, PATH_NAME = "FileName_", "PathName_"
+# The LoadData Metadata_ names (lower case) that give each standard column, first match wins.
+LOADDATA_COLUMNS = {"experiment": ("experiment", "batch"), "plate": ("plate",),
+                    "well": ("well",), "site": ("site",),
+                    "perturbation": ("perturbation", "symbol", "jcp2022", "broad_sample")}
 ARRAYRECORD_INFO = "info.json"
 ARRAYRECORD_METADATA = "metadata.parquet"
 _HEADER = 12  # three uint32: height, width, channels
@@ -221,27 +228,36 @@ def _standardize(df: pd.DataFrame, columns: dict, control_column: str, control_v
 class FolderSource(Source):
   """Per-channel image files + a metadata CSV.
 
-  The CSV has either one row per site and a `path_template` (format fields: any CSV column and
+  The CSV has one row per site and a `path_template` (format fields: any CSV column and
   `channel`, which takes the values `channel_numbers[c]` for physical channel c), or one row per
-  (site, channel) with `file_column` and `channel_column` (long form). Paths are relative to
-  `root`.
+  (site, channel) with `file_column` and `channel_column` (long form), both with paths relative
+  to `root`; or it is a CellProfiler LoadData CSV (detected by `FileName_<Channel>` columns;
+  see `loaddata_layout`), whose relative `PathName_<Channel>` are relative to the CSV's folder.
   """
 
   def __init__(self, root: str, csv_path: str, *, channels, path_template: str = "",
                channel_numbers=(1, 2, 3, 4, 5, 6), channel_names=(), file_column: str = "",
                channel_column: str = "", columns: dict | None = None, control_column: str = "",
-               control_values=("True",), uint16: str = "error", bit_depth: int = 16,
-               percentiles=(0.1, 99.9), skip_bad_images: bool = False, check_files: bool = True):
+               control_values=("True",), loaddata_channels: str = "", uint16: str = "error",
+               bit_depth: int = 16, percentiles=(0.1, 99.9), skip_bad_images: bool = False,
+               check_files: bool = True):
     if not os.path.isfile(csv_path):
       raise FileNotFoundError(f"metadata CSV {csv_path} not found; set config.data.path (the "
                               "dataset root) and config.data.metadata_csv")
     df = pd.read_csv(csv_path)
     columns = dict(columns or {})
-    numbers = tuple(channel_numbers)
-    self._channels = _check_channels(channels, len(numbers), f"{csv_path} (channel_numbers "
-                                     f"{numbers})")
+    loaddata = not file_column and any(str(c).startswith(FILE_NAME) for c in df.columns)
+    if loaddata:
+      df, names, columns, control_column = loaddata_layout(
+          df, csv_path, loaddata_channels, columns, control_column)
+      numbers = tuple(range(len(names)))
+      what = f"{csv_path} (LoadData channels {names})"
+    else:
+      numbers = tuple(channel_numbers)
+      names = tuple(channel_names) or tuple(f"w{n}" for n in numbers)
+      what = f"{csv_path} (channel_numbers {numbers})"
+    self._channels = _check_channels(channels, len(numbers), what)
     self.channel_ids = np.asarray(self._channels, np.int32)
-    names = tuple(channel_names) or tuple(f"w{n}" for n in numbers)
     self.channel_names = tuple(names[c] for c in self._channels)
     self._decode = dict(rule=uint16, bit_depth=bit_depth, percentiles=tuple(percentiles))
     self.skip_bad_images = skip_bad_images
@@ -253,6 +269,8 @@ class FolderSource(Source):
                        csv_path)
       df, paths = self._long_form(df, columns, file_column, channel_column or "channel",
                                   wanted, csv_path)
+    elif loaddata:
+      df, paths = loaddata_paths(df, csv_path, self.channel_names)
     else:
       if not path_template:
         raise ValueError("config.data.folder: set path_template (one CSV row per site) or "
@@ -309,6 +327,79 @@ class FolderSource(Source):
     paths = self._paths[index]
     planes = [to_uint8(read_channel(p), path=p, **self._decode) for p in paths]
     return stack_channels(planes, paths, _site_name(self.metadata, index))
+
+
+def loaddata_layout(df: pd.DataFrame, csv_path: str, spec: str, columns: dict,
+                    control_column: str) -> tuple[pd.DataFrame, tuple[str, ...], dict, str]:
+  """The channels and metadata columns of a CellProfiler LoadData table.
+
+  spec: `config.data.folder.loaddata_channels`, the `<Channel>` of physical channels 0, 1, ...
+    as comma-separated names, matched case-insensitively to the `FileName_<Channel>` columns,
+    also as `Orig<name>` (JUMP's `FileName_OrigDNA` for "DNA"); empty: every FileName_ column
+    in the CSV's order, illumination functions (`FileName_Illum*`) left out.
+  A standard column (config.data.folder.columns.<name>) absent from the CSV is taken from
+  `Metadata_<Name>` (any case; experiment also from Metadata_Batch, perturbation also from
+  Metadata_Symbol / Metadata_JCP2022); controls from `control_column` if present, else from
+  `Metadata_pert_type == "negcon"` (JUMP), else none.
+  Returns (df with `is_control` when derived, channel names, columns, control_column).
+  """
+  present = [str(c)[len(FILE_NAME):] for c in df.columns if str(c).startswith(FILE_NAME)]
+  if spec.strip():
+    by_lower = {p.lower(): p for p in present}
+    names = []
+    for name in (n.strip() for n in spec.split(",") if n.strip()):
+      found = by_lower.get(name.lower()) or by_lower.get("orig" + name.lower())
+      if found is None:
+        raise ValueError(f"{csv_path}: config.data.folder.loaddata_channels names {name!r}, "
+                         f"but the CSV's FileName_ columns are {present}; use those names")
+      names.append(found)
+  else:
+    names = [p for p in present if not p.lower().startswith("illum")] or present
+  lower = {str(c).lower(): c for c in df.columns if str(c).startswith("Metadata_")}
+  columns = dict(columns)
+  for name, aliases in LOADDATA_COLUMNS.items():
+    if columns.get(name) in df.columns:
+      continue
+    found = next((a for a in aliases if "metadata_" + a in lower), None)
+    if found is None:
+      if name == "well":
+        raise ValueError(f"{csv_path}: LoadData CSV without a well column (Metadata_Well or "
+                         f"config.data.folder.columns.well={columns.get('well')!r}); add one or "
+                         "set config.data.folder.columns.well")
+      columns[name] = ""
+      continue
+    original = lower["metadata_" + found]
+    # Metadata_Plate becomes `plate` (no duplicate); an alias (Metadata_Symbol) stays as well.
+    df = df.rename(columns={original: name}) if found == name else df.assign(
+        **{name: df[original]})
+    columns[name] = name
+  if control_column and control_column not in df.columns:
+    kind = next((lower[k] for k in ("metadata_pert_type", "metadata_control_type")
+                 if k in lower), None)
+    df = df.assign(is_control=(df[kind].astype(str).str.lower() == "negcon") if kind else False)
+    control_column = ""
+  return df, tuple(names), columns, control_column
+
+
+def loaddata_paths(df: pd.DataFrame, csv_path: str, names) -> tuple[pd.DataFrame, list]:
+  """The image paths [site][channel] of `names` in a LoadData table (PathName_ relative to the
+  CSV's folder), and the table without its FileName_/PathName_ columns."""
+  base = os.path.dirname(os.path.abspath(csv_path))
+  parts = []
+  for name in names:
+    if PATH_NAME + name not in df.columns:
+      raise ValueError(f"{csv_path}: column {PATH_NAME + name} is missing (the CSV has "
+                       f"{FILE_NAME + name}); add the folder of each image as {PATH_NAME + name}")
+    for column in (FILE_NAME + name, PATH_NAME + name):
+      empty = df[column].isna() | (df[column].astype(str).str.strip() == "")
+      if empty.any():
+        raise ValueError(f"{csv_path} row {int(np.argmax(empty.to_numpy()))}: {column} is empty; "
+                         "fill it or drop the row")
+    parts.append([os.path.join(base, str(d), str(f))  # An absolute PathName_ stays as it is.
+                  for d, f in zip(df[PATH_NAME + name], df[FILE_NAME + name])])
+  paths = [list(site) for site in zip(*parts)]
+  image_columns = [c for c in df.columns if str(c).startswith((FILE_NAME, PATH_NAME, "URL_"))]
+  return df.drop(columns=image_columns), paths
 
 
 def _fmt_key(names, values) -> str:

@@ -4,7 +4,9 @@ Every site is tiled into non-overlapping `crop_size` crops (maejax.data.eval_til
 embedded data-parallel over all local devices (maejax.api.ShardedEmbedder: params replicated,
 batch split over a `data` mesh axis), averaged to sites, then sites to wells. A well table has
 one row per well: `Metadata_*` columns (experiment, plate, well, perturbation, is_control, ...
-plus n_sites, n_crops) and `feature_<i>` columns, the layout `python -m maejax.benchmark` reads.
+plus n_sites, n_crops; names as categories) and `feature_<i>` columns, indexed by the well id
+`Metadata_well_id` (`<experiment>_<plate>_<well>`), with the run's provenance (`provenance`) in
+`table.attrs["maejax"]`: the layout `python -m maejax.benchmark` reads (maejax.eval.io).
 
 The parts, one job each:
 - `data_config`: the data ConfigDict to embed (a run config's `data` + typed overrides);
@@ -19,7 +21,9 @@ several processes.
 
 from __future__ import annotations
 
+import inspect
 import json
+import os
 from typing import Mapping, Sequence
 
 import ml_collections
@@ -177,9 +181,10 @@ def sites_to_wells(site_table: pd.DataFrame, metadata: pd.DataFrame) -> pd.DataF
   wells["n_sites"] = counts
   wells["n_crops"] = np.bincount(codes, weights=site_table["n_crops"].to_numpy(),
                                  minlength=n).astype(np.int64)
+  wells.index = io.well_ids(wells[keys])
   wells = wells.rename(columns=lambda c: c if str(c).startswith(io.METADATA_PREFIX)
                        else io.METADATA_PREFIX + str(c))
-  return io.join_table(wells, (sums / counts[:, None]).astype(np.float32), names)
+  return io.categorize(io.join_table(wells, (sums / counts[:, None]).astype(np.float32), names))
 
 
 def embed_wells(embedder, source, crop_size: int | None, *, skip_bad_images: bool = False,
@@ -187,7 +192,22 @@ def embed_wells(embedder, source, crop_size: int | None, *, skip_bad_images: boo
   """The well table of every site of `source`, embedded by this process in memory."""
   sites = embed_shards(embedder, source, {0: range(len(source))}, crop_size,
                        skip_bad_images=skip_bad_images, progress=progress)[0]
-  return sites_to_wells(sites, source.metadata)
+  wells = sites_to_wells(sites, source.metadata)
+  return io.with_provenance(wells, provenance(embedder, source, crop_size))
+
+
+def provenance(embedder, source, crop_size: int | None, *, checkpoint=None) -> dict:
+  """What made a well table: model, checkpoint (path, step), crop size, pooling, block,
+  channels (ids and names) and the feature prefix (plus the maejax version, io.with_provenance)."""
+  model = embedder.model
+  pool = embedder.pool or (inspect.signature(model.module.embed).parameters["pool"].default
+                           or model.config.model.get("pool"))
+  return dict(model=str(model.config.model.name),
+              checkpoint=None if checkpoint is None else os.fspath(checkpoint),
+              step=model.step, crop_size=crop_size, pool=pool, block=embedder.block,
+              channels=[int(c) for c in source.channel_ids],
+              channel_names=[str(n) for n in source.channel_names],
+              feature_prefix=io.FEATURE_PREFIX)
 
 
 def intensity_sites(source, indices: Sequence[int] | None = None) -> pd.DataFrame:

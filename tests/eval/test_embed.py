@@ -6,8 +6,10 @@ import os
 import subprocess
 import sys
 
+import anndata
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 
 import maejax
@@ -87,6 +89,21 @@ def test_one_row_per_well_matches_numpy_reference(camae, tmp_path, capsys):
   h5ad = io.read_embeddings(tmp_path / "wells.h5ad")
   np.testing.assert_allclose(h5ad[[f"feature_{i}" for i in range(64)]].to_numpy(), features,
                              rtol=1e-6)
+  # Other tools see the well ids, the categories and the provenance without maejax.
+  plain = pd.read_parquet(out)
+  assert plain.index.name == "Metadata_well_id" and plain.index.is_unique
+  assert plain.index[0] == "_".join(str(plain[f"Metadata_{k}"].iloc[0])
+                                    for k in ("experiment", "plate", "well"))
+  assert isinstance(plain.Metadata_perturbation.dtype, pd.CategoricalDtype)
+  assert plain.Metadata_n_sites.dtype == np.int64
+  stored = json.loads(pq.read_schema(out).metadata[b"maejax"])
+  assert stored["model"] == "camae_tiny" and stored["checkpoint"] == camae
+  assert stored["crop_size"] == 16 and stored["pool"] and stored["feature_prefix"] == "feature_"
+  assert stored["channels"] == [0, 1, 2, 3, 4, 5] and len(stored["channel_names"]) == 6
+  adata = anndata.read_h5ad(tmp_path / "wells.h5ad")
+  assert adata.obs_names.tolist() == plain.index.tolist()
+  assert isinstance(adata.obs.plate.dtype, pd.CategoricalDtype)
+  assert adata.uns["maejax"]["model"] == "camae_tiny"
 
 
 def test_resume_after_interruption_gives_the_same_table(camae, tmp_path, monkeypatch):

@@ -1,8 +1,12 @@
-"""Aggregation to perturbations and the embeddings-table reader/writer."""
+"""Aggregation to perturbations and the embeddings-table reader/writer: well ids, categories
+and provenance that plain pandas / pyarrow / anndata see, JUMP-cased input."""
 
+import json
 
+import anndata
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 
 from maejax.eval import aggregate, io
@@ -75,7 +79,113 @@ def test_control_flags_from_strings_and_key():
 def test_write_read_round_trip(tmp_path, suffix):
   path = io.write_embeddings(_wells(), tmp_path / f"wells{suffix}")
   back = io.read_embeddings(path)
-  pd.testing.assert_frame_equal(back, _wells(), check_dtype=False)
+  pd.testing.assert_frame_equal(io.plain(back), _wells(), check_dtype=False)
+
+
+PROVENANCE = {"model": "vit_tiny", "checkpoint": "runs/demo", "step": 1000, "crop_size": 32,
+              "pool": "mean", "channels": [0, 1, 2], "channel_names": ["DNA", "ER", "AGP"]}
+
+
+def _tagged_wells():
+  wells = _wells()
+  wells["Metadata_plate"] = [1, 1, 2, 1, 2]  # RxRx1-style integer plates.
+  wells["Metadata_n_sites"] = [2, 2, 2, 1, 2]
+  wells.index = io.well_ids(wells[["Metadata_experiment", "Metadata_plate", "Metadata_well"]])
+  return io.with_provenance(wells, PROVENANCE)
+
+
+def test_parquet_carries_index_categories_and_provenance_for_plain_pandas(tmp_path):
+  io.write_embeddings(_tagged_wells(), tmp_path / "wells.parquet")
+  back = pd.read_parquet(tmp_path / "wells.parquet")  # No maejax in the way.
+  assert back.index.name == "Metadata_well_id"
+  assert back.index.tolist() == ["e1_1_A01", "e1_1_A02", "e2_2_A01", "e1_1_B01", "e2_2_B02"]
+  for column in ("Metadata_experiment", "Metadata_well", "Metadata_perturbation"):
+    assert isinstance(back[column].dtype, pd.CategoricalDtype), column
+  assert back.Metadata_n_sites.dtype == np.int64 and back.Metadata_is_control.dtype == bool
+  stored = json.loads(pq.read_schema(tmp_path / "wells.parquet").metadata[b"maejax"])
+  assert {k: stored[k] for k in PROVENANCE} == PROVENANCE and stored["maejax_version"]
+  assert back.filter(regex=f"^{io.FEATURE_PREFIX}").shape[1] == 0  # f0, f1 are not maejax's
+  assert io.provenance_of(io.read_embeddings(tmp_path / "wells.parquet"))["step"] == 1000
+
+
+def test_h5ad_carries_obs_names_categories_and_uns_for_plain_anndata(tmp_path):
+  io.write_embeddings(_tagged_wells(), tmp_path / "wells.h5ad")
+  adata = anndata.read_h5ad(tmp_path / "wells.h5ad")
+  assert adata.obs_names.tolist() == _tagged_wells().index.tolist()
+  for column in ("experiment", "plate", "well", "perturbation"):  # scanpy colours discretely
+    assert isinstance(adata.obs[column].dtype, pd.CategoricalDtype), column
+  assert adata.obs.plate.cat.categories.tolist() == [1, 2]
+  assert adata.obs.n_sites.dtype == np.int64
+  uns = adata.uns["maejax"]
+  assert uns["model"] == "vit_tiny" and uns["step"] == 1000 and list(uns["channels"]) == [0, 1, 2]
+  back = io.read_embeddings(tmp_path / "wells.h5ad")
+  assert back.index.tolist() == adata.obs_names.tolist()
+  assert io.provenance_of(back)["channel_names"] == ["DNA", "ER", "AGP"]
+
+
+def test_csv_keeps_the_well_id_column(tmp_path):
+  io.write_embeddings(_tagged_wells(), tmp_path / "wells.csv")
+  assert pd.read_csv(tmp_path / "wells.csv").columns[0] == "Metadata_well_id"
+  back = io.read_embeddings(tmp_path / "wells.csv")
+  assert back.index.tolist() == _tagged_wells().index.tolist()
+
+
+def test_well_ids_are_unique_even_when_names_collide():
+  keys = pd.DataFrame({"experiment": ["a_b", "a"], "plate": ["c", "b_c"], "well": ["A1", "A1"]})
+  ids = io.well_ids(keys)
+  assert ids.is_unique and ids.name == "Metadata_well_id"
+
+
+def test_jump_cased_columns_map_to_canonical_names():
+  jump = pd.DataFrame({"Metadata_Plate": ["P1", "P2"], "Metadata_WELL": ["A01", "A02"],
+                       "Metadata_Batch": ["b1", "b1"], "Metadata_JCP2022": ["JCP1", "JCP2"],
+                       "Metadata_Symbol": ["TP53", "non-targeting"],
+                       "Metadata_pert_type": ["trt", "negcon"], "f0": [1.0, 2.0]})
+  out = io.canonical_columns(jump)
+  assert out.Metadata_plate.tolist() == ["P1", "P2"] and "Metadata_Plate" not in out
+  assert out.Metadata_well.tolist() == ["A01", "A02"] and out.Metadata_batch.tolist() == ["b1"] * 2
+  assert out.Metadata_perturbation.tolist() == ["TP53", "non-targeting"]  # Symbol before JCP
+  assert out.Metadata_Symbol.tolist() == ["TP53", "non-targeting"]       # the original stays
+  assert out.Metadata_is_control.tolist() == [False, True]
+  assert io.resolve_column(out, "Metadata_Plate", what="batch", flag="--batch-col") == \
+      "Metadata_plate"
+  kept = io.canonical_columns(jump.assign(Metadata_perturbation=["x", "y"]))
+  assert kept.Metadata_perturbation.tolist() == ["x", "y"]  # a canonical column wins
+
+
+def test_jump_cased_table_is_benchmarked(tmp_path, capsys):
+  from maejax.cli import benchmark  # pylint: disable=import-outside-toplevel
+  rng = np.random.default_rng(0)
+  genes = [f"G{i}" for i in range(8)]
+  centers = {g: rng.normal(size=6) * 2 for g in genes}
+  for a, b in zip(genes[::2], genes[1::2]):
+    centers[b] = centers[a] + rng.normal(size=6) * 0.3
+  rows = []
+  for plate in ("BR1", "BR2"):
+    shift = rng.normal(size=6) * 3
+    for k, g in enumerate(genes * 2 + ["non-targeting"] * 6):
+      x = centers.get(g, np.zeros(6)) + rng.normal(size=6) * 0.3 + shift
+      rows.append({"Metadata_Source": "source_13", "Metadata_Batch": plate[-1],
+                   "Metadata_Plate": plate, "Metadata_Well": f"W{k:02d}",
+                   "Metadata_JCP2022": f"JCP2022_{g}", "Metadata_Symbol": g,
+                   "Metadata_pert_type": "negcon" if g == "non-targeting" else "trt",
+                   **{f"X_{j}": v for j, v in enumerate(x)}})
+  pd.DataFrame(rows).to_parquet(tmp_path / "jump.parquet")
+  rel = tmp_path / "rel"
+  rel.mkdir()
+  pd.DataFrame({"entity1": genes[::2], "entity2": genes[1::2]}).to_csv(rel / "Pairs.csv",
+                                                                       index=False)
+  assert benchmark.main(["--embeddings", str(tmp_path / "jump.parquet"), "--relationships",
+                         str(rel), "--out", str(tmp_path / "out"), "--n-null", "50",
+                         "--map-null-size", "0", "--json"]) == 0
+  summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+  assert summary["perturbations"] == 8 and summary["wells"] == 2 * (16 + 6)
+  assert summary["provenance"] == {"correction": "tvn"}
+  recall = summary["recall"][0]
+  assert recall["pairs"] == 4 and recall["recall"] > recall["random_baseline"]
+  stored = json.loads(pq.read_schema(tmp_path / "out" / "perturbation_map.parquet")
+                      .metadata[b"maejax"])
+  assert stored["correction"] == "tvn"
 
 
 def test_h5ad_round_trip(tmp_path):
