@@ -156,7 +156,7 @@ class ShardedEmbedder:
     self.batch_size = -(-int(batch_size) // n) * n  # A multiple of the device count.
     self.data = NamedSharding(self.mesh, P("data"))
     replicated = NamedSharding(self.mesh, P())
-    self.model = model
+    self.model, self.pool, self.block = model, pool, block  # pool None: the model's own.
     self.state = jax.device_put(model.state, replicated)
     kwargs = {"block": block}
     if pool is not None:
