@@ -11,10 +11,19 @@ Definitions follow the EFAAR benchmark (Celik et al. 2024; Kraus et al. 2024):
   (the empirical-CDF percentile rank, as EFAAR's compute_recall). Random pairs score
   (lower + 100 - upper) / 100, e.g. 0.10 at (5, 95); `random_baseline` gives the exact value
   for the null at hand.
+
+Where the pairs come from (`relationships_for`): files or directories of entity1,entity2 pairs;
+`efaar`, the CORUM / HuMAP / Reactome / SIGNOR / StringDB tables shipped in Recursion's
+`efaar-benchmarking` package (located through its installed files, never imported; CORUM and
+SIGNOR are CC BY-NC 4.0, non-commercial use only; HuMAP and StringDB CC BY 4.0; Reactome CC0);
+or, given none, the planted pairs and complexes of the embedded synthetic screen when the table
+is one of it.
 """
 
 from __future__ import annotations
 
+import importlib.metadata
+import re
 import warnings
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
@@ -23,9 +32,18 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from maejax.data import synthetic
+from maejax.eval import io
+
 THRESHOLDS = ((5, 95), (10, 90))
 CURVE_PERCENTILES = tuple(range(1, 51))
 MAX_NULL_PAIRS = 10_000_000
+EFAAR = "efaar"  # --relationships efaar: the tables of the efaar-benchmarking package.
+EFAAR_DISTRIBUTION = "efaar-benchmarking"
+EFAAR_DATABASES = ("CORUM", "HuMAP", "Reactome", "SIGNOR", "StringDB")
+EFAAR_INSTALL = "pip install --no-deps efaar-benchmarking"
+EFAAR_LICENCES = ("CORUM and SIGNOR are CC BY-NC 4.0 (non-commercial use only), HuMAP and "
+                  "StringDB CC BY 4.0, Reactome CC0 1.0")
 
 
 # ----------------------------------------------------------------------------- relationships
@@ -83,6 +101,76 @@ def load_relationships(sources: str | Path | Iterable[str | Path]) -> dict[str, 
   return {name: undirected_pairs(pairs) for name, pairs in databases.items()}
 
 
+def efaar_files() -> list[Path]:
+  """The relationship tables of the installed efaar-benchmarking package, found through its
+  installed-files record (importlib.metadata), so none of its heavy modules is imported.
+
+  Returns: [benchmark_annotations/<db>.txt for db in EFAAR_DATABASES].
+  """
+  try:
+    dist = importlib.metadata.distribution(EFAAR_DISTRIBUTION)
+  except importlib.metadata.PackageNotFoundError:
+    raise FileNotFoundError(
+        f"--relationships {EFAAR} reads the relationship tables of Recursion's "
+        f"{EFAAR_DISTRIBUTION} package, which is not installed: {EFAAR_INSTALL} "
+        f"({EFAAR_LICENCES})") from None
+  found = {Path(f).stem: Path(dist.locate_file(f)) for f in dist.files or ()
+           if Path(f).parent.name == "benchmark_annotations" and Path(f).suffix == ".txt"}
+  missing = [d for d in EFAAR_DATABASES if d not in found or not found[d].is_file()]
+  if missing:
+    raise FileNotFoundError(
+        f"{EFAAR_DISTRIBUTION} {dist.version} (at {dist.locate_file('')}) lacks "
+        f"benchmark_annotations/{missing[0]}.txt; reinstall it: {EFAAR_INSTALL} "
+        "--force-reinstall")
+  return [found[d] for d in EFAAR_DATABASES]
+
+
+def _synthetic_screen(genes: np.ndarray, experiments: np.ndarray | None):
+  """The default embedded synthetic screen when a table's perturbations and experiments are
+  its (`G000` .. genes, `EMPTY` controls, `SYN-<k>` experiments), else None."""
+  screen = synthetic.SyntheticScreen()
+  known = set(screen.spec.genes) | {synthetic.CONTROL}
+  names = set(genes)
+  if experiments is not None and not all(re.fullmatch(r"SYN-\d+", e) for e in set(experiments)):
+    return None
+  if names <= known:
+    return screen
+  if all(re.fullmatch(r"G\d{3}", g) for g in names - {synthetic.CONTROL}):
+    raise ValueError(
+        f"the table looks like a synthetic screen ({len(names)} G<nnn> perturbations) but not "
+        f"the default one ({len(screen.spec.genes)} genes), so its planted pairs are unknown "
+        "here: write that screen with python -m maejax.data.synthetic --out SCREEN (same "
+        "settings) and pass --relationships SCREEN/relationships.csv")
+  return None
+
+
+def relationships_for(table: pd.DataFrame, sources, perturbation_col: str = "perturbation"):
+  """The relationship databases (and clusters) a well table is scored against.
+
+  Args:
+    table: the well table (Metadata_* columns).
+    sources: files / directories of entity1,entity2 pairs, `efaar` among them, or None: the
+      planted pairs of the embedded synthetic screen, when the table is one of it.
+  Returns: (sources with `efaar` replaced by its files, or {"planted": pairs}; the planted
+    complexes {name: genes} when planted, else None).
+  """
+  if sources is not None:
+    sources = [sources] if isinstance(sources, (str, Path)) else list(sources)
+    return [f for s in sources for f in (efaar_files() if str(s) == EFAAR else [s])], None
+  column = io.resolve_column(table, perturbation_col, what="perturbation",
+                             flag="--perturbation-col")
+  experiment = next((c for c in ("experiment", io.METADATA_PREFIX + "experiment")
+                     if c in table.columns), None)
+  screen = _synthetic_screen(table[column].astype(str).to_numpy(),
+                             None if experiment is None else table[experiment].astype(str))
+  if screen is None:
+    raise ValueError(
+        "no --relationships given and the table is not one of the embedded synthetic screen "
+        "(whose planted pairs are the default): pass --relationships DIR_OR_FILES (entity1,"
+        f"entity2 pairs) or --relationships {EFAAR} ({EFAAR_INSTALL})")
+  return {"planted": undirected_pairs(screen.relationships)}, dict(screen.clusters)
+
+
 # ----------------------------------------------------------------------------- similarity
 
 def unit_rows(features) -> np.ndarray:
@@ -136,7 +224,8 @@ def query_pairs(genes: Sequence[str], pairs: pd.DataFrame) -> tuple[np.ndarray, 
 
 def score_relationships(features, genes: Sequence[str], relationships: Mapping[str, pd.DataFrame],
                         *, thresholds=THRESHOLDS, percentiles=CURVE_PERCENTILES,
-                        max_null_pairs: int = MAX_NULL_PAIRS, seed: int = 0
+                        max_null_pairs: int = MAX_NULL_PAIRS, seed: int = 0,
+                        perturbation_col: str = "perturbation"
                         ) -> tuple[pd.DataFrame, pd.DataFrame]:
   """Known-relationship recall of a perturbation map.
 
@@ -146,6 +235,7 @@ def score_relationships(features, genes: Sequence[str], relationships: Mapping[s
     relationships: {database: DataFrame entity1,entity2}; made undirected here (again).
     thresholds: (lower, upper) percent pairs for the recall table.
     percentiles: p values of the recall curve, each scored at (p, 100 - p).
+    perturbation_col: the table column `genes` came from (named when no database has a pair).
   Returns:
     recall: DataFrame [database, lower, upper, recall, pairs, random_baseline, genes_in_map].
     curve: DataFrame [database, percentile, recall, random_baseline] (database "random" too).
@@ -168,12 +258,19 @@ def score_relationships(features, genes: Sequence[str], relationships: Mapping[s
     suffix = np.searchsorted(null_lt, upper * len(null) / 100.0, side="left")
     return float(prefix + len(null) - suffix - max(0, prefix - suffix)) / len(null)
 
+  queries = {name: query_pairs(genes, undirected_pairs(pairs))
+             for name, pairs in relationships.items()}
+  if relationships and not any(len(i) for i, _ in queries.values()):
+    raise ValueError(
+        f"no pair of {', '.join(relationships)} has both genes in the map: the perturbation "
+        f"column {perturbation_col} holds {len(genes)} names such as "
+        f"{', '.join(genes[:4])}; name the column of gene symbols with --perturbation-col, "
+        "or pass relationships over these names with --relationships")
   recall_rows, curve_rows = [], []
   for p in percentiles:
     curve_rows.append(dict(database="random", percentile=p, recall=baseline(p, 100 - p)))
-  for name, pairs in relationships.items():
-    pairs = undirected_pairs(pairs)
-    i, j = query_pairs(genes, pairs)
+  for name, (i, j) in queries.items():
+    pairs = undirected_pairs(relationships[name])
     in_map = len(np.intersect1d(np.unique(np.r_[pairs.entity1, pairs.entity2]), genes))
     if len(i) == 0:
       warnings.warn(f"database {name}: none of its {len(pairs)} pairs has both genes in the "

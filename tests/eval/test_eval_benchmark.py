@@ -1,5 +1,8 @@
 """Known-relationship recall and replicate consistency against hand / brute-force answers."""
 
+import importlib.metadata
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -7,8 +10,12 @@ import pandas as pd
 import pytest
 from sklearn.metrics.pairwise import cosine_similarity as sk_cosine
 
+from maejax.cli import benchmark as benchmark_cli
+from maejax.data import synthetic
 from maejax.eval import benchmark
+from maejax.eval import pipeline
 
+REPO = Path(__file__).resolve().parents[2]
 SHARED = Path(__file__).resolve().parents[2] / ".." / "shared" / "benchmarks" / "relationships"
 
 
@@ -240,3 +247,152 @@ def test_random_baseline_with_tied_cosines():
     expected = np.mean([(np.sum(null <= v) / len(null) <= p / 100)
                         or (np.sum(null < v) / len(null) >= 1 - p / 100) for v in null])
     assert row.random_baseline == pytest.approx(expected)
+
+
+# ----------------------------------------------------------------------------- where pairs come from
+
+def _synthetic_wells(seed=0, **spec):
+  """Well table of a synthetic screen's layout (no images): each gene's wells carry its planted
+  complex's direction plus noise, and each experiment a shift and a scale."""
+  screen = synthetic.SyntheticScreen(**spec)
+  wells = screen.metadata.drop_duplicates(["experiment", "plate", "well"]).reset_index(drop=True)
+  rng = np.random.default_rng(seed)
+  group = dict(zip(screen.genes.gene, screen.genes.group))
+  centers = {g: rng.normal(size=8) * 2 for g in set(group.values()) - {""}}
+  x = np.stack([centers.get(group.get(p, ""), np.zeros(8)) for p in wells.perturbation])
+  x += rng.normal(size=x.shape) * 0.5
+  shift = {e: (rng.normal(size=8) * 3, rng.uniform(0.5, 2, 8)) for e in wells.experiment.unique()}
+  x = np.stack([v * shift[e][1] + shift[e][0] for v, e in zip(x, wells.experiment)])
+  table = pd.concat([wells[["experiment", "plate", "well", "perturbation", "is_control"]]
+                     .add_prefix("Metadata_"),
+                     pd.DataFrame(x, columns=[f"feature_{i}" for i in range(8)])], axis=1)
+  return table, screen
+
+
+def _run_cli(argv, capsys):
+  rc = benchmark_cli.main(argv + ["--n-null", "50", "--map-null-size", "0", "--json"])
+  captured = capsys.readouterr()
+  return rc, captured.out, captured.err
+
+
+def test_embedded_screen_tables_use_the_planted_pairs_and_complexes(tmp_path, capsys):
+  table, screen = _synthetic_wells()
+  table.to_parquet(tmp_path / "wells.parquet")
+  rc, out, err = _run_cli(["--embeddings", str(tmp_path / "wells.parquet"),
+                           "--out", str(tmp_path / "out")], capsys)
+  assert rc == 0, err
+  recall = pd.read_csv(tmp_path / "out" / "recall.csv")
+  assert set(recall.database) == {"planted"}
+  # Unordered pairs within each planted complex, counted from the genes table.
+  sizes = screen.genes[screen.genes.group != ""].groupby("group").size()
+  assert (recall.pairs == int((sizes * (sizes - 1) // 2).sum())).all()
+  assert (recall.recall > 3 * recall.random_baseline).all()
+  assert (tmp_path / "out" / "complex_heatmap.png").is_file()
+
+
+def test_unknown_table_without_relationships_is_an_error(tmp_path, capsys):
+  table, _ = _synthetic_wells()
+  table["Metadata_perturbation"] = table.Metadata_perturbation.str.replace("G", "GENE")
+  table.to_csv(tmp_path / "wells.csv", index=False)
+  rc, _, err = _run_cli(["--embeddings", str(tmp_path / "wells.csv"),
+                         "--out", str(tmp_path / "out")], capsys)
+  assert rc == 2 and err.count("\n") == 1
+  assert "no --relationships given" in err and "--relationships efaar" in err
+
+
+def test_other_synthetic_screen_without_relationships_names_the_fix(tmp_path, capsys):
+  table, _ = _synthetic_wells(n_groups=12)
+  table.to_csv(tmp_path / "wells.csv", index=False)
+  rc, _, err = _run_cli(["--embeddings", str(tmp_path / "wells.csv"),
+                         "--out", str(tmp_path / "out")], capsys)
+  assert rc == 2 and "python -m maejax.data.synthetic --out SCREEN" in err
+
+
+def test_no_pair_in_any_database_is_one_line_exit_2(tmp_path):
+  table, _ = _synthetic_wells()
+  table.to_csv(tmp_path / "wells.csv", index=False)
+  (tmp_path / "CORUM.txt").write_text("entity1,entity2\nTP53,MDM2\nPOLR2A,POLR2B\n")
+  proc = subprocess.run(
+      [sys.executable, "-m", "maejax.benchmark", "--embeddings", str(tmp_path / "wells.csv"),
+       "--relationships", str(tmp_path / "CORUM.txt"), "--out", str(tmp_path / "out"),
+       "--n-null", "20"], cwd=REPO, capture_output=True, text=True, timeout=300, check=False)
+  assert proc.returncode == 2, proc.stderr
+  assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("error: no pair of CORUM")
+  assert "Metadata_perturbation" in proc.stderr and "G000" in proc.stderr
+  assert not (tmp_path / "out" / "recall.csv").exists()
+
+
+def test_no_pair_error_names_the_column_and_values():
+  with pytest.raises(ValueError, match=r"no pair of A, B .* column Gene holds 3 names such as "
+                     r"x, y, z; name the column"):
+    benchmark.score_relationships(np.eye(3), ["x", "y", "z"],
+                                  {"A": _pairs([("P", "Q")]), "B": _pairs([("x", "Q")])},
+                                  perturbation_col="Gene")
+
+
+def _fake_efaar(root, genes):
+  """An installed efaar-benchmarking as pip leaves it (dist-info with RECORD and the
+  annotation files); importing its package fails, as its heavy imports would."""
+  package = root / "efaar_benchmarking"
+  annotations = package / "benchmark_annotations"
+  annotations.mkdir(parents=True)
+  (package / "__init__.py").write_text("raise ImportError('efaar_benchmarking was imported')\n")
+  files = ["efaar_benchmarking/__init__.py"]
+  for k, name in enumerate(benchmark.EFAAR_DATABASES):
+    pairs = "".join(f"{genes[i]},{genes[i + 1 + k % 2]}\n" for i in range(0, len(genes) - 2, 3))
+    (annotations / f"{name}.txt").write_text("entity1,entity2\n" + pairs)
+    files.append(f"efaar_benchmarking/benchmark_annotations/{name}.txt")
+  (annotations / "CORUM_clusters.tsv").write_text(f"cx\t{' '.join(genes[:4])}\n")
+  files.append("efaar_benchmarking/benchmark_annotations/CORUM_clusters.tsv")
+  info = root / "efaar_benchmarking-1.0.dist-info"
+  info.mkdir()
+  (info / "METADATA").write_text("Metadata-Version: 2.1\nName: efaar_benchmarking\nVersion: 1.0\n")
+  files += [f"{info.name}/METADATA", f"{info.name}/RECORD"]
+  (info / "RECORD").write_text("".join(f"{f},,\n" for f in files))
+  return annotations
+
+
+def test_relationships_efaar_finds_the_installed_tables(tmp_path, capsys, monkeypatch):
+  table, screen = _synthetic_wells()
+  table.to_parquet(tmp_path / "wells.parquet")
+  annotations = _fake_efaar(tmp_path / "site", screen.spec.genes)
+  monkeypatch.syspath_prepend(str(tmp_path / "site"))
+  files = benchmark.efaar_files()
+  assert files == [annotations / f"{d}.txt" for d in benchmark.EFAAR_DATABASES]
+  rc, out, err = _run_cli(["--embeddings", str(tmp_path / "wells.parquet"), "--relationships",
+                           "efaar", "--out", str(tmp_path / "out")], capsys)
+  assert rc == 0, err
+  assert "efaar_benchmarking" not in sys.modules  # Located, never imported.
+  recall = pd.read_csv(tmp_path / "out" / "recall.csv")
+  assert sorted(set(recall.database)) == sorted(benchmark.EFAAR_DATABASES)
+  expected = {d: len(benchmark.undirected_pairs(pd.read_csv(annotations / f"{d}.txt")))
+              for d in benchmark.EFAAR_DATABASES}
+  assert dict(zip(recall.database, recall.pairs)) == expected
+  assert (tmp_path / "out" / "complex_heatmap.png").is_file()  # CORUM_clusters.tsv beside.
+
+
+def test_relationships_efaar_missing_says_how_to_install(tmp_path, capsys, monkeypatch):
+  def not_installed(name):
+    raise importlib.metadata.PackageNotFoundError(name)
+  monkeypatch.setattr(importlib.metadata, "distribution", not_installed)
+  table, _ = _synthetic_wells()
+  table.to_parquet(tmp_path / "wells.parquet")
+  rc, _, err = _run_cli(["--embeddings", str(tmp_path / "wells.parquet"), "--relationships",
+                         "efaar", "--out", str(tmp_path / "out")], capsys)
+  assert rc == 2 and err.count("\n") == 1
+  assert "pip install --no-deps efaar-benchmarking" in err and "non-commercial" in err
+
+
+def test_real_efaar_package_tables_load():
+  try:
+    importlib.metadata.distribution(benchmark.EFAAR_DISTRIBUTION)
+  except importlib.metadata.PackageNotFoundError:
+    pytest.skip("efaar-benchmarking is not installed (pip install --no-deps "
+                "efaar-benchmarking, or --target DIR on PYTHONPATH: see the README)")
+  files = benchmark.efaar_files()
+  databases = benchmark.load_relationships(files)
+  assert list(databases) == list(benchmark.EFAAR_DATABASES)
+  raw = pd.read_csv(files[0])
+  assert len(databases["CORUM"]) == len({tuple(sorted(p)) for p in raw.astype(str).to_numpy()
+                                         if p[0] != p[1]}) > 1000
+  assert pipeline.find_clusters(files).name == "CORUM_clusters.tsv"
