@@ -218,8 +218,9 @@ def plain(table: pd.DataFrame) -> pd.DataFrame:
   """Categories -> their plain values (what the eval code groups and compares). A copy."""
   out = table.copy()
   for c in table.columns:
-    if isinstance(table[c].dtype, pd.CategoricalDtype):
-      out[c] = table[c].astype(table[c].cat.categories.dtype)
+    column = table[c]
+    if isinstance(column.dtype, pd.CategoricalDtype):  # Missing values need object (or float).
+      out[c] = column.astype(object if column.isna().any() else column.cat.categories.dtype)
   return out
 
 
