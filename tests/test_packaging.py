@@ -120,7 +120,7 @@ def test_installed_wheel_trains_the_demo_by_name_outside_the_checkout(wheel, tmp
   assert where.stdout.strip() == str(site / "maejax" / "__init__.py"), where.stderr
   proc = subprocess.run(
       [sys.executable, "-m", "maejax.train", "--config", "demo", "--config.total_steps=3",
-       "--config.batch_size=8", "--config.plot_every=3", "--config.data.synthetic.site_size=64",
+       "--config.batch_size=8", "--config.data.synthetic.site_size=64",
        "--no-progress"], capture_output=True, text=True, timeout=600, cwd=cwd, env=env)
   assert proc.returncode == 0, proc.stdout + proc.stderr
   assert "finished at step 3/3" in proc.stdout

@@ -211,8 +211,9 @@ class _Plotter:
       self.example = multihost_utils.broadcast_one_to_all(
           {k: v[i:i + 1] for k, v in local.items() if k in ("image", "channel_ids")})
 
-  def maybe_plot(self, state, step: int, writer) -> None:
-    if self.every <= 0 or step % self.every:
+  def maybe_plot(self, state, step: int, writer, *, last: bool = False) -> None:
+    """Plots at every multiple of plot_every and at the run's `last` step."""
+    if self.every <= 0 or (step % self.every and not last):
       return
     key = jax.random.fold_in(jax.random.key(self.seed), step)
     ids = self.example.get("channel_ids")
@@ -312,7 +313,7 @@ def _train(config, workdir, mesh, *, resume, progress, stop_at, compiler_options
           ckpt.save(step, state, data_iter, train_flops=meter.train_flops,
                     images_seen=step * batch_size)
         bar.update(1)
-        plotter.maybe_plot(state, step, writer)
+        plotter.maybe_plot(state, step, writer, last=step == total)
         if preempted:
           status = preempt.reason
           break
