@@ -1,7 +1,7 @@
 """Batch-correct well embeddings, build the perturbation map and score it.
 
-  python -m maejax.benchmark --embeddings wells.parquet \
-      --relationships ../shared/benchmarks/relationships --out results/ [--correction tvn] --json
+  python -m maejax.benchmark --embeddings wells.parquet --out results/ [--correction tvn] --json
+  python -m maejax.benchmark --embeddings wells.parquet --relationships efaar --out results/
 
 Works on any table with `Metadata_*` columns and numeric features: this package's embeddings,
 another model's, or CellProfiler features (maejax.eval.pipeline). Writes to --out: recall.csv,
@@ -51,10 +51,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
   p = cli.parser("python -m maejax.benchmark", __doc__)
   p.add_argument("--embeddings", required=True,
                  help="well table: .parquet/.csv/.h5ad with Metadata_* + feature columns")
-  p.add_argument("--relationships", required=True, nargs="+",
-                 help="directory of entity1,entity2 *.txt/*.csv files, or the files")
+  p.add_argument("--relationships", nargs="+", default=None,
+                 help="directory of entity1,entity2 *.txt/*.csv files, the files, or "
+                 f"'{bench.EFAAR}': CORUM, HuMAP, Reactome, SIGNOR, StringDB from an installed "
+                 f"efaar-benchmarking ({bench.EFAAR_INSTALL}; {bench.EFAAR_LICENCES}). "
+                 "Default: the planted pairs, for tables of the embedded synthetic screen")
   p.add_argument("--out", required=True, help="output directory")
-  p.add_argument("--correction", default="tvn", choices=correct_lib.METHODS)
+  p.add_argument("--correction", default="tvn", choices=correct_lib.METHODS,
+                 help="tvn: EFAAR's tvn_on_controls (standardize and PCA on pooled controls, "
+                 "per-batch CORAL); tvn_per_batch: standardize per batch instead "
+                 "(maejax.eval.correct)")
   p.add_argument("--perturbation-col", default="perturbation",
                  help="column of gene symbols (Metadata_ prefix optional)")
   p.add_argument("--batch-col", default=None,
@@ -124,8 +130,10 @@ def _report(info: dict, result: dict, out: str) -> None:
 
 def _main(args) -> int:
   table = io.read_embeddings(args.embeddings)
-  result = pipeline.run_benchmark(table, args.relationships, settings(args))
-  clusters = args.clusters or pipeline.find_clusters(args.relationships)
+  relationships, planted = bench.relationships_for(table, args.relationships,
+                                                   args.perturbation_col)
+  result = pipeline.run_benchmark(table, relationships, settings(args))
+  clusters = args.clusters or planted or pipeline.find_clusters(relationships)
   files = pipeline.write_outputs(result, args.out, clusters=clusters, h5ad=args.h5ad)
   info = pipeline.summary(result, files)
   _report(info, result, args.out)
