@@ -126,16 +126,16 @@ def efaar_files() -> list[Path]:
 
 
 def _synthetic_screen(genes: np.ndarray, experiments: np.ndarray | None):
-  """The default embedded synthetic screen when a table's perturbations and experiments are
-  its (`G000` .. genes, `EMPTY` controls, `SYN-<k>` experiments), else None."""
+  """The default embedded synthetic screen when a table holds exactly its genes (`G000`...)
+  besides `EMPTY` controls, in `SYN-<k>` experiments; None for other tables. Other sets of
+  `G<nnn>` genes (a non-default screen, whose complexes are unknown here) are an error."""
   screen = synthetic.SyntheticScreen()
-  known = set(screen.spec.genes) | {synthetic.CONTROL}
-  names = set(genes)
+  names = set(genes) - {synthetic.CONTROL}
   if experiments is not None and not all(re.fullmatch(r"SYN-\d+", e) for e in set(experiments)):
     return None
-  if names <= known:
+  if names == set(screen.spec.genes):  # A smaller screen's genes are a prefix: not enough.
     return screen
-  if all(re.fullmatch(r"G\d{3}", g) for g in names - {synthetic.CONTROL}):
+  if all(re.fullmatch(r"G\d{3}", g) for g in names):
     raise ValueError(
         f"the table looks like a synthetic screen ({len(names)} G<nnn> perturbations) but not "
         f"the default one ({len(screen.spec.genes)} genes), so its planted pairs are unknown "

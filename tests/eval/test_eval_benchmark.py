@@ -300,8 +300,10 @@ def test_unknown_table_without_relationships_is_an_error(tmp_path, capsys):
   assert "no --relationships given" in err and "--relationships efaar" in err
 
 
-def test_other_synthetic_screen_without_relationships_names_the_fix(tmp_path, capsys):
-  table, _ = _synthetic_wells(n_groups=12)
+@pytest.mark.parametrize("spec", [dict(n_groups=12), dict(n_groups=3, genes_per_group=3)])
+def test_other_synthetic_screen_without_relationships_names_the_fix(tmp_path, capsys, spec):
+  # More genes than the default screen, or fewer (a prefix of its names, grouped differently).
+  table, _ = _synthetic_wells(**spec)
   table.to_csv(tmp_path / "wells.csv", index=False)
   rc, _, err = _run_cli(["--embeddings", str(tmp_path / "wells.csv"),
                          "--out", str(tmp_path / "out")], capsys)
@@ -346,7 +348,8 @@ def _fake_efaar(root, genes):
   files.append("efaar_benchmarking/benchmark_annotations/CORUM_clusters.tsv")
   info = root / "efaar_benchmarking-1.0.dist-info"
   info.mkdir()
-  (info / "METADATA").write_text("Metadata-Version: 2.1\nName: efaar_benchmarking\nVersion: 1.0\n")
+  (info / "METADATA").write_text(
+      "Metadata-Version: 2.1\nName: efaar_benchmarking\nVersion: 1.0\n")
   files += [f"{info.name}/METADATA", f"{info.name}/RECORD"]
   (info / "RECORD").write_text("".join(f"{f},,\n" for f in files))
   return annotations
