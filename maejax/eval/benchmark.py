@@ -71,11 +71,10 @@ def _read_pairs(path: Path) -> pd.DataFrame | None:
 
 def load_relationships(sources: str | Path | Iterable[str | Path]) -> dict[str, pd.DataFrame]:
   """Reads relationship databases: a directory (every *.txt/*.csv with an entity1,entity2
-  header) or explicit files. Returns {database name (file stem): undirected pairs}."""
-  if isinstance(sources, (str, Path)):
-    sources = [sources]
+  header), explicit files, or `efaar` (efaar_files). Returns {database name (file stem):
+  undirected pairs}."""
   databases = {}
-  for source in map(Path, sources):
+  for source in map(Path, expand_sources(sources)):
     if source.is_dir():
       files = sorted(p for p in source.iterdir() if p.suffix.lower() in (".txt", ".csv"))
       found = {p.stem: _read_pairs(p) for p in files}
@@ -144,6 +143,12 @@ def _synthetic_screen(genes: np.ndarray, experiments: np.ndarray | None):
   return None
 
 
+def expand_sources(sources) -> list:
+  """Relationship sources as a list, `efaar` replaced by the package's files (efaar_files)."""
+  sources = [sources] if isinstance(sources, (str, Path)) else list(sources)
+  return [f for s in sources for f in (efaar_files() if str(s) == EFAAR else [s])]
+
+
 def relationships_for(table: pd.DataFrame, sources, perturbation_col: str = "perturbation"):
   """The relationship databases (and clusters) a well table is scored against.
 
@@ -155,8 +160,7 @@ def relationships_for(table: pd.DataFrame, sources, perturbation_col: str = "per
     complexes {name: genes} when planted, else None).
   """
   if sources is not None:
-    sources = [sources] if isinstance(sources, (str, Path)) else list(sources)
-    return [f for s in sources for f in (efaar_files() if str(s) == EFAAR else [s])], None
+    return expand_sources(sources), None
   column = io.resolve_column(table, perturbation_col, what="perturbation",
                              flag="--perturbation-col")
   experiment = next((c for c in ("experiment", io.METADATA_PREFIX + "experiment")

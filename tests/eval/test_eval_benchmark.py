@@ -399,3 +399,15 @@ def test_real_efaar_package_tables_load():
   assert len(databases["CORUM"]) == len({tuple(sorted(p)) for p in raw.astype(str).to_numpy()
                                          if p[0] != p[1]}) > 1000
   assert pipeline.find_clusters(files).name == "CORUM_clusters.tsv"
+
+
+def test_load_relationships_reads_efaar_as_a_source(tmp_path, monkeypatch):
+  # compare and sweep pass --relationships straight to load_relationships.
+  annotations = _fake_efaar(tmp_path / "site", [f"G{i:03d}" for i in range(12)])
+  monkeypatch.syspath_prepend(str(tmp_path / "site"))
+  (tmp_path / "Extra.txt").write_text("entity1,entity2\nG000,G005\n")
+  databases = benchmark.load_relationships(["efaar", tmp_path / "Extra.txt"])
+  assert list(databases) == list(benchmark.EFAAR_DATABASES) + ["Extra"]
+  for name in benchmark.EFAAR_DATABASES:
+    raw = pd.read_csv(annotations / f"{name}.txt")
+    assert len(databases[name]) == len(benchmark.undirected_pairs(raw)) > 0
