@@ -143,30 +143,22 @@ def coral_whiten(features, is_control, batch=None, *, ridge: float = CORAL_RIDGE
 
 
 def tvn(features, is_control, batch=None, *, n_components: int | float | None = None,
-        min_controls: int = 2):
+        min_controls: int = 2, scale_per_batch: bool = False):
   """EFAAR's TVN: standardize, PCA, standardize (all on pooled controls), per-batch CORAL.
 
+  scale_per_batch: standardize on each batch's controls instead (tvn_per_batch).
   Returns: float64 [wells, k].
   """
   features, is_control = _check_inputs(features, is_control)
   batch = _batches(batch, features.shape[0])
-  _check_controls(is_control, batch, min_controls, "TVN's per-batch whitening")
-  x = pca_on_controls(features, is_control, None, n_components=n_components,
-                      min_controls=min_controls)
+  x = pca_on_controls(features, is_control, batch if scale_per_batch else None,
+                      n_components=n_components, min_controls=min_controls)
   return coral_whiten(x, is_control, batch, min_controls=min_controls)
 
 
-def tvn_per_batch(features, is_control, batch=None, *,
-                  n_components: int | float | None = None, min_controls: int = 2):
-  """TVN with per-batch standardization: pca_on_controls(batch) then per-batch CORAL.
-
-  Returns: float64 [wells, k].
-  """
-  features, is_control = _check_inputs(features, is_control)
-  batch = _batches(batch, features.shape[0])
-  x = pca_on_controls(features, is_control, batch, n_components=n_components,
-                      min_controls=min_controls)
-  return coral_whiten(x, is_control, batch, min_controls=min_controls)
+def tvn_per_batch(features, is_control, batch=None, **kwargs):
+  """TVN with both standardizations on each batch's own controls; float64 [wells, k]."""
+  return tvn(features, is_control, batch, scale_per_batch=True, **kwargs)
 
 
 def correct(features, is_control, batch=None, *, method: str = "tvn",
