@@ -56,11 +56,11 @@ class Settings:
 
 
 def find_clusters(relationships) -> Path | None:
-  """The first `*clusters*.tsv` in the relationship directories, if any."""
+  """The first `*clusters*.tsv` in the relationship directories or beside the files, if any."""
   sources = [relationships] if isinstance(relationships, (str, Path)) else relationships
   for source in map(Path, sources):
-    if source.is_dir():
-      found = sorted(source.glob("*clusters*.tsv"))
+    if source.exists():
+      found = sorted((source if source.is_dir() else source.parent).glob("*clusters*.tsv"))
       if found:
         return found[0]
   return None
@@ -109,7 +109,7 @@ def run_benchmark(table: pd.DataFrame, relationships, settings: Settings = Setti
   is_control = _control_flags(metadata, pert_column, s)
   corrected = correct_lib.correct(features, is_control, batch, method=s.correction,
                                   n_components=s.n_components, min_controls=s.min_controls)
-  if s.correction in ("pca", "tvn"):
+  if s.correction in correct_lib.PCA_METHODS:
     feature_names = [f"PC{i + 1}" for i in range(corrected.shape[1])]
   wells = io.join_table(metadata, corrected, feature_names)
   treated = wells[~is_control].reset_index(drop=True)
@@ -126,7 +126,8 @@ def run_benchmark(table: pd.DataFrame, relationships, settings: Settings = Setti
     relationships = bench.load_relationships(relationships)
   recall, curve = bench.score_relationships(map_features, genes, relationships,
                                             thresholds=s.thresholds,
-                                            max_null_pairs=s.max_null_pairs, seed=s.seed)
+                                            max_null_pairs=s.max_null_pairs, seed=s.seed,
+                                            perturbation_col=pert_column)
   recall.insert(1, "threshold", [f"{lo:g}-{hi:g}" for lo, hi in zip(recall.lower, recall.upper)])
   recall["correction"] = s.correction
   scores = None
@@ -138,7 +139,8 @@ def run_benchmark(table: pd.DataFrame, relationships, settings: Settings = Setti
         seed=s.seed)
   return dict(recall=recall, curve=curve, replicates=replicates,
               replicate_summary=replicate_summary, map=perturbation_map, wells=wells,
-              correction=s.correction, mean_ap=scores, perturbation_column=pert_column)
+              correction=s.correction, mean_ap=scores, perturbation_column=pert_column,
+              provenance=dict(io.provenance_of(table), correction=s.correction))
 
 
 def write_outputs(result: dict, out_dir, *, clusters=None, h5ad: bool = False) -> list[str]:
@@ -148,13 +150,15 @@ def write_outputs(result: dict, out_dir, *, clusters=None, h5ad: bool = False) -
   files = [io.write_embeddings(result["recall"], out / "recall.csv"),
            io.write_embeddings(result["curve"], out / "recall_curve.csv"),
            io.write_embeddings(result["replicates"], out / "replicate_consistency.csv"),
-           io.write_embeddings(result["map"], out / "perturbation_map.parquet")]
+           io.write_embeddings(result["map"], out / "perturbation_map.parquet",
+                               provenance=result.get("provenance"))]
   for name, key in (("map_replicates.csv", "replicates"),
                     ("map_relationships.csv", "relationships")):
     if result["mean_ap"] and result["mean_ap"][key] is not None:
       files.append(io.write_embeddings(result["mean_ap"][key], out / name))
   if h5ad:
-    files.append(io.write_embeddings(result["wells"], out / "corrected_wells.h5ad"))
+    files.append(io.write_embeddings(result["wells"], out / "corrected_wells.h5ad",
+                                     provenance=result.get("provenance")))
   files.append(plots.plot_recall_curves(result["curve"], out / "recall_curve.png",
                                         title=f"recall ({result['correction']})"))
   if clusters is not None:
@@ -170,7 +174,8 @@ def write_outputs(result: dict, out_dir, *, clusters=None, h5ad: bool = False) -
 def _heatmap(result: dict, clusters, file) -> list:
   _, map_features, _ = io.split_table(result["map"])
   genes = result["map"][result["perturbation_column"]].astype(str).to_numpy()
-  heatmap = plots.plot_complex_heatmap(map_features, genes, plots.read_clusters(clusters), file)
+  complexes = clusters if isinstance(clusters, dict) else plots.read_clusters(clusters)
+  heatmap = plots.plot_complex_heatmap(map_features, genes, complexes, file)
   if heatmap is None:
     warnings.warn(f"no complex in {clusters} has 3 or more genes in the map; no heat-map",
                   stacklevel=3)
@@ -186,4 +191,5 @@ def summary(result: dict, files=()) -> dict:
       perturbations=len(result["map"]), recall=recall.to_dict("records"),
       replicate_consistency=result["replicate_summary"],
       mean_average_precision=result["mean_ap"]["summary"] if result["mean_ap"] else None,
+      provenance=result.get("provenance"),
       files=list(files)))
