@@ -100,8 +100,9 @@ def _plate_wells(n: int) -> tuple[list[str], int, int]:
   return [f"{_ROWS[i // cols]}{i % cols + 1:02d}" for i in range(rows * cols)], rows, cols
 
 
-def _layout(spec: ScreenSpec) -> pd.DataFrame:
-  """One row per site, in (experiment, plate, well, site) order; wells at random plate positions."""
+def _layout(spec: ScreenSpec) -> tuple[pd.DataFrame, np.ndarray]:
+  """One row per site, in (experiment, plate, well, site) order, wells at random plate
+  positions; and whether each site's well is on the plate's edge (bool [sites])."""
   genes = spec.genes
   perts = genes + [CONTROL] * spec.controls_per_plate
   names, n_rows, n_cols = _plate_wells(len(perts))
@@ -121,12 +122,13 @@ def _layout(spec: ScreenSpec) -> pd.DataFrame:
                        plate_index, e, edge))
   df = pd.DataFrame(rows, columns=["experiment", "plate", "well", "site", "perturbation",
                                    "is_control", "plate_index", "experiment_index", "edge"])
+  edge = df.pop("edge").to_numpy()
   df["well_index"] = df.groupby(["plate_index", "well"], sort=False).ngroup()
   df["well_type"] = np.where(df.is_control, "negative_control", "treatment")
   df["perturbation_id"] = pd.Categorical(df.perturbation, categories=genes + [CONTROL]).codes
   df["site_id"] = (df.experiment + "_" + df.plate.astype(str) + "_" + df.well + "_"
                    + df.site.astype(str))
-  return df
+  return df, edge
 
 
 def _group_direction(rng: np.random.Generator, spec: ScreenSpec, matched: bool) -> np.ndarray:
@@ -352,7 +354,7 @@ class SyntheticScreen:
   def __init__(self, spec: ScreenSpec | None = None, **overrides):
     spec = dataclasses.replace(spec or ScreenSpec(), **overrides)
     self.spec = spec
-    self.metadata = _layout(spec)
+    self.metadata, edge = _layout(spec)
     self.genes, self._effects = _gene_effects(spec)
     self.relationships = _relationships(self.genes)
     self.clusters = _clusters(self.genes)
@@ -361,7 +363,8 @@ class SyntheticScreen:
     pert = self.metadata.perturbation_id.to_numpy()
     zero = np.zeros((1, len(FACTOR_NAMES)), np.float32)
     self._site_effect = np.concatenate([self._effects, zero])[pert]  # [sites, factors]
-    self._cols = self.metadata[["plate_index", "experiment_index", "well_index", "edge"]].to_numpy()
+    self._cols = np.column_stack([self.metadata[["plate_index", "experiment_index", "well_index"]]
+                                  .to_numpy(), edge])
     self._acq = {}
 
   @classmethod
@@ -479,7 +482,7 @@ def write_screen(screen: SyntheticScreen, out_dir: str, *, fmt: str = "png",
         for done in pool.map(_write_chunk, [screen.spec] * len(chunks),
                              [image_dir] * len(chunks), [fmt] * len(chunks), chunks):
           bar.update(done)
-  meta = screen.metadata.drop(columns=["plate_index", "experiment_index", "well_index", "edge"])
+  meta = screen.metadata.drop(columns=["plate_index", "experiment_index", "well_index"])
   meta.to_csv(os.path.join(out_dir, "metadata.csv"), index=False)
   screen.relationships.to_csv(os.path.join(out_dir, "relationships.csv"), index=False)
   with open(os.path.join(out_dir, "clusters.tsv"), "w", encoding="utf-8") as f:
