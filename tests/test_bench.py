@@ -1,6 +1,7 @@
 """`python -m maejax.bench model` prints figures and, with --json, one JSON object last."""
 
 import json
+import sys
 
 import pytest
 
@@ -25,5 +26,41 @@ def test_bench_model_bad_channels_is_one_line_error(capsys):
 def test_bench_usage_lists_the_commands(capsys):
   assert bench.main(["--help"]) == 0
   out = capsys.readouterr().out
-  assert all(name in out for name in ("model", "train", "data"))
+  assert all(f"  {name} " in out for name in ("model", "embed", "train", "compile", "data"))
   assert bench.main(["nope"]) == 2
+
+
+def test_bench_model_compare_torch_times_both(capsys):
+  pytest.importorskip("transformers")
+  bench.main(["model", "--model", "vit_tiny", "--batch-size", "2", "--steps", "1",
+              "--compare-torch", "--json"])
+  result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+  assert result["torch_model"] == "transformers.ViTMAEForPreTraining"
+  assert result["torch_step_s"] > 0
+  assert result["speedup_vs_torch"] == pytest.approx(result["torch_step_s"] / result["step_s"])
+
+
+def test_bench_embed_compare_torch_times_both(capsys):
+  pytest.importorskip("torch")
+  bench.main(["embed", "--model", "camae_tiny", "--batch-size", "2", "--channels", "3",
+              "--steps", "1", "--compare-torch", "--json"])
+  result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+  assert result["bench"] == "embed" and result["tokens"] == 1 + 3 * 16
+  assert result["embed_s"] > 0 and result["torch_embed_s"] > 0
+  assert result["speedup_vs_torch"] == pytest.approx(result["torch_embed_s"] / result["embed_s"])
+
+
+@pytest.mark.parametrize("argv", [["model", "--model", "camae_tiny"],
+                                  ["embed", "--model", "vit_tiny"]])
+def test_bench_compare_torch_of_another_architecture_is_one_line_error(capsys, argv):
+  pytest.importorskip("transformers")
+  assert bench.main(argv + ["--compare-torch", "--steps", "1"]) == 2
+  err = capsys.readouterr().err
+  assert "--compare-torch compares" in err and len(err.strip().splitlines()) == 1
+
+
+def test_bench_compare_torch_without_the_extra_says_to_install_it(capsys, monkeypatch):
+  monkeypatch.setitem(sys.modules, "transformers", None)  # As if not installed.
+  assert bench.main(["model", "--model", "vit_tiny", "--compare-torch", "--steps", "1"]) == 2
+  err = capsys.readouterr().err
+  assert "pip install -e '.[torch]'" in err and len(err.strip().splitlines()) == 1

@@ -1,15 +1,23 @@
-"""Speed figures: `python -m maejax.bench {model,data,train,compile} ... [--json]`.
+"""Speed figures: `python -m maejax.bench {model,embed,train,compile,data} ... [--json]`.
 
 `model` times one train step (forward, backward, AdamW) of a registered model on random uint8
-images on one device; `train` the real sharded step of a config; `data` the input pipeline.
+images on one device; `embed` its embedding forward; `--compare-torch` times the PyTorch model
+of the same shape (transformers' ViTMAE, the OpenPhenom architecture) interleaved in the same
+run. `train` times the real sharded step of a config; `data` the input pipeline.
 """
 
 from __future__ import annotations
 
 import sys
 import tempfile
+import time
 from typing import Sequence
 
+import jax
+import ml_collections
+import numpy as np
+
+from maejax import api
 from maejax import cli
 from maejax import config as config_lib
 from maejax import models
@@ -48,15 +56,139 @@ def main_model(argv) -> int:
   p.add_argument("--steps", type=int, default=5, help="timed steps after the compile step")
   p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
   p.add_argument("--remat", action="store_true")
+  p.add_argument("--compare-torch", action="store_true",
+                 help="also time transformers' ViTMAEForPreTraining of the same shape (fp32, "
+                      "AdamW), interleaved with maejax's steps (needs the torch extra)")
   args, overrides = cli.parse(p, argv)
 
   def body():
     config = model_config(args.model, batch_size=args.batch_size, channels=args.channels,
                           image_size=args.image_size, dtype=args.dtype, remat=args.remat)
     config_lib.apply_overrides(config, overrides)
-    return dict(train_bench.bench(config, steps=args.steps, num_devices=1), bench="model")
+    torch_step = _torch_train_step(config) if args.compare_torch else None
+    out = dict(train_bench.bench(config, steps=args.steps, num_devices=1,
+                                 interleave=torch_step), bench="model")
+    if torch_step is not None:
+      out["torch_step_s"] = out.pop("interleaved_step_s")
+      out["torch_model"] = "transformers.ViTMAEForPreTraining"
+      out["speedup_vs_torch"] = out["torch_step_s"] / out["step_s"]
+    return out
 
   return cli.report(args, body, print_figures)
+
+
+def _require_torch():
+  try:
+    import torch  # noqa: F401  (an optional dependency: the torch extra)
+    import transformers  # noqa: F401
+  except ImportError as e:
+    raise ImportError(f"--compare-torch needs torch and transformers ({e.name} is missing): "
+                      "pip install -e '.[torch]'") from None
+  from maejax.cli import torch_reference
+  return torch_reference
+
+
+def _torch_train_step(config):
+  """One fp32 train step (forward, backward, AdamW) of transformers' ViTMAEForPreTraining of
+  the shape of `config.model`, as a callable on a fixed random batch."""
+  cfg = models.resolve(config.model)
+  if cfg.kind != "mae" or cfg.channel_agnostic:
+    raise ValueError(f"--compare-torch compares ViT-MAEs (vits16, vitb16, ...) with "
+                     f"transformers' ViTMAE; {cfg.name} is not one")
+  if config.model.get("dtype", "float32") != "float32":
+    raise ValueError("--compare-torch compares fp32 steps: drop --dtype")
+  ref = _require_torch()
+  import torch
+  size, channels = int(config.data.crop_size), len(config.data.channels)
+  model = ref.vitmae_for_pretraining(cfg, image_size=size, channels=channels)
+  opt = torch.optim.AdamW(model.parameters(), lr=float(config.lr))
+  pixels = torch.randn(int(config.batch_size), channels, size, size,
+                       generator=torch.Generator().manual_seed(0))
+
+  def step():
+    opt.zero_grad(set_to_none=True)
+    model(pixel_values=pixels).loss.backward()
+    opt.step()
+
+  return step
+
+
+def main_embed(argv) -> int:
+  p = cli.parser("python -m maejax.bench embed",
+                 "Embedding speed (`maejax.load(...).embed`: all tokens, no masking) of one "
+                 "registered model with random weights on random images (one device).")
+  p.add_argument("--model", default="camae_s16",
+                 help=f"one of {', '.join(sorted(models.REGISTRY))}")
+  p.add_argument("--batch-size", type=int, default=8)
+  p.add_argument("--channels", type=int, default=6)
+  p.add_argument("--image-size", type=int, default=None, help="default: the model's img_size")
+  p.add_argument("--steps", type=int, default=5, help="timed batches after the warm-up")
+  p.add_argument("--compare-torch", action="store_true",
+                 help="also time the PyTorch OpenPhenom architecture (CA-MAE models) of the "
+                      "same shape, interleaved (needs the torch extra)")
+  args, overrides = cli.parse(p, argv)
+
+  def body():
+    config = model_config(args.model, batch_size=args.batch_size, channels=args.channels,
+                          image_size=args.image_size, dtype="float32", remat=False)
+    config_lib.apply_overrides(config, overrides)
+    return bench_embed(config, steps=args.steps, compare_torch=args.compare_torch)
+
+  return cli.report(args, body, print_figures)
+
+
+def bench_embed(config, *, steps: int, compare_torch: bool) -> dict:
+  """Median seconds of `Model.embed` on one batch (and of the PyTorch OpenPhenom architecture's
+  forward, interleaved, when compare_torch)."""
+  cfg = models.resolve(config.model)
+  b, size, c = int(config.batch_size), int(config.data.crop_size), len(config.data.channels)
+  images = np.random.default_rng(0).integers(0, 256, (b, size, size, c), dtype=np.uint8)
+  model = api.Model(models.create(cfg), ml_collections.ConfigDict({"model": cfg.to_dict()}))
+  run = lambda: model.embed(images, batch_size=b)
+  other = _torch_embed(cfg, images) if compare_torch else None
+  t0 = time.perf_counter()
+  run()  # Compile and warm-up.
+  compile_s = time.perf_counter() - t0
+  if other is not None:
+    other()
+  times, other_times = [], []
+  for _ in range(max(steps, 1)):
+    times.append(_seconds(run))
+    if other is not None:
+      other_times.append(_seconds(other))
+  patches = (size // cfg.patch_size) ** 2 * (c if cfg.channel_agnostic else 1)
+  out = dict(bench="embed", model=cfg.name, backend=jax.default_backend(), batch_size=b,
+             image_size=size, channels=c, tokens=1 + patches, compile_s=round(compile_s, 2),
+             embed_s=float(np.median(times)), images_per_s=b / float(np.median(times)))
+  if other is not None:
+    out.update(torch_model="OpenPhenom architecture (maejax/cli/torch_reference.py)",
+               torch_embed_s=float(np.median(other_times)))
+    out["speedup_vs_torch"] = out["torch_embed_s"] / out["embed_s"]
+  return out
+
+
+def _torch_embed(cfg, images):
+  """The PyTorch OpenPhenom architecture's embedding of `images` (uint8 [b, H, W, c]), as a
+  callable."""
+  if not cfg.channel_agnostic:
+    raise ValueError(f"embed --compare-torch compares CA-MAEs (camae_*) with the PyTorch "
+                     f"OpenPhenom architecture; {cfg.name} is not one")
+  ref = _require_torch()
+  import torch
+  model = ref.openphenom_of(cfg, image_size=images.shape[1], channels=images.shape[-1]).eval()
+  pixels = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))
+
+  def embed():
+    with torch.inference_mode():
+      return model.embed(pixels).numpy()
+
+  return embed
+
+
+def _seconds(fn) -> float:
+  t0 = time.perf_counter()
+  fn()
+  return time.perf_counter() - t0
 
 
 def main_train(argv) -> int:
@@ -167,7 +299,7 @@ def _show_data(out: dict) -> None:
           f"crop {r['crop_shape']}")
 
 
-COMMANDS = {"model": main_model, "data": main_data, "train": main_train,
+COMMANDS = {"model": main_model, "embed": main_embed, "data": main_data, "train": main_train,
             "compile": main_compile}
 
 
@@ -175,10 +307,13 @@ def main(argv: Sequence[str] | None = None) -> int:
   argv = sys.argv[1:] if argv is None else list(argv)
   if not argv or argv[0] not in COMMANDS:
     print(f"usage: python -m maejax.bench {{{','.join(COMMANDS)}}} ... [--json]\n"
-          "  model  train-step speed of one registered model on random images\n"
-          "  train  speed of the sharded train step of a config\n"
+          "  model    train-step speed of one registered model on random images "
+          "(--compare-torch: vs transformers' ViTMAE)\n"
+          "  embed    embedding speed of one registered model "
+          "(--compare-torch: vs the PyTorch OpenPhenom architecture)\n"
+          "  train    speed of the sharded train step of a config\n"
           "  compile  ahead-of-time compile for a TPU slice: per-chip HBM, cost-model MFU\n"
-          "  data   input-pipeline crops/s per worker for each source\n"
+          "  data     input-pipeline crops/s per worker for each source\n"
           "each takes --help", file=sys.stderr if argv and argv[0] not in ("-h", "--help")
           else sys.stdout)
     return 0 if argv and argv[0] in ("-h", "--help") else 2

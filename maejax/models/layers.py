@@ -105,9 +105,24 @@ class QKNorm(nnx.Module):
 def attention(q, k, v):
   """Softmax attention; q [b, lq, h, d], k/v [b, lk, h, d] -> [b, lq, h, d].
 
-  `jax.nn.dot_product_attention` picks the cuDNN flash kernel on GPUs.
+  `jax.nn.dot_product_attention` picks the cuDNN flash kernel on GPUs; on XLA:CPU, where it
+  runs 2-3x slower than the same computation written out, `head_major_attention`.
   """
+  if jax.default_backend() == "cpu":
+    return head_major_attention(q, k, v)
   return jax.nn.dot_product_attention(q, k, v)
+
+
+def head_major_attention(q, k, v):
+  """`attention` as batched matmuls over [b, h, l, d] (contiguous per head), f32 softmax.
+
+  The 1/sqrt(d) scale goes on q ([.., d]) rather than on the logits ([.., lk]).
+  """
+  heads_first = lambda t: jnp.swapaxes(t, 1, 2)
+  q, k, v = heads_first(q * jnp.asarray(q.shape[-1] ** -0.5, q.dtype)), heads_first(k), heads_first(v)
+  logits = jnp.einsum("bhqd,bhkd->bhqk", q, k, preferred_element_type=jnp.float32)
+  probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+  return heads_first(jnp.einsum("bhqk,bhkd->bhqd", probs, v))
 
 
 class Attention(nnx.Module):

@@ -31,8 +31,12 @@ def random_batch(config, mesh, rules) -> dict:
        "label": np.zeros((b,), np.int32)}, mesh, rules)
 
 
-def bench(config, steps: int = 10, num_devices: int = 0) -> dict:
-  """Compiles and times `steps` train steps of `config` (median step); returns the figures."""
+def bench(config, steps: int = 10, num_devices: int = 0, interleave=None) -> dict:
+  """Compiles and times `steps` train steps of `config` (median step); returns the figures.
+
+  interleave: a callable (e.g. another framework's step) warmed up and timed between the
+  steps, so both see the same machine load; its median is `interleaved_step_s`.
+  """
   loop.check_settings(config)
   devices = jax.devices()[:num_devices] if num_devices > 0 else jax.devices()
   mesh = mesh_lib.make_mesh(config.mesh, devices)
@@ -52,12 +56,18 @@ def bench(config, steps: int = 10, num_devices: int = 0) -> dict:
     compile_s = time.perf_counter() - t0
     state, metrics = compiled(state, batch)  # Warm-up.
     jax.block_until_ready(metrics)
-    times = []
+    if interleave is not None:
+      interleave()
+    times, other = [], []
     for _ in range(max(steps, 1)):
       t0 = time.perf_counter()
       state, metrics = compiled(state, batch)
       jax.block_until_ready(metrics)
       times.append(time.perf_counter() - t0)
+      if interleave is not None:
+        t0 = time.perf_counter()
+        interleave()
+        other.append(time.perf_counter() - t0)
   step_s = float(np.median(times))
   b = int(config.batch_size)
   analytic = loop.flops_per_image(config)
@@ -78,4 +88,5 @@ def bench(config, steps: int = 10, num_devices: int = 0) -> dict:
       "peak_tflops_per_device": peak, "gflop_per_image": analytic / 1e9,
       "xla_gflop_per_image": xla * len(devices) / b / 1e9 if xla else None,
       "loss": float(metrics["loss"]),
+      **({"interleaved_step_s": float(np.median(other))} if other else {}),
   }

@@ -1,7 +1,7 @@
 """Weight importers: numerical parity with PyTorch evaluations of the same weights.
 
 OpenPhenom: random weights in the released checkpoint's layout, evaluated by an independent
-PyTorch implementation of the documented computation (torch_reference.py), in float64.
+PyTorch implementation of the documented computation (maejax/cli/torch_reference.py), in float64.
 HF ViTMAE: `transformers`' own ViTMAEForPreTraining (float64) on a small random config of a
 size no registered model has (width 96, 3 layers, 8x8 patches, 4 channels, 64x64 pixels).
 Relative error = max |maejax - torch| / max |torch|; tolerance 1e-4 (float32).
@@ -23,7 +23,7 @@ import maejax  # noqa: E402
 from maejax import convert  # noqa: E402
 from maejax.cli import convert as convert_cli  # noqa: E402
 from maejax.models.mae import random_masking  # noqa: E402
-from torch_reference import OpenPhenomReference, sincos_table  # noqa: E402
+from maejax.cli.torch_reference import OpenPhenomReference, sincos_table  # noqa: E402
 
 TOL = 1e-4
 # OpenPhenom's family at tiny size: 16x16 patches on 32x32 images (4 patches per channel).

@@ -68,6 +68,39 @@ def test_random_masking_exact_count_and_restore(ratio):
   assert (np.asarray(restored)[m] == -1).all()
 
 
+def test_permute_rows_gradient_is_the_gather_gradient():
+  """The custom VJP (inverse permutation) equals autodiff's scatter-add, masking included."""
+  b, l, d = 3, 12, 4
+  x = jax.random.normal(jax.random.key(0), (b, l, d))
+  w = jax.random.normal(jax.random.key(1), (b, 5, d))
+  perm = jax.vmap(lambda k: jax.random.permutation(k, l))(jax.random.split(jax.random.key(2), b))
+  ref = lambda x: (jnp.take_along_axis(x, perm[:, :5, None], axis=1) * w).sum()
+  got = lambda x: (mae.permute_rows(x, perm)[:, :5] * w).sum()
+  np.testing.assert_array_equal(jax.grad(got)(x), jax.grad(ref)(x))
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_head_major_attention_matches_numpy_and_dot_product_attention(dtype):
+  """The CPU attention path (layers.head_major_attention) against a float64 NumPy softmax
+  attention, and against jax.nn.dot_product_attention (the GPU/TPU path), values and grads."""
+  from maejax.models import layers
+  b, lq, lk, h, d = 2, 7, 9, 3, 8
+  q, k, v = (jax.random.normal(jax.random.key(i), (b, l, h, d)) for i, l in
+             enumerate((lq, lk, lk)))
+  s = np.einsum("bqhd,bkhd->bhqk", np.float64(q), np.float64(k)) / np.sqrt(d)
+  p = np.exp(s - s.max(-1, keepdims=True))
+  ref = np.einsum("bhqk,bkhd->bqhd", p / p.sum(-1, keepdims=True), np.float64(v))
+  cast = lambda *t: [x.astype(dtype) for x in t]
+  got = layers.head_major_attention(*cast(q, k, v))
+  tol = 1e-5 if dtype == jnp.float32 else 3e-2
+  np.testing.assert_allclose(np.float64(got.astype(jnp.float32)), ref, atol=tol, rtol=tol)
+  loss = lambda f: lambda *a: (f(*cast(*a)).astype(jnp.float32) ** 2).sum()
+  g1 = jax.grad(loss(layers.head_major_attention), (0, 1, 2))(q, k, v)
+  g2 = jax.grad(loss(jax.nn.dot_product_attention), (0, 1, 2))(q, k, v)
+  for a, c in zip(g1, g2):
+    np.testing.assert_allclose(np.float32(a), np.float32(c), atol=10 * tol, rtol=10 * tol)
+
+
 def test_masking_differs_per_key_and_repeats_per_key():
   t = jnp.zeros((2, 16, 4))
   _, m1, _ = mae.random_masking(t, 0.75, key=jax.random.key(1))

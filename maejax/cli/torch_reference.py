@@ -1,9 +1,12 @@
-"""A PyTorch implementation of OpenPhenom's documented computation, for importer parity tests.
+"""PyTorch models of maejax's shapes: the importer parity tests' reference and the other side
+of `python -m maejax.bench {model,embed} --compare-torch`. Needs the torch extra.
 
-Written from /work/shared/reference/openphenom.md (not from maejax's code): channel-agnostic
-ViT encoder of parallel blocks, CA-MAE decoder, with the released checkpoint's parameter NAMES
-so that `maejax.convert.convert_openphenom` maps its `state_dict()` unchanged. Sizes are
-arguments; tests use tiny ones. Layout is PyTorch's: pixels uint8 [batch, channels, H, W].
+`OpenPhenomReference`: OpenPhenom's documented computation, written from
+/work/shared/reference/openphenom.md (not from maejax's code): channel-agnostic ViT encoder of
+parallel blocks, CA-MAE decoder, with the released checkpoint's parameter NAMES so that
+`maejax.convert.convert_openphenom` maps its `state_dict()` unchanged. Sizes are arguments;
+tests use tiny ones. Layout is PyTorch's: pixels uint8 [batch, channels, H, W].
+`vitmae_for_pretraining`: transformers' `ViTMAEForPreTraining` of a maejax ViT-MAE config.
 """
 
 from __future__ import annotations
@@ -253,3 +256,28 @@ class OpenPhenomReference(nn.Module):
     p, b = self.patch, tokens.shape[0]
     t = tokens.reshape(b, c, H // p, W // p, p, p).permute(0, 1, 2, 4, 3, 5)
     return t.reshape(b, c, H, W)
+
+
+def vitmae_for_pretraining(cfg, *, image_size, channels):
+  """transformers' ViTMAEForPreTraining (fp32, its default attention) of the shape of maejax
+  ViT-MAE config `cfg`: widths, depths, heads, MLPs, patch, channels, image size, mask ratio."""
+  import transformers  # An optional dependency (the torch extra), like torch itself.
+  hf = transformers.ViTMAEConfig(
+      hidden_size=cfg.width, num_hidden_layers=cfg.depth, num_attention_heads=cfg.num_heads,
+      intermediate_size=cfg.mlp_dim, decoder_hidden_size=cfg.decoder_width,
+      decoder_num_hidden_layers=cfg.decoder_depth,
+      decoder_num_attention_heads=cfg.decoder_heads,
+      decoder_intermediate_size=cfg.decoder_mlp_dim, patch_size=cfg.patch_size,
+      num_channels=channels, image_size=image_size, mask_ratio=cfg.mask_ratio,
+      qkv_bias=cfg.qkv_bias, layer_norm_eps=cfg.norm_eps, norm_pix_loss=cfg.norm_pix_loss)
+  return transformers.ViTMAEForPreTraining(hf)
+
+
+def openphenom_of(cfg, *, image_size, channels):
+  """`OpenPhenomReference` of the shape of maejax CA-MAE config `cfg` (random weights)."""
+  return OpenPhenomReference(
+      width=cfg.width, depth=cfg.depth, heads=cfg.num_heads, mlp_dim=cfg.mlp_dim,
+      patch=cfg.patch_size, img=image_size, max_channels=cfg.max_channels,
+      channels=min(channels, cfg.decoder_channels), dec_width=cfg.decoder_width,
+      dec_depth=cfg.decoder_depth, dec_heads=cfg.decoder_heads,
+      dec_cross_heads=cfg.decoder_cross_heads, dec_mlp_dim=cfg.decoder_mlp_dim).randomize()
