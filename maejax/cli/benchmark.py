@@ -8,7 +8,10 @@ another model's, or CellProfiler features (maejax.eval.pipeline). Writes to --ou
 recall_curve.csv, replicate_consistency.csv, perturbation_map.parquet, recall_curve.png,
 complex_heatmap.png (when a clusters TSV is found), replicate_consistency.png, and mAP by
 copairs (maejax.eval.mean_ap): map_replicates.csv (replicate retrieval per perturbation) and
-map_relationships.csv (known-partner retrieval per gene and database).
+map_relationships.csv (known-partner retrieval per gene and database). Rows repeated whole and
+features constant over all wells are dropped with a warning; an empty table, or one well in two
+differing rows, is an error; a figure the table is too small for prints as n/a with its reason
+(null in --json).
 
   python -m maejax.benchmark --sweep runs/demo [runs/other ...] --out results/sweep [--blocks all]
 
@@ -22,6 +25,8 @@ import argparse
 import functools
 import sys
 from typing import Sequence
+
+import pandas as pd
 
 from maejax import cli
 from maejax.cli import sweep
@@ -103,40 +108,61 @@ def settings(args) -> pipeline.Settings:
 
 
 def _fmt(value, spec=".3f"):
-  return "nan" if value is None else format(value, spec)
+  return "n/a" if value is None else format(value, spec)
 
 
-def _report(info: dict, result: dict, out: str) -> None:
+def _recall_lines(recall: list[dict]) -> str:
+  """summary()'s recall records as a table; an n/a recall shows its reason."""
+  shown = pd.DataFrame(recall).assign(recall=[
+      _fmt(r["recall"]) if r["reason"] is None else f"n/a ({r['reason']})" for r in recall])
+  return shown.drop(columns="reason").to_string(index=False, float_format="%.3f")
+
+
+def _report(info: dict, out: str) -> None:
+  """The printed report: figures from summary(), `n/a (reason)` where the input is too small."""
   print(f"{info['wells']} wells -> {info['perturbations']} perturbations, "
         f"correction {info['correction']}")
-  print(result["recall"][["database", "threshold", "recall", "pairs", "random_baseline"]]
-        .to_string(index=False, float_format="%.3f"))
+  print(_recall_lines(info["recall"]))
   rep = info["replicate_consistency"]
-  print(f"replicate consistency: {rep['perturbations']} perturbations, median cosine "
-        f"{_fmt(rep['median_cosine'])} vs random {_fmt(rep['median_null_cosine'])}, "
-        f"{_fmt(rep['fraction_significant'])} with p < {rep['alpha']} "
-        f"(binomial p {_fmt(rep['binomial_p_value'], '.2g')})")
+  if rep["reason"]:
+    print(f"replicate consistency: n/a ({rep['reason']})")
+  else:
+    print(f"replicate consistency: {rep['perturbations']} perturbations, median cosine "
+          f"{_fmt(rep['median_cosine'])} vs random {_fmt(rep['median_null_cosine'])}, "
+          f"{_fmt(rep['fraction_significant'])} with p < {rep['alpha']} "
+          f"(binomial p {_fmt(rep['binomial_p_value'], '.2g')})")
   maps = info["mean_average_precision"] or {}
-  if maps.get("replicates"):
-    print(f"replicate mAP (copairs, vs {maps['replicates']['negatives']}): "
-          f"{_fmt(maps['replicates']['mean_average_precision'])}, "
-          f"{_fmt(maps['replicates']['fraction_retrieved'])} retrieved at q < "
-          f"{maps['replicates']['threshold']}")
+  if maps:
+    row = maps["replicates"]
+    print(f"replicate mAP (copairs, vs {row['negatives']}): " + (
+        f"n/a ({row['reason']})" if row["reason"] else
+        f"{_fmt(row['mean_average_precision'])}, {_fmt(row['fraction_retrieved'])} "
+        f"retrieved at q < {row['threshold']}"))
   for database, row in maps.get("relationships", {}).items():
-    print(f"{database} mAP: {_fmt(row['mean_average_precision'])} over {row['n']} genes, "
-          f"{_fmt(row['fraction_retrieved'])} retrieved")
+    print(f"{database} mAP: " + (f"n/a ({row['reason']})" if row["reason"] else
+                                 f"{_fmt(row['mean_average_precision'])} over {row['n']} "
+                                 f"genes, {_fmt(row['fraction_retrieved'])} retrieved"))
   print(f"wrote {len(info['files'])} files to {out}")
 
 
+def _read_wells(path) -> pd.DataFrame:
+  """The --embeddings table, checked (pipeline.check_wells): an empty file holds no wells."""
+  try:
+    table = io.read_embeddings(path)
+  except pd.errors.EmptyDataError:  # A CSV of zero bytes: not even a header.
+    table = pd.DataFrame()
+  return pipeline.check_wells(table, path)
+
+
 def _main(args) -> int:
-  table = io.read_embeddings(args.embeddings)
+  table = _read_wells(args.embeddings)
   relationships, planted = bench.relationships_for(table, args.relationships,
                                                    args.perturbation_col)
-  result = pipeline.run_benchmark(table, relationships, settings(args))
+  result = pipeline.run_benchmark(table, relationships, settings(args), source=args.embeddings)
   clusters = args.clusters or planted or pipeline.find_clusters(relationships)
   files = pipeline.write_outputs(result, args.out, clusters=clusters, h5ad=args.h5ad)
   info = pipeline.summary(result, files)
-  _report(info, result, args.out)
+  _report(info, args.out)
   if args.json:
     cli.print_json(info)
   return 0

@@ -90,19 +90,81 @@ def _control_flags(metadata: pd.DataFrame, pert_column: str, settings: Settings)
   return np.zeros(len(metadata), dtype=bool)
 
 
-def run_benchmark(table: pd.DataFrame, relationships, settings: Settings = Settings()) -> dict:
+# Metadata naming one well (or site) of a table without a well-id index; `well` is required.
+WELL_KEYS = ("source", "batch", "experiment", "plate", "well", "site")
+
+
+def _well_ids(table: pd.DataFrame) -> tuple[list[str], pd.Series] | None:
+  """(the columns naming a well, its id per row) or None when the table names no wells."""
+  if table.index.name == io.WELL_ID:
+    return [io.WELL_ID], pd.Series(table.index.astype(str), index=table.index)
+  keys = [io.METADATA_PREFIX + k for k in WELL_KEYS if io.METADATA_PREFIX + k in table.columns]
+  if io.METADATA_PREFIX + "well" not in keys:
+    return None
+  return keys, table[keys].astype(str).agg("_".join, axis=1)
+
+
+def check_wells(table: pd.DataFrame, source="the well table") -> pd.DataFrame:
+  """A well table fit to be scored: rows repeated whole (metadata, features and well id alike)
+  dropped with one warning. `source` (the file) is named in messages; a checked table passes
+  unchanged.
+
+  Raises ValueError: no rows; or one well (its id, else experiment/plate/well/site) in two
+  rows that differ.
+  """
+  if table.empty:
+    raise ValueError(f"{source} holds no wells (no rows, or a header only); pass a table with "
+                     "one row per well (python -m maejax.embed writes one)")
+  named = any(n is not None for n in table.index.names)
+  repeated = (table.reset_index() if named else table).duplicated().to_numpy()
+  if repeated.any():
+    warnings.warn(f"{source}: dropping {int(repeated.sum())} duplicated rows (the same "
+                  "metadata and features as an earlier row)", stacklevel=2)
+    table = table[~repeated]
+  wells = _well_ids(table)
+  if wells is not None:
+    keys, ids = wells
+    clash = ids[ids.duplicated()].unique()
+    if len(clash):
+      raise ValueError(
+          f"{source}: {len(clash)} wells ({', '.join(keys)}) occur in more than one row with "
+          f"different values: {list(clash[:5])}{' ...' if len(clash) > 5 else ''}; keep one row "
+          "per well (aggregate sites or replicates first)")
+  return table
+
+
+def _informative(features: np.ndarray, names: list[str], source) -> tuple[np.ndarray, list]:
+  """Drops features constant over all wells (with one warning): [wells, d] -> [wells, d']."""
+  constant = np.ptp(features, axis=0) == 0
+  if constant.all():
+    raise ValueError(f"{source}: all {len(names)} features are constant over the "
+                     f"{len(features)} wells; nothing to score (metadata columns must start "
+                     f"with {io.METADATA_PREFIX}, features are the numeric rest)")
+  if constant.any():
+    warnings.warn(f"{source}: dropping {int(constant.sum())} features constant over all wells: "
+                  f"{[n for n, c in zip(names, constant) if c][:10]}", stacklevel=2)
+  return features[:, ~constant], [n for n, c in zip(names, constant) if not c]
+
+
+def run_benchmark(table: pd.DataFrame, relationships, settings: Settings = Settings(), *,
+                  source="the well table") -> dict:
   """Correct -> aggregate -> score a well table.
 
   Args:
-    table: one row per well, Metadata_* columns and numeric features.
+    table: one row per well, Metadata_* columns and numeric features; repeated rows and
+      constant features are dropped with a warning (check_wells); `source` names it in
+      messages.
     relationships: a directory / file(s) of entity1,entity2 pairs, or load_relationships output
       ({database: pairs}).
   Returns: dict with `recall`, `curve`, `replicates` (DataFrames), `replicate_summary` (dict),
     `map` (perturbation table), `wells` (corrected well table), `mean_ap` (None when
-    settings.map_null_size is 0), `correction` and `perturbation_column`.
+    settings.map_null_size is 0), `correction` and `perturbation_column`. A figure the input
+    is too small for is NaN (None) with its `reason` beside it (None where it is a number).
   """
   s = settings
+  table = check_wells(table, source)
   metadata, features, feature_names = io.split_table(table, drop_nan_features=s.drop_nan_features)
+  features, feature_names = _informative(features, feature_names, source)
   pert_column = io.resolve_column(metadata, s.perturbation_col, what="perturbation",
                                   flag="--perturbation-col")
   batch = _batch_labels(metadata, s.batch_col)
@@ -119,7 +181,13 @@ def run_benchmark(table: pd.DataFrame, relationships, settings: Settings = Setti
   replicates, replicate_summary = bench.replicate_consistency(
       treated_features, treated[pert_column].astype(str).to_numpy(),
       None if batch is None else batch[~is_control], n_null=s.n_null, seed=s.seed)
+  replicate_summary["reason"] = (None if replicate_summary["perturbations"] else
+                                 "no perturbation has 2 or more replicate wells")
   perturbation_map = aggregate_lib.aggregate(treated, by=pert_column)
+  if len(perturbation_map) < 2:
+    raise ValueError(f"{source}: the map has {len(perturbation_map)} perturbation(s) "
+                     f"{perturbation_map[pert_column].tolist()} besides controls; recall "
+                     "needs 2 or more")
   _, map_features, _ = io.split_table(perturbation_map)
   genes = perturbation_map[pert_column].astype(str).to_numpy()
   if not isinstance(relationships, dict):
@@ -130,6 +198,7 @@ def run_benchmark(table: pd.DataFrame, relationships, settings: Settings = Setti
                                             perturbation_col=pert_column)
   recall.insert(1, "threshold", [f"{lo:g}-{hi:g}" for lo, hi in zip(recall.lower, recall.upper)])
   recall["correction"] = s.correction
+  recall = _recall_reasons(recall)
   scores = None
   if s.map_null_size:
     scores = mean_ap.score(
@@ -137,10 +206,36 @@ def run_benchmark(table: pd.DataFrame, relationships, settings: Settings = Setti
         control_col=s.control_col, control_key=s.control_key,
         negatives="controls" if is_control.any() else "all", null_size=s.map_null_size,
         seed=s.seed)
+    _map_reasons(scores["summary"], "controls" if is_control.any() else "all")
   return dict(recall=recall, curve=curve, replicates=replicates,
               replicate_summary=replicate_summary, map=perturbation_map, wells=wells,
               correction=s.correction, mean_ap=scores, perturbation_column=pert_column,
               provenance=dict(io.provenance_of(table), correction=s.correction))
+
+
+def _recall_reasons(recall: pd.DataFrame) -> pd.DataFrame:
+  """Recall NaN where it means nothing, with a `reason`: no query pair, or a null so small that
+  its tails hold no pair (random_baseline 0: any recall is 0 or a fluke)."""
+  no_pairs = recall.pairs == 0
+  empty_tails = ~no_pairs & (recall.random_baseline == 0)
+  reason = np.where(no_pairs, "no pair with both genes in the map",
+                    np.where(empty_tails, "too few perturbations: no random pair is in the "
+                             "tails", None))
+  return recall.assign(recall=recall.recall.where(~(no_pairs | empty_tails)), reason=reason)
+
+
+def _map_reasons(summary: dict, negatives: str) -> None:
+  """mAP summaries of nothing -> None figures with a `reason` (in place)."""
+  if summary["replicates"] is None:
+    summary["replicates"] = dict(mean_average_precision=None, fraction_retrieved=None, n=0,
+                                 threshold=mean_ap.THRESHOLD, negatives=negatives,
+                                 reason="no perturbation has 2 or more treated wells")
+  else:
+    summary["replicates"]["reason"] = None
+  for row in summary["relationships"].values():
+    row["reason"] = None if row["n"] else "no gene of the map has a partner in the database"
+    if not row["n"]:
+      row.update(mean_average_precision=None, fraction_retrieved=None)
 
 
 def write_outputs(result: dict, out_dir, *, clusters=None, h5ad: bool = False) -> list[str]:
@@ -185,7 +280,8 @@ def _heatmap(result: dict, clusters, file) -> list:
 
 def summary(result: dict, files=()) -> dict:
   """The JSON form of a run_benchmark result (NaN -> None, NumPy -> Python)."""
-  recall = result["recall"][["database", "threshold", "recall", "pairs", "random_baseline"]]
+  recall = result["recall"][["database", "threshold", "recall", "pairs", "random_baseline",
+                             "reason"]]
   return workdir.jsonable(dict(
       correction=result["correction"], wells=len(result["wells"]),
       perturbations=len(result["map"]), recall=recall.to_dict("records"),

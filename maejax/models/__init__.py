@@ -35,7 +35,10 @@ def base_config():
       decoder_width=512, decoder_depth=8, decoder_heads=16, decoder_mlp_dim=2048,
       decoder_cross_heads=8, decoder_qkv_bias=True,
       mask_ratio=0.75, norm_pix_loss=False, fourier_weight=0.0,
-      dtype="float32", remat=False, remat_policy="full", scan_layers=False,
+      # Blocks run as one lax.scan: one compiled block body instead of 12-48, and on XLA:CPU
+      # a 1.5x faster ViT-S/16 train step than the Python loop (whose unrolled backward
+      # pass XLA fuses into chains that recompute the residual stream's gradient per block).
+      dtype="float32", remat=False, remat_policy="full", scan_layers=True,
   ))
 
 
@@ -43,9 +46,8 @@ def _vit(name, size, patch, **kw):
   cfg = base_config()
   width, depth, heads, mlp = SIZES[size]
   large = size in ("l", "g")
-  # Large models scan over blocks: one compiled block body instead of 24-48.
   fields = dict(name=name, width=width, depth=depth, num_heads=heads, mlp_dim=mlp,
-                patch_size=patch, drop_path=0.3 if large else 0.1, scan_layers=large)
+                patch_size=patch, drop_path=0.3 if large else 0.1)
   cfg.update({**fields, **kw})
   return cfg
 

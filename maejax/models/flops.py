@@ -11,6 +11,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from maejax import models
+from maejax.models import layers
 
 
 def _block(tokens, width, mlp_dim):
@@ -54,7 +55,14 @@ def xla_flops(compiled):
 
 def xla_train_flops_per_example(cfg, image_size, channels, batch_size=2):
   """FLOPs of one example's loss + gradient as XLA counts them (for checks and non-MAEs);
-  None where XLA gives no count."""
+  None where XLA gives no count.
+
+  XLA counts a loop body once whatever its trip count, so the count is of the loop-free
+  program: blocks unrolled, attention as on GPU/TPU.
+  """
+  cfg = models.resolve(cfg)
+  if "scan_layers" in cfg:
+    cfg.scan_layers = False
   model = nnx.eval_shape(lambda: models.create(cfg))
   graphdef, state = nnx.split(model)
   batch = {"image": jax.ShapeDtypeStruct((batch_size, image_size, image_size, channels), jnp.uint8),
@@ -64,7 +72,8 @@ def xla_train_flops_per_example(cfg, image_size, channels, batch_size=2):
     return nnx.merge(graphdef, state).compute_loss(batch, key)[0]
 
   key = jax.ShapeDtypeStruct((), jax.random.key(0).dtype)
-  flops = xla_flops(jax.jit(jax.grad(loss)).lower(state, batch, key).compile())
+  with layers.attention_for("tpu"):
+    flops = xla_flops(jax.jit(jax.grad(loss)).lower(state, batch, key).compile())
   return None if flops is None else flops / batch_size
 
 

@@ -80,10 +80,14 @@ def test_permute_rows_gradient_is_the_gather_gradient():
 
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
-def test_head_major_attention_matches_numpy_and_dot_product_attention(dtype):
-  """The CPU attention path (layers.head_major_attention) against a float64 NumPy softmax
-  attention, and against jax.nn.dot_product_attention (the GPU/TPU path), values and grads."""
+@pytest.mark.parametrize("chunk_bytes", [1, 4 * 7 * 9 * 4, 2**22])  # 1 pair, 4 pairs, all 6.
+def test_chunked_attention_matches_numpy_and_dot_product_attention(dtype, chunk_bytes,
+                                                                   monkeypatch):
+  """The CPU attention path (layers.chunked_attention, its own backward pass) against a
+  float64 NumPy softmax attention, and against jax.nn.dot_product_attention (the GPU/TPU
+  path), values and grads, for groups of one, some and all (example, head) pairs."""
   from maejax.models import layers
+  monkeypatch.setattr(layers, "CHUNK_BYTES", chunk_bytes)
   b, lq, lk, h, d = 2, 7, 9, 3, 8
   q, k, v = (jax.random.normal(jax.random.key(i), (b, l, h, d)) for i, l in
              enumerate((lq, lk, lk)))
@@ -91,11 +95,12 @@ def test_head_major_attention_matches_numpy_and_dot_product_attention(dtype):
   p = np.exp(s - s.max(-1, keepdims=True))
   ref = np.einsum("bhqk,bkhd->bqhd", p / p.sum(-1, keepdims=True), np.float64(v))
   cast = lambda *t: [x.astype(dtype) for x in t]
-  got = layers.head_major_attention(*cast(q, k, v))
+  got = layers.chunked_attention(*cast(q, k, v))
   tol = 1e-5 if dtype == jnp.float32 else 3e-2
   np.testing.assert_allclose(np.float64(got.astype(jnp.float32)), ref, atol=tol, rtol=tol)
-  loss = lambda f: lambda *a: (f(*cast(*a)).astype(jnp.float32) ** 2).sum()
-  g1 = jax.grad(loss(layers.head_major_attention), (0, 1, 2))(q, k, v)
+  w = jax.random.normal(jax.random.key(5), (b, lq, h, d))
+  loss = lambda f: lambda *a: (f(*cast(*a)).astype(jnp.float32) * w).sum()
+  g1 = jax.grad(loss(layers.chunked_attention), (0, 1, 2))(q, k, v)
   g2 = jax.grad(loss(jax.nn.dot_product_attention), (0, 1, 2))(q, k, v)
   for a, c in zip(g1, g2):
     np.testing.assert_allclose(np.float32(a), np.float32(c), atol=10 * tol, rtol=10 * tol)

@@ -19,7 +19,7 @@ def _images(c, seed=0):
 
 def _pair(name, **kw):
   """The same weights twice: run as a loop, and scanned."""
-  loop = models.create(name, rngs=nnx.Rngs(0), **{**TINY, **kw})
+  loop = models.create(name, rngs=nnx.Rngs(0), **{**TINY, **kw, "scan_layers": False})
   scan = models.create(name, rngs=nnx.Rngs(0), **{**TINY, **kw, "scan_layers": True})
   return loop, scan
 
@@ -100,7 +100,7 @@ def test_constrain_batch_pins_the_batch_axis():
 def test_scan_keeps_the_parameter_layout(name):
   """Checkpoints, importers and maejax.load see one layout: a loop model's parameters load
   into the scanned model unchanged (and give the same embedding)."""
-  loop = models.create(name, rngs=nnx.Rngs(0))
+  loop = models.create(name, rngs=nnx.Rngs(0), scan_layers=False)
   scan = models.create(name, rngs=nnx.Rngs(1), scan_layers=True)
   params = nnx.state(loop, nnx.Param)
   assert jax.tree.structure(params) == jax.tree.structure(nnx.state(scan, nnx.Param))
