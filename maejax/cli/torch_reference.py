@@ -4,7 +4,8 @@ of `python -m maejax.bench {model,embed} --compare-torch`. Needs the torch extra
 `OpenPhenomReference`: OpenPhenom's documented computation, written from
 /work/shared/reference/openphenom.md (not from maejax's code): channel-agnostic ViT encoder of
 parallel blocks, CA-MAE decoder, with the released checkpoint's parameter NAMES so that
-`maejax.convert.convert_openphenom` maps its `state_dict()` unchanged. Sizes are arguments;
+`maejax.convert.convert_openphenom` maps its `state_dict()` unchanged; attention is
+`F.scaled_dot_product_attention`, as in timm's ViT that OpenPhenom builds on. Sizes are arguments;
 tests use tiny ones. Layout is PyTorch's: pixels uint8 [batch, channels, H, W].
 `vitmae_for_pretraining`: transformers' `ViTMAEForPreTraining` of a maejax ViT-MAE config.
 """
@@ -64,8 +65,7 @@ class ParallelBlock(nn.Module):
     mlp, q, k, v = torch.split(h, [self.mlp_dim, d, d, d], dim=-1)
     heads = lambda t: t.reshape(b, n, self.heads, d // self.heads).transpose(1, 2)
     q, k, v = self.q_norm(heads(q)), self.k_norm(heads(k)), heads(v)
-    attn = torch.softmax(q @ k.transpose(-2, -1) / math.sqrt(d // self.heads), dim=-1) @ v
-    attn = attn.transpose(1, 2).reshape(b, n, d)
+    attn = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, n, d)
     mlp = F.gelu(mlp + self.mlp_bias)
     return x + self.ls.gamma * (self.attn_out_proj(attn) + self.mlp_out_proj(mlp))
 
@@ -88,8 +88,7 @@ class SelfAttention(nn.Module):
   def forward(self, x):
     b, n, d = x.shape
     qkv = self.qkv(x).reshape(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
-    q, k, v = qkv[0], qkv[1], qkv[2]
-    attn = torch.softmax(q @ k.transpose(-2, -1) / math.sqrt(d // self.heads), dim=-1) @ v
+    attn = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])
     return self.proj(attn.transpose(1, 2).reshape(b, n, d))
 
 
@@ -121,8 +120,8 @@ class CrossAttention(nn.Module):
     m = context.shape[1]
     q = self.q(x).reshape(b, n, self.heads, d // self.heads).transpose(1, 2)
     kv = self.kv(context).reshape(b, m, 2, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
-    attn = torch.softmax(q @ kv[0].transpose(-2, -1) / math.sqrt(d // self.heads), dim=-1)
-    return self.proj((attn @ kv[1]).transpose(1, 2).reshape(b, n, d))
+    attn = F.scaled_dot_product_attention(q, kv[0], kv[1])
+    return self.proj(attn.transpose(1, 2).reshape(b, n, d))
 
 
 class OpenPhenomReference(nn.Module):

@@ -1,7 +1,8 @@
 """Speed of the real sharded train step of a config (the one `python -m maejax.train` runs:
 same mesh, rules, optimizer, donation) on random device-resident batches, so data loading is
 not measured. Figures: images/s, TFLOP/s and MFU from the analytic FLOP count
-(maejax.models.flops), and XLA's own count of the compiled step beside it as a check.
+(maejax.models.flops), and XLA's own count of the compiled step beside it as a check (None for
+scanned block stacks: XLA counts a loop body once whatever its trip count).
 """
 
 import time
@@ -73,7 +74,7 @@ def bench(config, steps: int = 10, num_devices: int = 0, interleave=None) -> dic
   analytic = loop.flops_per_image(config)
   peak = metrics_lib.peak_tflops_per_device(config)
   figures = metrics_lib.throughput(b, step_s, analytic, peak, len(devices))
-  xla = flops.xla_flops(compiled)
+  xla = None if config.model.get("scan_layers") else flops.xla_flops(compiled)
   return {
       "bench": "train", "config": config.name, "model": config.model.name,
       "backend": jax.default_backend(), "device": jax.devices()[0].device_kind,

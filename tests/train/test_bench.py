@@ -9,7 +9,8 @@ from maejax.cli import bench as bench_cli
 
 def test_bench_train_json_and_flops_match_xla(capsys):
   bench_cli.main(["train", "--config", "configs/demo.py", "--steps", "2", "--num-devices", "1",
-                  "--config.batch_size=8", "--config.model.depth=1",
+                  "--config.batch_size=8", "--config.model.depth=2",
+                  "--config.model.scan_layers=false",
                   "--config.peak_tflops_per_device=0.5", "--json"])
   result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
   assert result["bench"] == "train" and result["num_devices"] == 1
