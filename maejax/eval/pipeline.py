@@ -238,9 +238,24 @@ def _map_reasons(summary: dict, negatives: str) -> None:
       row.update(mean_average_precision=None, fraction_retrieved=None)
 
 
+# Every file write_outputs may write.
+OUTPUTS = frozenset({"recall.csv", "recall_curve.csv", "replicate_consistency.csv",
+                     "perturbation_map.parquet", "map_replicates.csv", "map_relationships.csv",
+                     "corrected_wells.h5ad", "recall_curve.png", "complex_heatmap.png",
+                     "replicate_consistency.png"})
+
+
 def write_outputs(result: dict, out_dir, *, clusters=None, h5ad: bool = False) -> list[str]:
   """Writes the CSVs, the map and the plots of a run_benchmark result into `out_dir` (local or
-  gs://); `clusters`: a clusters TSV for the complex heat-map. Returns the files written."""
+  gs://); `clusters`: a clusters TSV for the complex heat-map. Returns the files written.
+
+  The clusters file is read before anything is written; outputs of an earlier run into
+  `out_dir` that this one does not write (OUTPUTS) are removed, so that none is taken for this
+  run's.
+  """
+  complexes = None
+  if clusters is not None:
+    complexes = clusters if isinstance(clusters, dict) else plots.read_clusters(clusters)
   out = workdir.path(out_dir)
   files = [io.write_embeddings(result["recall"], out / "recall.csv"),
            io.write_embeddings(result["curve"], out / "recall_curve.csv"),
@@ -256,20 +271,23 @@ def write_outputs(result: dict, out_dir, *, clusters=None, h5ad: bool = False) -
                                      provenance=result.get("provenance")))
   files.append(plots.plot_recall_curves(result["curve"], out / "recall_curve.png",
                                         title=f"recall ({result['correction']})"))
-  if clusters is not None:
-    files.extend(_heatmap(result, clusters, out / "complex_heatmap.png"))
+  if complexes is not None:
+    files.extend(_heatmap(result, complexes, clusters, out / "complex_heatmap.png"))
   replicate_png = plots.plot_replicate_consistency(
       result["replicates"], result["replicate_summary"]["median_null_cosine"],
       out / "replicate_consistency.png", correction=result["correction"])
   if replicate_png is not None:
     files.append(replicate_png)
+  written = {workdir.path(f).name for f in files}
+  for name in OUTPUTS - written:
+    if (out / name).exists():
+      (out / name).unlink()
   return [str(f) for f in files]
 
 
-def _heatmap(result: dict, clusters, file) -> list:
+def _heatmap(result: dict, complexes: dict, clusters, file) -> list:
   _, map_features, _ = io.split_table(result["map"])
   genes = result["map"][result["perturbation_column"]].astype(str).to_numpy()
-  complexes = clusters if isinstance(clusters, dict) else plots.read_clusters(clusters)
   heatmap = plots.plot_complex_heatmap(map_features, genes, complexes, file)
   if heatmap is None:
     warnings.warn(f"no complex in {clusters} has 3 or more genes in the map; no heat-map",

@@ -148,3 +148,24 @@ def test_recall_of_a_map_too_small_for_its_tails_is_n_a(scored):
   assert "n/a (too few perturbations" in stdout.getvalue()
   assert np.isnan(pd.read_csv(root / "out_small" / "recall.csv").set_index("threshold")
                   .loc["5-95", "recall"])
+
+
+def test_missing_clusters_file_is_one_line_and_leaves_out_as_it_was(scored, capsys):
+  root, _, _, before = scored
+  rc = benchmark_cli.main(["--embeddings", str(root / "wells.csv"), "--out", str(root / "out"),
+                           "--clusters", str(root / "no_such_clusters.tsv"), *FAST])
+  err = _one_error(capsys)
+  assert rc == 2 and "no_such_clusters.tsv" in err, err
+  assert _digest(root / "out") == before
+
+
+def test_outputs_of_an_earlier_run_not_written_again_are_removed(scored, tmp_path):
+  root, _, _, _ = scored
+  args = ["--embeddings", str(root / "wells.csv"), "--out", str(tmp_path), *FAST]
+  with contextlib.redirect_stdout(io.StringIO()):
+    assert benchmark_cli.main([*args, "--h5ad"]) == 0
+    assert (tmp_path / "corrected_wells.h5ad").exists()
+    (tmp_path / "notes.txt").write_text("the user's own file")
+    assert benchmark_cli.main(args) == 0
+  assert not (tmp_path / "corrected_wells.h5ad").exists()
+  assert (tmp_path / "notes.txt").read_text() == "the user's own file"
