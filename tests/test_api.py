@@ -168,6 +168,7 @@ def test_checkpoint_config_and_metadata_read_quietly(workdir, caplog):
   assert "could not be restored" not in caplog.text  # Orbax's noise about unread items.
 
 
+@pytest.mark.faults
 def test_damaged_newest_checkpoint_loads_the_previous_with_one_warning(workdir, tmp_path, capsys):
   copy = tmp_path / "copy"
   shutil.copytree(workdir, copy)

@@ -24,6 +24,7 @@ def _setup(config, **mesh):
   return state_lib.make_spec(model_fn, tx, mesh, RULES), model_fn, tx
 
 
+@pytest.mark.faults
 def test_restore_on_other_mesh_and_fall_back_from_corrupt_latest(tmp_path, capsys):
   config = config_lib.load_config("configs/demo.py")
   config.model.depth = 1

@@ -134,6 +134,7 @@ def test_reconstruction_rows_are_named_by_the_stains(tmp_path):
   assert [ax.get_ylabel() for ax in unnamed.axes[::3]] == ["channel 0", "channel 1", "channel 2"]
 
 
+@pytest.mark.faults
 def test_sigterm_saves_and_resume_reproduces_losses(uninterrupted, tmp_path, monkeypatch,
                                                     capsys, caplog):
   workdir = str(tmp_path / "run")
@@ -196,6 +197,7 @@ def _cli_args(workdir, *extra):
           "--config.data.synthetic.site_size=64", *extra]
 
 
+@pytest.mark.faults
 def test_resume_with_changed_model_field_is_one_line_error_and_touches_nothing(
     uninterrupted, tmp_path, capsys):
   workdir = tmp_path / "copy"
@@ -221,6 +223,7 @@ _WORKER = textwrap.dedent("""
 """)
 
 
+@pytest.mark.faults
 def test_kill_9_then_resume_holds_each_step_once_with_the_uninterrupted_losses(
     uninterrupted, tmp_path):
   workdir = str(tmp_path / "killed")
@@ -251,6 +254,7 @@ def test_kill_9_then_resume_holds_each_step_once_with_the_uninterrupted_losses(
   assert [resumed[s] for s in steps] == [reference[s] for s in steps]
 
 
+@pytest.mark.faults
 def test_truncated_newest_checkpoint_falls_back_with_one_warning_line(uninterrupted, tmp_path):
   workdir = tmp_path / "truncated"
   subprocess.run(["cp", "-r", uninterrupted[0], str(workdir)], check=True)
