@@ -100,6 +100,44 @@ def write_bytes(file, data: bytes) -> None:
   tmp.replace(file)
 
 
+@contextlib.contextmanager
+def output_set(out_dir, names):
+  """Yields a staging folder beside `out_dir` for one command's set of output files, which
+  then replaces the set in `out_dir` as a whole: the files written, and those of `names` that
+  were not written removed (an earlier run's). Where `out_dir` holds only such outputs (or
+  does not exist) and is local, the folders swap by rename, so a reader sees the old set or the
+  new one, never a mixture; beside other files the outputs move in one by one. Nothing in
+  `out_dir` changes when the body raises.
+  """
+  out = path(out_dir)
+  stage = out.parent / f".{out.name}.staging-{os.getpid()}"
+  if stage.exists():
+    stage.rmtree()
+  stage.mkdir(parents=True)
+  try:
+    yield stage
+  except BaseException:
+    stage.rmtree()
+    raise
+  written = {f.name for f in stage.iterdir()}
+  local = "://" not in os.fspath(out)
+  if local and (not out.exists() or {f.name for f in out.iterdir()} <= set(names)):
+    old = out.parent / f".{out.name}.old-{os.getpid()}"
+    if out.exists():
+      out.rename(old)
+    stage.rename(out)
+    if old.exists():
+      old.rmtree()
+    return
+  out.mkdir(parents=True, exist_ok=True)
+  for name in written:
+    (stage / name).replace(out / name)
+  for name in set(names) - written:
+    if (out / name).exists():
+      (out / name).unlink()
+  stage.rmtree()
+
+
 def write_text(file, text: str) -> None:
   write_bytes(file, text.encode())
 

@@ -249,40 +249,36 @@ def write_outputs(result: dict, out_dir, *, clusters=None, h5ad: bool = False) -
   """Writes the CSVs, the map and the plots of a run_benchmark result into `out_dir` (local or
   gs://); `clusters`: a clusters TSV for the complex heat-map. Returns the files written.
 
-  The clusters file is read before anything is written; outputs of an earlier run into
-  `out_dir` that this one does not write (OUTPUTS) are removed, so that none is taken for this
-  run's.
+  The clusters file is read before anything is written; the outputs replace an earlier run's
+  as one set (workdir.output_set): an earlier output this run does not write is removed, and
+  a run that fails or is killed leaves `out_dir` as it was.
   """
   complexes = None
   if clusters is not None:
     complexes = clusters if isinstance(clusters, dict) else plots.read_clusters(clusters)
-  out = workdir.path(out_dir)
-  files = [io.write_embeddings(result["recall"], out / "recall.csv"),
-           io.write_embeddings(result["curve"], out / "recall_curve.csv"),
-           io.write_embeddings(result["replicates"], out / "replicate_consistency.csv"),
-           io.write_embeddings(result["map"], out / "perturbation_map.parquet",
-                               provenance=result.get("provenance"))]
-  for name, key in (("map_replicates.csv", "replicates"),
-                    ("map_relationships.csv", "relationships")):
-    if result["mean_ap"] and result["mean_ap"][key] is not None:
-      files.append(io.write_embeddings(result["mean_ap"][key], out / name))
-  if h5ad:
-    files.append(io.write_embeddings(result["wells"], out / "corrected_wells.h5ad",
-                                     provenance=result.get("provenance")))
-  files.append(plots.plot_recall_curves(result["curve"], out / "recall_curve.png",
-                                        title=f"recall ({result['correction']})"))
-  if complexes is not None:
-    files.extend(_heatmap(result, complexes, clusters, out / "complex_heatmap.png"))
-  replicate_png = plots.plot_replicate_consistency(
-      result["replicates"], result["replicate_summary"]["median_null_cosine"],
-      out / "replicate_consistency.png", correction=result["correction"])
-  if replicate_png is not None:
-    files.append(replicate_png)
-  written = {workdir.path(f).name for f in files}
-  for name in OUTPUTS - written:
-    if (out / name).exists():
-      (out / name).unlink()
-  return [str(f) for f in files]
+  with workdir.output_set(out_dir, OUTPUTS) as out:
+    files = [io.write_embeddings(result["recall"], out / "recall.csv"),
+             io.write_embeddings(result["curve"], out / "recall_curve.csv"),
+             io.write_embeddings(result["replicates"], out / "replicate_consistency.csv"),
+             io.write_embeddings(result["map"], out / "perturbation_map.parquet",
+                                 provenance=result.get("provenance"))]
+    for name, key in (("map_replicates.csv", "replicates"),
+                      ("map_relationships.csv", "relationships")):
+      if result["mean_ap"] and result["mean_ap"][key] is not None:
+        files.append(io.write_embeddings(result["mean_ap"][key], out / name))
+    if h5ad:
+      files.append(io.write_embeddings(result["wells"], out / "corrected_wells.h5ad",
+                                       provenance=result.get("provenance")))
+    files.append(plots.plot_recall_curves(result["curve"], out / "recall_curve.png",
+                                          title=f"recall ({result['correction']})"))
+    if complexes is not None:
+      files.extend(_heatmap(result, complexes, clusters, out / "complex_heatmap.png"))
+    replicate_png = plots.plot_replicate_consistency(
+        result["replicates"], result["replicate_summary"]["median_null_cosine"],
+        out / "replicate_consistency.png", correction=result["correction"])
+    if replicate_png is not None:
+      files.append(replicate_png)
+  return [str(workdir.path(out_dir) / workdir.path(f).name) for f in files]
 
 
 def _heatmap(result: dict, complexes: dict, clusters, file) -> list:

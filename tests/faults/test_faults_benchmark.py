@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 
 from maejax.cli import benchmark as benchmark_cli
+from maejax.eval import plots
 from tests.eval.test_eval_benchmark import _synthetic_wells
 from tests.faults.test_faults_workdir import _digest, _one_error
 
@@ -169,3 +170,17 @@ def test_outputs_of_an_earlier_run_not_written_again_are_removed(scored, tmp_pat
     assert benchmark_cli.main(args) == 0
   assert not (tmp_path / "corrected_wells.h5ad").exists()
   assert (tmp_path / "notes.txt").read_text() == "the user's own file"
+
+
+def test_a_run_failing_while_it_writes_leaves_out_as_it_was(scored, monkeypatch, capsys):
+  root, _, _, before = scored
+
+  def fail(*args, **kwargs):
+    raise OSError("disk full")
+
+  monkeypatch.setattr(plots, "plot_replicate_consistency", fail)
+  with pytest.raises(OSError), contextlib.redirect_stdout(io.StringIO()):
+    benchmark_cli.main(["--embeddings", str(root / "wells.csv"), "--out", str(root / "out"),
+                        *FAST])
+  assert _digest(root / "out") == before
+  assert not [p.name for p in root.iterdir() if p.name.startswith(".out.")]
