@@ -120,14 +120,16 @@ def compare(runs: Sequence[Run], scorer: scorer_lib.Scorer, out_dir) -> dict:
       files += pipeline.write_outputs(result, out / entry.label / correction)
   table = pd.DataFrame([row(e, c, r[c]) for e, r in zip(entries, results) for c in CORRECTIONS],
                        columns=COLUMNS).astype({"steps": "Int64"})
-  files.append(str(io.write_embeddings(table, out / "comparison.csv")))
-  for correction in CORRECTIONS:
-    curves = [mean_curve(r[correction], e.label) for e, r in zip(entries, results)]
-    baseline = results[-1][correction]["curve"]
-    curves.append(baseline[baseline.database == "random"])
-    files.append(str(plots.plot_recall_curves(
-        pd.concat(curves, ignore_index=True), out / f"recall_curve_{correction}.png",
-        title=f"recall of known relationships ({correction})")))
+  names = ["comparison.csv", *(f"recall_curve_{c}.png" for c in CORRECTIONS)]
+  with workdir.output_set(out, names) as stage:
+    io.write_embeddings(table, stage / names[0])
+    for correction, name in zip(CORRECTIONS, names[1:]):
+      curves = [mean_curve(r[correction], e.label) for e, r in zip(entries, results)]
+      baseline = results[-1][correction]["curve"]
+      curves.append(baseline[baseline.database == "random"])
+      plots.plot_recall_curves(pd.concat(curves, ignore_index=True), stage / name,
+                               title=f"recall of known relationships ({correction})")
+  files += [str(out / name) for name in names]
   return dict(table=table, checks=acceptance(table), files=files,
               wall_s=round(time.time() - t0, 1))
 

@@ -130,7 +130,8 @@ def run(workdirs: Sequence, out_dir, scorer: scorer_lib.Scorer, *, blocks=None,
     plot = dict(x="block", logx=False, xlabel="encoder block (1-based)",
                 title="recall vs encoder block")
   database = pick_database(table, database)
-  plots.plot_sweep(table, y="recall_5_95", path=png, database=database, **plot)
-  io.write_embeddings(table, csv)
+  with workdir_lib.output_set(out, {csv.name, png.name}) as stage:  # Both or neither.
+    plots.plot_sweep(table, y="recall_5_95", path=stage / png.name, database=database, **plot)
+    io.write_embeddings(table, stage / csv.name)
   return dict(table=table, database=database, files=[str(csv), str(png)],
               wall_s=round(time.time() - t0, 1))
