@@ -92,8 +92,11 @@ def _wsl_vit(name, size, patch, **kw):
       name=name, kind="wsl_vit", num_classes=1139, label_smoothing=0.1, pool="mean"), **kw})
 
 
+# Two blocks and one: a loop compiles faster than a scan (the demo's step 6.8 s against 9.3 s)
+# and runs as fast, so the demo and the tests use it.
 _TINY = dict(img_size=32, patch_size=8, decoder_width=64, decoder_depth=1, decoder_heads=4,
-             decoder_mlp_dim=128, decoder_cross_heads=4, drop_path=0.0, layerscale=None)
+             decoder_mlp_dim=128, decoder_cross_heads=4, drop_path=0.0, layerscale=None,
+             scan_layers=False)
 
 REGISTRY = {
     "vits16": lambda: _vit("vits16", "s", 16),
@@ -121,7 +124,7 @@ REGISTRY = {
                                      img_size=32, num_classes=4, stem_width=16, stem_kernel=3,
                                      stem_stride=1, stem_pool=False, groups=8),
     "wsl_tiny_vit": lambda: _wsl_vit("wsl_tiny_vit", "tiny", 8, img_size=32, num_classes=4,
-                                     drop_path=0.0, layerscale=None),
+                                     drop_path=0.0, layerscale=None, scan_layers=False),
 }
 
 # kind -> module class.
