@@ -120,8 +120,10 @@ def output_set(out_dir, names):
     stage.rmtree()
     raise
   written = {f.name for f in stage.iterdir()}
-  local = "://" not in os.fspath(out)
-  if local and (not out.exists() or {f.name for f in out.iterdir()} <= set(names)):
+  # The working directory (or one above it) is never swapped away under the process.
+  swappable = "://" not in os.fspath(out) and not os.path.join(os.getcwd(), "").startswith(
+      os.path.join(os.fspath(out), ""))
+  if swappable and (not out.exists() or {f.name for f in out.iterdir()} <= set(names)):
     old = out.parent / f".{out.name}.old-{os.getpid()}"
     if out.exists():
       out.rename(old)

@@ -8,6 +8,7 @@ figures the table is too small for are n/a with a reason (null in --json).
 import contextlib
 import io
 import json
+import pathlib
 import warnings
 
 import numpy as np
@@ -184,3 +185,15 @@ def test_a_run_failing_while_it_writes_leaves_out_as_it_was(scored, monkeypatch,
                         *FAST])
   assert _digest(root / "out") == before
   assert not [p.name for p in root.iterdir() if p.name.startswith(".out.")]
+
+
+def test_out_as_the_working_directory_is_written_in_place(scored, tmp_path, monkeypatch):
+  root, _, _, _ = scored
+  monkeypatch.chdir(tmp_path)
+  args = ["--embeddings", str(root / "wells.csv"), "--out", ".", *FAST]
+  with contextlib.redirect_stdout(io.StringIO()):
+    assert benchmark_cli.main(args) == 0
+    inode = tmp_path.stat().st_ino
+    assert benchmark_cli.main(args) == 0  # Holds only benchmark outputs now: no swap of cwd.
+  assert tmp_path.stat().st_ino == inode and (tmp_path / "recall.csv").exists()
+  assert pathlib.Path.cwd() == tmp_path
