@@ -261,6 +261,11 @@ def _show_compile(r: dict) -> None:
     mfu = t["cost_model_mfu"]
     print(f"  compiler cost-model estimate (not a measurement): step "
           f"{t['cost_model_step_s']:.4g} s" + (f", MFU {mfu:.1%}" if mfu is not None else ""))
+    for name, part in (t["cost_model"].get("parts") or {}).items():
+      what = f"{name} ({part['blocks']} blocks)" if part["blocks"] else name
+      mfu = f", MFU of XLA FLOPs {part['mfu']:.0%}" if part["mfu"] is not None else ""
+      print(f"    {what}: {part['cost_model_s'] * 1e3:.2f} ms ({part['share']:.0%} of the "
+            f"step){mfu}")
 
 
 def main_data(argv) -> int:

@@ -193,16 +193,36 @@ def _cost_model(config, topo: Topology, compiled) -> dict:
     return _costs(_compile_train_step(c, topo)[0])
 
   base = shallow(**{f: 1 for f in depths})
-  total = dict(base)
+  keys = ("flops", "optimal_seconds")
+  per_block = {}
   for f in depths:
     deeper = shallow(**{g: 2 if g == f else 1 for g in depths})
-    for k in ("flops", "optimal_seconds"):
-      if total[k] is not None:
-        total[k] += (int(config.model[f]) - 1) * (deeper[k] - base[k])
-  total = {k: v * accum if v is not None else None for k, v in total.items()}
+    per_block[f] = {k: deeper[k] - base[k] if base[k] is not None else None for k in keys}
+  # Where the step's time goes: each stack (all its blocks) and the rest (stem, masking,
+  # loss, optimizer, one block of each stack taken out).
+  parts = {f: {k: v * int(config.model[f]) * accum if v is not None else None
+               for k, v in per_block[f].items()} for f in depths}
+  parts["rest"] = {k: (base[k] - sum(per_block[f][k] for f in depths)) * accum
+                   if base[k] is not None else None for k in keys}
+  total = {k: sum(p[k] for p in parts.values()) if base[k] is not None else None for k in keys}
   return {**total, "method": f"unrolled, extrapolated from depth 1 and 2 of {', '.join(depths)}"
           + (f", x{accum} micro-batches" if accum > 1 else ""),
-          "compile_s": round(time.perf_counter() - t0, 1)}
+          "compile_s": round(time.perf_counter() - t0, 1), "parts": parts}
+
+
+def _parts(parts: dict | None, config, peak_tflops: float | None) -> dict | None:
+  """Per part of the step: blocks, XLA FLOPs, cost-model seconds, share of the step and the
+  MFU of XLA's FLOPs in that part (a compiler estimate)."""
+  if not parts or any(p["optimal_seconds"] is None for p in parts.values()):
+    return None
+  step = sum(p["optimal_seconds"] for p in parts.values())
+  out = {}
+  for name, p in parts.items():
+    s = p["optimal_seconds"]
+    out[name] = {"blocks": int(config.model[name]) if name != "rest" else None,
+                 "xla_flops_per_chip": p["flops"], "cost_model_s": s, "share": s / step,
+                 "mfu": p["flops"] / s / (peak_tflops * 1e12) if peak_tflops and s > 0 else None}
+  return out
 
 
 def compile_train(config, topo: Topology) -> dict:
@@ -221,7 +241,8 @@ def compile_train(config, topo: Topology) -> dict:
       "cost_model_step_s": est,
       "cost_model_mfu": (analytic / est / (topo.peak_tflops * 1e12)
                          if est and topo.peak_tflops else None),
-      "cost_model": {"method": costs["method"], "compile_s": costs["compile_s"]},
+      "cost_model": {"method": costs["method"], "compile_s": costs["compile_s"],
+                     "parts": _parts(costs.get("parts"), config, topo.peak_tflops)},
       "collectives": collectives(compiled.as_text()),
   }
 

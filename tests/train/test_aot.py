@@ -53,6 +53,14 @@ def test_scanned_cost_model_matches_the_unrolled_step(v5e):
   assert scan_r["cost_model"]["method"].startswith("unrolled")
   assert scan_r["xla_flops_per_chip"] == pytest.approx(loop_r["xla_flops_per_chip"], rel=0.02)
   assert scan_r["cost_model_step_s"] == pytest.approx(loop_r["cost_model_step_s"], rel=0.1)
+  # Where the time goes: the block stack and the rest, adding up to the whole step.
+  parts = scan_r["cost_model"]["parts"]
+  assert set(parts) == {"depth", "rest"} and parts["depth"]["blocks"] == 3
+  assert sum(p["share"] for p in parts.values()) == pytest.approx(1.0)
+  assert sum(p["xla_flops_per_chip"] for p in parts.values()) == pytest.approx(
+      scan_r["xla_flops_per_chip"])
+  assert all(p["xla_flops_per_chip"] > 0 and 0 < p["mfu"] < 1 for p in parts.values())
+  assert loop_r["cost_model"].get("parts") is None
 
 
 def test_compile_command_prints_the_report_then_exit_2_when_it_does_not_fit(capsys, monkeypatch):
