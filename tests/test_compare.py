@@ -52,6 +52,11 @@ def test_table_has_every_row(run):
   # Each config's own screen is embedded: 64 px sites, four tiles of the 32 px training crops.
   wells = pd.read_parquet(out / "wells" / "munet_demo_random.parquet")
   assert (wells.Metadata_n_crops == 4).all() and len(wells) == 2 * (9 + 1 + 3)
+  # Which planted complexes each row finds: 3 complexes of 3 pairs, every row and correction.
+  complexes = pd.read_csv(out / "complex_recall.csv")
+  assert len(complexes) == len(expected) * 3 * 2 and (complexes.pairs == 3).all()
+  assert "recall 5/95 (TVN) of each complex's own pairs" in stdout
+  assert len(summary["complexes"]) == len(complexes)
   for name in ("recall_curve_none.png", "recall_curve_tvn.png", "wells/demo.parquet",
                "wells/intensity_stats.parquet", "demo_random/tvn/recall.csv"):
     assert (out / name).is_file(), name

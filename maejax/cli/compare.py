@@ -111,6 +111,20 @@ def format_table(table: pd.DataFrame) -> str:
   return shown.to_string(index=False, float_format=lambda v: f"{v:.3f}", na_rep="-")
 
 
+def format_complexes(complexes: pd.DataFrame | None, *, max_rows: int = 12) -> str | None:
+  """Recall 5/95 with TVN of each complex (rows) by model (columns), for a few complexes."""
+  if complexes is None:
+    return None
+  shown = complexes[(complexes.correction == "tvn") & (complexes.lower == 5)
+                    & (complexes.upper == 95)]
+  if shown.empty or shown.complex.nunique() > max_rows:
+    return None
+  column = shown.model.where(shown.weights != "random", shown.model + " random")
+  wide = shown.assign(column=column).pivot_table(index=["complex", "pairs"], columns="column",
+                                                  values="recall", sort=False)
+  return wide.to_string(float_format=lambda v: f"{v:.2f}")
+
+
 def parse_args(argv):
   p = cli.parser("python -m maejax.compare", __doc__, config_lib.default_config(), progress=True)
   p.add_argument("--configs", required=True,
@@ -137,7 +151,9 @@ def run(args, overrides: Sequence[str], *, compiler_options=None) -> dict:
   relationships = bench.load_relationships(args.relationships) if args.relationships else None
   settings = pipeline.Settings(n_null=args.n_null, map_null_size=args.map_null_size)
   scorer = scorer_lib.Scorer(workdir_lib.path(args.out) / "wells", settings,
-                             relationships=relationships, crop_size=args.crop_size,
+                             relationships=relationships,
+                             clusters=pipeline.find_clusters(args.relationships)
+                             if args.relationships else None, crop_size=args.crop_size,
                              batch_size=args.batch_size, progress=args.progress)
   runs = train_all(configs, scorer, args.out, progress=args.progress,
                    compiler_options=compiler_options)
@@ -151,10 +167,15 @@ def _main(args, overrides) -> int:
   for model, check in result["checks"].items():
     print(f"{model}: trained beats random weights (TVN, recall 5/95): {check['beats_random']}; "
           f"TVN beats no correction: {check['tvn_beats_none']}")
+  complexes = format_complexes(result["complexes"])
+  if complexes:
+    print("recall 5/95 (TVN) of each complex's own pairs:\n" + complexes)
   out = os.fspath(workdir_lib.path(args.out))
   print(f"wrote {out}/comparison.csv and plots in {out} ({result['wall_s']:.0f} s)")
   if args.json:
+    complexes = result["complexes"]
     cli.print_json(dict(rows=result["table"].to_dict("records"), checks=result["checks"],
+                        complexes=None if complexes is None else complexes.to_dict("records"),
                         wall_s=result["wall_s"], out=out))
   return 0
 

@@ -180,7 +180,7 @@ class SyntheticSource(Source):
   def __init__(self, screen: synthetic.SyntheticScreen, channels):
     self.screen = screen
     self.metadata = screen.metadata
-    self.relationships = screen.relationships
+    self.relationships, self.clusters = screen.relationships, screen.clusters
     self._channels = _check_channels(channels, len(synthetic.CHANNEL_NAMES), "synthetic screen")
     self.channel_ids = np.asarray(self._channels, np.int32)
     self.channel_names = tuple(synthetic.CHANNEL_NAMES[c] for c in self._channels)

@@ -298,6 +298,38 @@ def score_relationships(features, genes: Sequence[str], relationships: Mapping[s
   return recall, curve
 
 
+def complex_recall(features, genes: Sequence[str], complexes: Mapping[str, Sequence[str]], *,
+                   thresholds=THRESHOLDS, max_null_pairs: int = MAX_NULL_PAIRS,
+                   seed: int = 0) -> pd.DataFrame:
+  """Recall of each complex's own pairs against the map's null (which complexes a map finds).
+
+  Args:
+    features: [perturbations, d] the map, as for score_relationships (same null).
+    genes: [perturbations] unique gene symbols of the rows.
+    complexes: {name: member genes} (a clusters TSV; CORUM's complexes).
+  Returns: DataFrame [complex, genes_in_map, pairs, lower, upper, recall], one row per complex
+    with 2 or more genes in the map and threshold; the others are left out.
+  """
+  index = pd.Index(np.asarray(genes, dtype=str))
+  null = null_cosines(features, max_pairs=max_null_pairs, seed=seed)
+  u = unit_rows(np.asarray(features, dtype=np.float64))
+  rows = []
+  for name, members in complexes.items():
+    rows_in_map = np.unique(index.get_indexer(np.asarray(members, dtype=str)))
+    rows_in_map = rows_in_map[rows_in_map >= 0]
+    if len(rows_in_map) < 2:
+      continue
+    a, b = np.triu_indices(len(rows_in_map), k=1)
+    i, j = rows_in_map[a], rows_in_map[b]
+    le, lt = _tail_counts(null, np.einsum("pd,pd->p", u[i], u[j]))
+    for lower, upper in thresholds:
+      rows.append(dict(complex=name, genes_in_map=len(rows_in_map), pairs=len(i), lower=lower,
+                       upper=upper,
+                       recall=float(np.mean(_in_tails(le, lt, len(null), lower, upper)))))
+  return pd.DataFrame(rows, columns=["complex", "genes_in_map", "pairs", "lower", "upper",
+                                     "recall"])
+
+
 # ----------------------------------------------------------------------------- replicates
 
 def _mean_pairwise_cosine(unit_sum, norms_sq_sum, k):

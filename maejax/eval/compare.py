@@ -7,8 +7,10 @@ the same architecture's random initial weights embed every well of the config's 
 against the screen's known relationships (the synthetic screen's planted pairs, or the
 scorer's). A classical baseline, per-channel intensity statistics of each site (mean, std,
 percentiles), is scored the same way. Writes `<out>/comparison.csv`,
-`<out>/recall_curve_<correction>.png` (one line per model), each row's benchmark outputs in
-`<out>/<label>/<correction>/`; the well tables are the scorer's (`<out>/wells/`).
+`<out>/recall_curve_<correction>.png` (one line per model), `<out>/complex_recall.csv` (the
+recall of each planted or given complex, per model: which complexes a model finds), each row's
+benchmark outputs in `<out>/<label>/<correction>/`; the well tables are the scorer's
+(`<out>/wells/`).
 """
 
 from __future__ import annotations
@@ -102,8 +104,8 @@ def mean_curve(result: dict, label: str) -> pd.DataFrame:
 def compare(runs: Sequence[Run], scorer: scorer_lib.Scorer, out_dir) -> dict:
   """Scores every run's trained and random weights and the intensity baseline.
 
-  Returns {"table": comparison DataFrame (COLUMNS), "checks": acceptance(table), "files",
-  "wall_s"}.
+  Returns {"table": comparison DataFrame (COLUMNS), "checks": acceptance(table),
+  "complexes" (complex_table, None without clusters), "files", "wall_s"}.
   """
   t0 = time.time()
   out = workdir.path(out_dir)
@@ -117,12 +119,18 @@ def compare(runs: Sequence[Run], scorer: scorer_lib.Scorer, out_dir) -> dict:
     scorer.log(f"  {entry.label}: recall 5/95 " + ", ".join(
         f"{c} {row(entry, c, r)['recall_5_95']:.3f}" for c, r in by_correction.items()))
     for correction, result in by_correction.items():
-      files += pipeline.write_outputs(result, out / entry.label / correction)
+      files += pipeline.write_outputs(result, out / entry.label / correction,
+                                      clusters=scorer.clusters_for(entry.source))
   table = pd.DataFrame([row(e, c, r[c]) for e, r in zip(entries, results) for c in CORRECTIONS],
                        columns=COLUMNS).astype({"steps": "Int64"})
+  by_complex = complex_table(entries, results, scorer.clusters_for(entries[0].source))
   names = ["comparison.csv", *(f"recall_curve_{c}.png" for c in CORRECTIONS)]
+  if by_complex is not None:
+    names.append("complex_recall.csv")
   with workdir.output_set(out, names) as stage:
     io.write_embeddings(table, stage / names[0])
+    if by_complex is not None:
+      io.write_embeddings(by_complex, stage / "complex_recall.csv")
     for correction, name in zip(CORRECTIONS, names[1:]):
       curves = [mean_curve(r[correction], e.label) for e, r in zip(entries, results)]
       baseline = results[-1][correction]["curve"]
@@ -130,8 +138,22 @@ def compare(runs: Sequence[Run], scorer: scorer_lib.Scorer, out_dir) -> dict:
       plots.plot_recall_curves(pd.concat(curves, ignore_index=True), stage / name,
                                title=f"recall of known relationships ({correction})")
   files += [str(out / name) for name in names]
-  return dict(table=table, checks=acceptance(table), files=files,
+  return dict(table=table, checks=acceptance(table), complexes=by_complex, files=files,
               wall_s=round(time.time() - t0, 1))
+
+
+def complex_table(entries: Sequence[Entry], results: Sequence[dict], clusters) -> pd.DataFrame | None:
+  """Every entry's recall of each complex (pipeline.complex_recall), one row per model,
+  weights, correction, complex and threshold; None without clusters."""
+  if clusters is None:
+    return None
+  complexes = clusters if isinstance(clusters, dict) else plots.read_clusters(clusters)
+  parts = [pipeline.complex_recall(by_correction[c], complexes).assign(
+               model=e.model, weights=e.weights, correction=c)
+           for e, by_correction in zip(entries, results) for c in CORRECTIONS]
+  table = pd.concat(parts, ignore_index=True)
+  return table[["model", "weights", "correction", "complex", "genes_in_map", "pairs",
+                "threshold", "lower", "upper", "recall"]]
 
 
 def _recall(table: pd.DataFrame, model: str, weights: str, correction: str) -> float:

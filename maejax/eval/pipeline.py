@@ -158,7 +158,8 @@ def run_benchmark(table: pd.DataFrame, relationships, settings: Settings = Setti
       ({database: pairs}).
   Returns: dict with `recall`, `curve`, `replicates` (DataFrames), `replicate_summary` (dict),
     `map` (perturbation table), `wells` (corrected well table), `mean_ap` (None when
-    settings.map_null_size is 0), `correction` and `perturbation_column`. A figure the input
+    settings.map_null_size is 0), `correction`, `perturbation_column` and `null` (how the
+    null cosines were drawn, for complex_recall). A figure the input
     is too small for is NaN (None) with its `reason` beside it (None where it is a number).
   """
   s = settings
@@ -210,6 +211,7 @@ def run_benchmark(table: pd.DataFrame, relationships, settings: Settings = Setti
   return dict(recall=recall, curve=curve, replicates=replicates,
               replicate_summary=replicate_summary, map=perturbation_map, wells=wells,
               correction=s.correction, mean_ap=scores, perturbation_column=pert_column,
+              null=dict(max_null_pairs=s.max_null_pairs, seed=s.seed),
               provenance=dict(io.provenance_of(table), correction=s.correction))
 
 
@@ -242,12 +244,13 @@ def _map_reasons(summary: dict, negatives: str) -> None:
 OUTPUTS = frozenset({"recall.csv", "recall_curve.csv", "replicate_consistency.csv",
                      "perturbation_map.parquet", "map_replicates.csv", "map_relationships.csv",
                      "corrected_wells.h5ad", "recall_curve.png", "complex_heatmap.png",
-                     "replicate_consistency.png"})
+                     "complex_recall.csv", "replicate_consistency.png"})
 
 
 def write_outputs(result: dict, out_dir, *, clusters=None, h5ad: bool = False) -> list[str]:
   """Writes the CSVs, the map and the plots of a run_benchmark result into `out_dir` (local or
-  gs://); `clusters`: a clusters TSV for the complex heat-map. Returns the files written.
+  gs://); `clusters`: a clusters TSV (or {complex: genes}) for the complex heat-map and the
+  recall of each complex (`complex_recall.csv`, complex_recall). Returns the files written.
 
   The clusters file is read before anything is written; the outputs replace an earlier run's
   as one set (workdir.output_set): an earlier output this run does not write is removed, and
@@ -273,12 +276,29 @@ def write_outputs(result: dict, out_dir, *, clusters=None, h5ad: bool = False) -
                                           title=f"recall ({result['correction']})"))
     if complexes is not None:
       files.extend(_heatmap(result, complexes, clusters, out / "complex_heatmap.png"))
+      by_complex = complex_recall(result, complexes)
+      if len(by_complex):
+        files.append(io.write_embeddings(by_complex, out / "complex_recall.csv"))
     replicate_png = plots.plot_replicate_consistency(
         result["replicates"], result["replicate_summary"]["median_null_cosine"],
         out / "replicate_consistency.png", correction=result["correction"])
     if replicate_png is not None:
       files.append(replicate_png)
   return [str(workdir.path(out_dir) / workdir.path(f).name) for f in files]
+
+
+def complex_recall(result: dict, complexes: dict) -> pd.DataFrame:
+  """A run_benchmark result's recall of each complex with 2+ genes in its map, at the
+  result's thresholds (benchmark.complex_recall: [complex, genes_in_map, pairs, threshold,
+  lower, upper, recall])."""
+  _, map_features, _ = io.split_table(result["map"])
+  genes = result["map"][result["perturbation_column"]].astype(str).to_numpy()
+  thresholds = list(dict.fromkeys(zip(result["recall"].lower, result["recall"].upper)))
+  table = bench.complex_recall(map_features, genes, complexes,
+                               thresholds=thresholds or bench.THRESHOLDS,
+                               **result.get("null", {}))
+  table.insert(3, "threshold", [f"{lo:g}-{hi:g}" for lo, hi in zip(table.lower, table.upper)])
+  return table
 
 
 def _heatmap(result: dict, complexes: dict, clusters, file) -> list:

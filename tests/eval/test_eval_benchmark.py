@@ -115,6 +115,37 @@ def test_recall_matches_brute_force_on_random_map():
     assert row.recall == pytest.approx(expected)
 
 
+def test_complex_recall_matches_numpy_per_complex():
+  rng = np.random.default_rng(1)
+  genes = [f"G{i}" for i in range(40)]
+  features = rng.normal(size=(40, 6))
+  features[:5] += 3 * rng.normal(size=6)  # complex "tight" is found, "loose" is not
+  complexes = {"tight": genes[:5], "loose": [genes[9], genes[20], genes[33]],
+               "one_in_map": [genes[3], "NOT_IN_MAP"], "repeated": [genes[7], genes[7], genes[8]]}
+  table = benchmark.complex_recall(features, genes, complexes, thresholds=[(5, 95), (10, 90)])
+  assert set(table.complex) == {"tight", "loose", "repeated"}  # 2+ genes in the map only
+  for _, row in table.iterrows():
+    members = list(dict.fromkeys(g for g in complexes[row.complex] if g in genes))
+    pairs = [(a, b) for k, a in enumerate(members) for b in members[k + 1:]]
+    expected, used = _numpy_recall(features, genes, pairs, row.lower, row.upper)
+    assert row.recall == pytest.approx(expected) and row.pairs == used
+    assert row.genes_in_map == len(members)
+  tight = table[table.complex == "tight"]
+  assert (tight.recall > 0.5).all() and (tight.pairs == 10).all()
+
+
+def test_complex_recall_weighted_by_pairs_is_the_recall_of_all_complex_pairs():
+  table, screen = _synthetic_wells()
+  result = pipeline.run_benchmark(table, {"planted": benchmark.undirected_pairs(
+      screen.relationships)}, pipeline.Settings(n_null=20))
+  by_complex = pipeline.complex_recall(result, screen.clusters)
+  assert set(by_complex.complex) == set(screen.clusters)
+  assert set(by_complex.threshold) == {"5-95", "10-90"}
+  for (lower, upper), rows in by_complex.groupby(["lower", "upper"]):
+    overall = result["recall"].set_index(["lower", "upper"]).recall[(lower, upper)]
+    assert np.average(rows.recall, weights=rows.pairs) == pytest.approx(overall)
+
+
 def test_random_pairs_score_about_the_tail_fraction():
   rng = np.random.default_rng(1)
   genes = [f"G{i}" for i in range(200)]
@@ -288,6 +319,8 @@ def test_embedded_screen_tables_use_the_planted_pairs_and_complexes(tmp_path, ca
   assert (recall.pairs == int((sizes * (sizes - 1) // 2).sum())).all()
   assert (recall.recall > 3 * recall.random_baseline).all()
   assert (tmp_path / "out" / "complex_heatmap.png").is_file()
+  by_complex = pd.read_csv(tmp_path / "out" / "complex_recall.csv")
+  assert set(by_complex.complex) == set(screen.clusters)
 
 
 def test_unknown_table_without_relationships_is_an_error(tmp_path, capsys):
