@@ -119,9 +119,10 @@ def format_complexes(complexes: pd.DataFrame | None, *, max_rows: int = 12) -> s
                     & (complexes.upper == 95)]
   if shown.empty or shown.complex.nunique() > max_rows:
     return None
-  column = shown.model.where(shown.weights != "random", shown.model + " random")
-  wide = shown.assign(column=column).pivot_table(index=["complex", "pairs"], columns="column",
-                                                  values="recall", sort=False)
+  label = shown.model.where(shown.weights != "random", shown.model + " random")
+  wide = shown.assign(label=label).pivot_table(index=["complex", "pairs"], columns="label",
+                                                values="recall", sort=False)
+  wide.columns.name = None
   return wide.to_string(float_format=lambda v: f"{v:.2f}")
 
 
