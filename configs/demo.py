@@ -18,8 +18,9 @@ def get_config(arg=None):
   c.data.cache_sites = True
   # Measured with `python -m maejax.compare --configs configs/demo.py` (recall 5/95, TVN, 48
   # planted pairs; one pair is 0.021): normalized targets 0.479 against 0.354 for raw pixels at
-  # 1,000 steps, 0.500 at 2,000; 64 px crops, 4,000 steps, mask 0.5 or width 128 x 4 blocks
-  # did no better (0.375 to 0.479).
+  # 1,000 steps, 0.500 to 0.521 at 2,000 (two machines; seed 1: 0.417); 64 px crops, 4,000
+  # steps, mask 0.5 or 0.9 or width 128 x 4 blocks did no better (0.375 to 0.479; README: end
+  # to end).
   c.model.norm_pix_loss = True
   c.batch_size = 64
   c.total_steps = 2000

@@ -6,7 +6,8 @@
 Works on any table with `Metadata_*` columns and numeric features: this package's embeddings,
 another model's, or CellProfiler features (maejax.eval.pipeline). Writes to --out: recall.csv,
 recall_curve.csv, replicate_consistency.csv, perturbation_map.parquet, recall_curve.png,
-complex_heatmap.png (when a clusters TSV is found), replicate_consistency.png, and mAP by
+complex_heatmap.png and complex_recall.csv (when a clusters TSV is found: the recall of each
+complex's own pairs), replicate_consistency.png, and mAP by
 copairs (maejax.eval.mean_ap): map_replicates.csv (replicate retrieval per perturbation) and
 map_relationships.csv (known-partner retrieval per gene and database). Rows repeated whole and
 features constant over all wells are dropped with a warning; an empty table, or one well in two
@@ -81,7 +82,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
   p.add_argument("--thresholds", type=_thresholds, nargs="+", default=list(bench.THRESHOLDS),
                  help="percent pairs, e.g. 5,95 10,90")
   p.add_argument("--clusters", default=None,
-                 help="clusters TSV for the heat-map (default: *clusters*.tsv found in the "
+                 help="clusters TSV for the heat-map and complex_recall.csv (default: "
+                 "*clusters*.tsv found in the "
                  "relationships directory)")
   p.add_argument("--n-null", type=int, default=1000,
                  help="random well sets per replicate count for replicate consistency")
