@@ -306,7 +306,8 @@ def _heatmap(result: dict, complexes: dict, clusters, file) -> list:
   genes = result["map"][result["perturbation_column"]].astype(str).to_numpy()
   heatmap = plots.plot_complex_heatmap(map_features, genes, complexes, file)
   if heatmap is None:
-    warnings.warn(f"no complex in {clusters} has 3 or more genes in the map; no heat-map",
+    where = "the clusters" if isinstance(clusters, dict) else clusters
+    warnings.warn(f"no complex in {where} has 3 or more genes in the map; no heat-map",
                   stacklevel=3)
     return []
   return [heatmap]

@@ -13,6 +13,7 @@ from sklearn.metrics.pairwise import cosine_similarity as sk_cosine
 from maejax.cli import benchmark as benchmark_cli
 from maejax.data import synthetic
 from maejax.eval import benchmark
+from maejax.eval import compare as compare_lib
 from maejax.eval import pipeline
 
 REPO = Path(__file__).resolve().parents[2]
@@ -144,6 +145,20 @@ def test_complex_recall_weighted_by_pairs_is_the_recall_of_all_complex_pairs():
   for (lower, upper), rows in by_complex.groupby(["lower", "upper"]):
     overall = result["recall"].set_index(["lower", "upper"]).recall[(lower, upper)]
     assert np.average(rows.recall, weights=rows.pairs) == pytest.approx(overall)
+
+
+def test_compare_scores_each_entry_against_its_own_complexes():
+  table, screen = _synthetic_wells()
+  planted = {"planted": benchmark.undirected_pairs(screen.relationships)}
+  by_correction = {c: pipeline.run_benchmark(table, planted, pipeline.Settings(correction=c,
+                                                                                n_null=20))
+                   for c in compare_lib.CORRECTIONS}
+  entries = [compare_lib.Entry(name, name, "trained", table, None) for name in ("a", "b")]
+  results = [by_correction, by_correction]
+  assert compare_lib.complex_table(entries, results, [None, None]) is None
+  rows = compare_lib.complex_table(entries, results, [None, screen.clusters])
+  assert set(rows.model) == {"b"}
+  assert len(rows) == len(screen.clusters) * len(compare_lib.CORRECTIONS) * 2  # 2 thresholds
 
 
 def test_random_pairs_score_about_the_tail_fraction():
