@@ -160,8 +160,10 @@ def _main(args) -> int:
   table = _read_wells(args.embeddings)
   relationships, planted = bench.relationships_for(table, args.relationships,
                                                    args.perturbation_col)
-  result = pipeline.run_benchmark(table, relationships, settings(args), source=args.embeddings)
   clusters = args.clusters or planted or pipeline.find_clusters(relationships)
+  result = pipeline.run_benchmark(table, relationships, settings(args),
+                                  complexes=pipeline.read_complexes(clusters),
+                                  source=args.embeddings)
   files = pipeline.write_outputs(result, args.out, clusters=clusters, h5ad=args.h5ad)
   info = pipeline.summary(result, files)
   _report(info, args.out)

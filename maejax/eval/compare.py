@@ -115,16 +115,15 @@ def compare(runs: Sequence[Run], scorer: scorer_lib.Scorer, out_dir) -> dict:
   results = [{c: scorer.score(e.table, e.source, correction=c) for c in CORRECTIONS}
              for e in entries]
   files = [str(scorer.path(e.label)) for e in entries]
-  complexes = [read_complexes(scorer.clusters_for(e.source)) for e in entries]
-  for entry, by_correction, entry_complexes in zip(entries, results, complexes):
+  for entry, by_correction in zip(entries, results):
     scorer.log(f"  {entry.label}: recall 5/95 " + ", ".join(
         f"{c} {row(entry, c, r)['recall_5_95']:.3f}" for c, r in by_correction.items()))
     for correction, result in by_correction.items():
       files += pipeline.write_outputs(result, out / entry.label / correction,
-                                      clusters=entry_complexes)
+                                      clusters=scorer.clusters_for(entry.source))
   table = pd.DataFrame([row(e, c, r[c]) for e, r in zip(entries, results) for c in CORRECTIONS],
                        columns=COLUMNS).astype({"steps": "Int64"})
-  by_complex = complex_table(entries, results, complexes)
+  by_complex = complex_table(entries, results)
   names = ["comparison.csv", *(f"recall_curve_{c}.png" for c in CORRECTIONS)]
   if by_complex is not None:
     names.append("complex_recall.csv")
@@ -143,21 +142,13 @@ def compare(runs: Sequence[Run], scorer: scorer_lib.Scorer, out_dir) -> dict:
               wall_s=round(time.time() - t0, 1))
 
 
-def read_complexes(clusters) -> dict | None:
-  """{complex: genes} of a clusters TSV or dict (Scorer.clusters_for); None stays None."""
-  if clusters is None or isinstance(clusters, dict):
-    return clusters
-  return plots.read_clusters(clusters)
-
-
-def complex_table(entries: Sequence[Entry], results: Sequence[dict],
-                  complexes: Sequence[dict | None]) -> pd.DataFrame | None:
-  """Every entry's recall of each of its complexes (pipeline.complex_recall), one row per
-  model, weights, correction, complex and threshold; None when no entry has complexes."""
-  parts = [pipeline.complex_recall(by_correction[c], entry_complexes).assign(
-               model=e.model, weights=e.weights, correction=c)
-           for e, by_correction, entry_complexes in zip(entries, results, complexes)
-           if entry_complexes is not None for c in CORRECTIONS]
+def complex_table(entries: Sequence[Entry], results: Sequence[dict]) -> pd.DataFrame | None:
+  """Every entry's recall of each of its complexes (run_benchmark's `complex_recall`), one
+  row per model, weights, correction, complex and threshold; None when no entry has any."""
+  parts = [by_correction[c]["complex_recall"].assign(model=e.model, weights=e.weights,
+                                                     correction=c)
+           for e, by_correction in zip(entries, results) for c in CORRECTIONS
+           if by_correction[c]["complex_recall"] is not None]
   if not parts:
     return None
   table = pd.concat(parts, ignore_index=True)

@@ -147,7 +147,7 @@ def _informative(features: np.ndarray, names: list[str], source) -> tuple[np.nda
 
 
 def run_benchmark(table: pd.DataFrame, relationships, settings: Settings = Settings(), *,
-                  source="the well table") -> dict:
+                  complexes: dict | None = None, source="the well table") -> dict:
   """Correct -> aggregate -> score a well table.
 
   Args:
@@ -156,10 +156,12 @@ def run_benchmark(table: pd.DataFrame, relationships, settings: Settings = Setti
       messages.
     relationships: a directory / file(s) of entity1,entity2 pairs, or load_relationships output
       ({database: pairs}).
+    complexes: {complex: genes} (read_complexes) for the recall of each complex, or None.
   Returns: dict with `recall`, `curve`, `replicates` (DataFrames), `replicate_summary` (dict),
     `map` (perturbation table), `wells` (corrected well table), `mean_ap` (None when
-    settings.map_null_size is 0), `correction`, `perturbation_column` and `null` (how the
-    null cosines were drawn, for complex_recall). A figure the input
+    settings.map_null_size is 0), `complex_recall` (benchmark.complex_recall with a
+    `threshold` column; None without complexes), `correction` and `perturbation_column`. A
+    figure the input
     is too small for is NaN (None) with its `reason` beside it (None where it is a number).
   """
   s = settings
@@ -197,7 +199,12 @@ def run_benchmark(table: pd.DataFrame, relationships, settings: Settings = Setti
                                             thresholds=s.thresholds,
                                             max_null_pairs=s.max_null_pairs, seed=s.seed,
                                             perturbation_col=pert_column)
-  recall.insert(1, "threshold", [f"{lo:g}-{hi:g}" for lo, hi in zip(recall.lower, recall.upper)])
+  recall.insert(1, "threshold", _threshold_labels(recall))
+  by_complex = None
+  if complexes is not None:
+    by_complex = bench.complex_recall(map_features, genes, complexes, thresholds=s.thresholds,
+                                      max_null_pairs=s.max_null_pairs, seed=s.seed)
+    by_complex.insert(3, "threshold", _threshold_labels(by_complex))
   recall["correction"] = s.correction
   recall = _recall_reasons(recall)
   scores = None
@@ -210,9 +217,21 @@ def run_benchmark(table: pd.DataFrame, relationships, settings: Settings = Setti
     _map_reasons(scores["summary"], "controls" if is_control.any() else "all")
   return dict(recall=recall, curve=curve, replicates=replicates,
               replicate_summary=replicate_summary, map=perturbation_map, wells=wells,
-              correction=s.correction, mean_ap=scores, perturbation_column=pert_column,
-              null=dict(max_null_pairs=s.max_null_pairs, seed=s.seed),
+              complex_recall=by_complex, correction=s.correction, mean_ap=scores,
+              perturbation_column=pert_column,
               provenance=dict(io.provenance_of(table), correction=s.correction))
+
+
+def _threshold_labels(table: pd.DataFrame) -> list[str]:
+  """"5-95" etc. for each row's (lower, upper)."""
+  return [f"{lo:g}-{hi:g}" for lo, hi in zip(table.lower, table.upper)]
+
+
+def read_complexes(clusters) -> dict | None:
+  """{complex: genes} of a clusters TSV (plots.read_clusters) or dict; None stays None."""
+  if clusters is None or isinstance(clusters, dict):
+    return clusters
+  return plots.read_clusters(clusters)
 
 
 def _recall_reasons(recall: pd.DataFrame) -> pd.DataFrame:
@@ -249,16 +268,15 @@ OUTPUTS = frozenset({"recall.csv", "recall_curve.csv", "replicate_consistency.cs
 
 def write_outputs(result: dict, out_dir, *, clusters=None, h5ad: bool = False) -> list[str]:
   """Writes the CSVs, the map and the plots of a run_benchmark result into `out_dir` (local or
-  gs://); `clusters`: a clusters TSV (or {complex: genes}) for the complex heat-map and the
-  recall of each complex (`complex_recall.csv`, complex_recall). Returns the files written.
+  gs://); `clusters`: a clusters TSV (or {complex: genes}) for the complex heat-map; the
+  result's `complex_recall`, when it has one, goes to `complex_recall.csv`. Returns the files
+  written.
 
   The clusters file is read before anything is written; the outputs replace an earlier run's
   as one set (workdir.output_set): an earlier output this run does not write is removed, and
   a run that fails or is killed leaves `out_dir` as it was.
   """
-  complexes = None
-  if clusters is not None:
-    complexes = clusters if isinstance(clusters, dict) else plots.read_clusters(clusters)
+  complexes = read_complexes(clusters)
   with workdir.output_set(out_dir, OUTPUTS) as out:
     files = [io.write_embeddings(result["recall"], out / "recall.csv"),
              io.write_embeddings(result["curve"], out / "recall_curve.csv"),
@@ -276,29 +294,14 @@ def write_outputs(result: dict, out_dir, *, clusters=None, h5ad: bool = False) -
                                           title=f"recall ({result['correction']})"))
     if complexes is not None:
       files.extend(_heatmap(result, complexes, clusters, out / "complex_heatmap.png"))
-      by_complex = complex_recall(result, complexes)
-      if len(by_complex):
-        files.append(io.write_embeddings(by_complex, out / "complex_recall.csv"))
+    if result.get("complex_recall") is not None and len(result["complex_recall"]):
+      files.append(io.write_embeddings(result["complex_recall"], out / "complex_recall.csv"))
     replicate_png = plots.plot_replicate_consistency(
         result["replicates"], result["replicate_summary"]["median_null_cosine"],
         out / "replicate_consistency.png", correction=result["correction"])
     if replicate_png is not None:
       files.append(replicate_png)
   return [str(workdir.path(out_dir) / workdir.path(f).name) for f in files]
-
-
-def complex_recall(result: dict, complexes: dict) -> pd.DataFrame:
-  """A run_benchmark result's recall of each complex with 2+ genes in its map, at the
-  result's thresholds (benchmark.complex_recall: [complex, genes_in_map, pairs, threshold,
-  lower, upper, recall])."""
-  _, map_features, _ = io.split_table(result["map"])
-  genes = result["map"][result["perturbation_column"]].astype(str).to_numpy()
-  thresholds = list(dict.fromkeys(zip(result["recall"].lower, result["recall"].upper)))
-  table = bench.complex_recall(map_features, genes, complexes,
-                               thresholds=thresholds or bench.THRESHOLDS,
-                               **result.get("null", {}))
-  table.insert(3, "threshold", [f"{lo:g}-{hi:g}" for lo, hi in zip(table.lower, table.upper)])
-  return table
 
 
 def _heatmap(result: dict, complexes: dict, clusters, file) -> list:

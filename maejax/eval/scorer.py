@@ -39,18 +39,20 @@ class Scorer:
     settings: the benchmark settings (correction, n_null, ...) of `score`.
     overrides: `--config.data.<field>=<value>` applied to every embedded screen.
     relationships: {database: pairs}; None = the screen's planted pairs (synthetic source).
-    clusters: a clusters TSV or {complex: genes} for the per-complex outputs; None = the
-      screen's planted complexes (synthetic source) when `relationships` is None too.
+    clusters: a clusters TSV or {complex: genes} for the recall of each complex and the
+      heat-map; None = the screen's planted complexes (synthetic source) when
+      `relationships` is None too.
     crop_size: embedding tile size (None: each screen's data.crop_size; 0: whole sites).
   """
 
   def __init__(self, wells_dir, settings: pipeline.Settings = pipeline.Settings(), *,
                overrides: Sequence[str] = (), relationships: dict | None = None,
-               clusters=None, crop_size: int | None = None, batch_size: int = 64, progress: bool = True,
-               log: Callable[[str], None] = print):
+               clusters=None, crop_size: int | None = None, batch_size: int = 64,
+               progress: bool = True, log: Callable[[str], None] = print):
     self.wells_dir = workdir.path(wells_dir)
     self.settings, self.overrides = settings, list(overrides)
-    self.relationships, self.clusters, self.crop_size = relationships, clusters, crop_size
+    self.relationships, self.crop_size = relationships, crop_size
+    self.clusters = pipeline.read_complexes(clusters)
     self.batch_size, self.progress, self.log = batch_size, progress, log
     self._sources = {}
 
@@ -103,9 +105,9 @@ class Scorer:
                        "pass --relationships DIR_OR_FILES")
     return {"planted": bench.undirected_pairs(pairs)}
 
-  def clusters_for(self, source):
-    """The complexes of the per-complex outputs: the given clusters, else the source's
-    planted complexes when scoring its planted pairs; None when there are none."""
+  def clusters_for(self, source) -> dict | None:
+    """{complex: genes} of `source`'s scores: the given clusters, else the source's planted
+    complexes when scoring its planted pairs; None when there are none."""
     if self.clusters is not None or self.relationships is not None:
       return self.clusters
     return getattr(source, "clusters", None)
@@ -115,7 +117,8 @@ class Scorer:
     settings = self.settings
     if correction is not None:
       settings = dataclasses.replace(settings, correction=correction)
-    return pipeline.run_benchmark(table, self.relationships_for(source), settings)
+    return pipeline.run_benchmark(table, self.relationships_for(source), settings,
+                                  complexes=self.clusters_for(source))
 
 
 def recall_columns(result: dict) -> pd.DataFrame:

@@ -138,8 +138,8 @@ def test_complex_recall_matches_numpy_per_complex():
 def test_complex_recall_weighted_by_pairs_is_the_recall_of_all_complex_pairs():
   table, screen = _synthetic_wells()
   result = pipeline.run_benchmark(table, {"planted": benchmark.undirected_pairs(
-      screen.relationships)}, pipeline.Settings(n_null=20))
-  by_complex = pipeline.complex_recall(result, screen.clusters)
+      screen.relationships)}, pipeline.Settings(n_null=20), complexes=screen.clusters)
+  by_complex = result["complex_recall"]
   assert set(by_complex.complex) == set(screen.clusters)
   assert set(by_complex.threshold) == {"5-95", "10-90"}
   for (lower, upper), rows in by_complex.groupby(["lower", "upper"]):
@@ -150,13 +150,16 @@ def test_complex_recall_weighted_by_pairs_is_the_recall_of_all_complex_pairs():
 def test_compare_scores_each_entry_against_its_own_complexes():
   table, screen = _synthetic_wells()
   planted = {"planted": benchmark.undirected_pairs(screen.relationships)}
-  by_correction = {c: pipeline.run_benchmark(table, planted, pipeline.Settings(correction=c,
-                                                                                n_null=20))
-                   for c in compare_lib.CORRECTIONS}
+
+  def by_correction(complexes):
+    return {c: pipeline.run_benchmark(table, planted, pipeline.Settings(correction=c, n_null=20),
+                                      complexes=complexes)
+            for c in compare_lib.CORRECTIONS}
+
   entries = [compare_lib.Entry(name, name, "trained", table, None) for name in ("a", "b")]
-  results = [by_correction, by_correction]
-  assert compare_lib.complex_table(entries, results, [None, None]) is None
-  rows = compare_lib.complex_table(entries, results, [None, screen.clusters])
+  without = by_correction(None)
+  assert compare_lib.complex_table(entries, [without, without]) is None
+  rows = compare_lib.complex_table(entries, [without, by_correction(screen.clusters)])
   assert set(rows.model) == {"b"}
   assert len(rows) == len(screen.clusters) * len(compare_lib.CORRECTIONS) * 2  # 2 thresholds
 
