@@ -38,6 +38,11 @@ def test_bench_model_compare_torch_times_both(capsys):
   assert result["torch_model"] == "transformers.ViTMAEForPreTraining"
   assert result["torch_step_s"] > 0
   assert result["speedup_vs_torch"] == pytest.approx(result["torch_step_s"] / result["step_s"])
+  # The ceiling: the step's FLOPs at the faster framework's matmul speed, over PyTorch's step.
+  torch_tflops = result["gflop_per_image"] * 2 / result["torch_step_s"] / 1e3
+  assert result["torch_tflops_per_s"] == pytest.approx(torch_tflops)
+  fastest = max(result["jax_matmul_tflops_per_s"], result["torch_matmul_tflops_per_s"])
+  assert result["speedup_ceiling_vs_torch"] == pytest.approx(fastest / torch_tflops)
 
 
 def test_bench_embed_compare_torch_times_both(capsys):

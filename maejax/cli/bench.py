@@ -3,7 +3,7 @@
 `model` times one train step (forward, backward, AdamW) of a registered model on random uint8
 images on one device; `embed` its embedding forward; `--compare-torch` times the PyTorch model
 of the same shape (transformers' ViTMAE, the OpenPhenom architecture) interleaved in the same
-run. `train` times the real sharded step of a config; `data` the input pipeline.
+run, and for `model` the speedup over PyTorch that the machine's matmul speed allows at all. `train` times the real sharded step of a config; `data` the input pipeline.
 """
 
 from __future__ import annotations
@@ -72,9 +72,33 @@ def main_model(argv) -> int:
       out["torch_step_s"] = out.pop("interleaved_step_s")
       out["torch_model"] = "transformers.ViTMAEForPreTraining"
       out["speedup_vs_torch"] = out["torch_step_s"] / out["step_s"]
+      out["torch_tflops_per_s"] = (out["gflop_per_image"] * out["batch_size"]
+                                   / out["torch_step_s"] / 1e3)
+      out.update(matmul_ceiling(out["torch_tflops_per_s"]))
     return out
 
   return cli.report(args, body, print_figures)
+
+
+def matmul_ceiling(torch_tflops: float, shape=(2048, 512, 2048), reps: int = 10) -> dict:
+  """Each framework's fp32 matmul speed on one [m, k] x [k, n] product (the shape of a
+  decoder MLP layer), and the speedup over PyTorch's step that a step of the same FLOPs, all
+  at the faster of the two, would have: a ceiling for any implementation of the step."""
+  import torch
+  m, k, n = shape
+  x, y = (np.random.default_rng(i).standard_normal(s, dtype=np.float32)
+          for i, s in enumerate(((m, k), (k, n))))
+  jx, jy = jax.device_put(x), jax.device_put(y)
+  matmul = jax.jit(lambda p, q: p @ q)
+  tx, ty = torch.from_numpy(x), torch.from_numpy(y)
+  runs = {"jax": lambda: matmul(jx, jy).block_until_ready(), "torch": lambda: tx @ ty}
+  out = {}
+  for name, fn in runs.items():
+    fn()
+    out[f"{name}_matmul_tflops_per_s"] = 2 * m * k * n / float(
+        np.median([_seconds(fn) for _ in range(reps)])) / 1e12
+  out["speedup_ceiling_vs_torch"] = max(out.values()) / torch_tflops
+  return out
 
 
 def _require_torch():

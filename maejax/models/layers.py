@@ -135,6 +135,8 @@ def attention(q, k, v):
 # Bytes of f32 logits per group of (example, head) pairs: a group's logits stay in cache
 # between the matmuls and the softmax instead of going through memory ([b, h, l, l] at once).
 CHUNK_BYTES = 4 * 2**20
+# Query blocks are unrolled in the program: a bound on its size for very long sequences.
+MAX_BLOCKS = 16
 
 
 def _head_groups(t, group):
@@ -156,27 +158,43 @@ def _group_size(n, lq, lk):
   return g
 
 
+def _query_blocks(g, lq, lk):
+  """Static row slices splitting lq queries into blocks whose g x rows x lk f32 logits fit
+  CHUNK_BYTES (one block unless a single pair's logits do not fit), at most MAX_BLOCKS."""
+  n = min(MAX_BLOCKS, max(1, -(-4 * g * lq * lk // CHUNK_BYTES)))
+  rows = -(-lq // n)
+  return [slice(i, min(i + rows, lq)) for i in range(0, lq, rows)]
+
+
 @jax.custom_vjp
 def chunked_attention(q, k, v):
   """`attention` over groups of (example, head) pairs in a `lax.map`, f32 softmax; the
   backward pass recomputes each group's probabilities from the saved log-sum-exp (as flash
-  attention does) rather than keeping [b, h, lq, lk] probabilities."""
+  attention does) rather than keeping [b, h, lq, lk] probabilities. Where one pair's logits
+  exceed CHUNK_BYTES (long sequences), each pair's queries go in blocks: the blocks of a
+  group are independent work the CPU runs side by side, each within cache."""
   return _chunked_fwd(q, k, v)[0]
 
 
 def _chunked_fwd(q, k, v):
   b, lq, h, d = q.shape
   g = _group_size(b * h, lq, k.shape[1])
+  blocks = _query_blocks(g, lq, k.shape[1])
   scaled = q * jnp.asarray(d ** -0.5, q.dtype)
 
-  def group(qkv):
-    q, k, v = qkv
+  def attend(q, k, v):
     s = jnp.einsum("gqd,gkd->gqk", q, k, preferred_element_type=jnp.float32)
     m = s.max(-1, keepdims=True)
     p = jnp.exp(s - m)
     total = p.sum(-1, keepdims=True)
-    o = jnp.einsum("gqk,gkd->gqd", (p / total).astype(v.dtype), v)
-    return o, (m + jnp.log(total))[..., 0]
+    # Normalised after the product: [g, q, d] divisions instead of [g, q, k].
+    o = jnp.einsum("gqk,gkd->gqd", p.astype(v.dtype), v, preferred_element_type=jnp.float32)
+    return (o / total).astype(v.dtype), (m + jnp.log(total))[..., 0]
+
+  def group(qkv):
+    q, k, v = qkv
+    out = [attend(q[:, rows], k, v) for rows in blocks]
+    return tuple(jnp.concatenate(t, axis=1) for t in zip(*out))
 
   o, lse = jax.lax.map(group, (_head_groups(scaled, g), _head_groups(k, g), _head_groups(v, g)))
   return _from_head_groups(o, q.shape), (q, k, v, o, lse)
@@ -185,18 +203,25 @@ def _chunked_fwd(q, k, v):
 def _chunked_bwd(res, do):
   q, k, v, o, lse = res
   d, g = q.shape[-1], o.shape[1]
+  blocks = _query_blocks(g, q.shape[1], k.shape[1])
   scale = jnp.asarray(d ** -0.5, q.dtype)
   do_g = _head_groups(do, g)
   delta = (do_g.astype(jnp.float32) * o.astype(jnp.float32)).sum(-1)  # rowsum(dP * P).
 
-  def group(args):
-    q, k, v, do, lse, delta = args
+  def block(q, k, v, do, lse, delta):
     s = jnp.einsum("gqd,gkd->gqk", q, k, preferred_element_type=jnp.float32)
     p = jnp.exp(s - lse[..., None])
-    dv = jnp.einsum("gqk,gqd->gkd", p.astype(do.dtype), do)
+    dv = jnp.einsum("gqk,gqd->gkd", p.astype(do.dtype), do, preferred_element_type=jnp.float32)
     dp = jnp.einsum("gqd,gkd->gqk", do, v, preferred_element_type=jnp.float32)
     ds = (p * (dp - delta[..., None])).astype(q.dtype)
-    return jnp.einsum("gqk,gkd->gqd", ds, k), jnp.einsum("gqk,gqd->gkd", ds, q), dv
+    dk = jnp.einsum("gqk,gqd->gkd", ds, q, preferred_element_type=jnp.float32)
+    return jnp.einsum("gqk,gkd->gqd", ds, k), dk, dv
+
+  def group(args):
+    q, k, v, do, lse, delta = args
+    dq, dk, dv = zip(*[block(q[:, rows], k, v, do[:, rows], lse[:, rows], delta[:, rows])
+                       for rows in blocks])
+    return (jnp.concatenate(dq, axis=1), sum(dk).astype(k.dtype), sum(dv).astype(v.dtype))
 
   dq, dk, dv = jax.lax.map(group, (_head_groups(q * scale, g), _head_groups(k, g),
                                    _head_groups(v, g), do_g, lse, delta))

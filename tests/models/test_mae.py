@@ -80,12 +80,14 @@ def test_permute_rows_gradient_is_the_gather_gradient():
 
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
-@pytest.mark.parametrize("chunk_bytes", [1, 4 * 7 * 9 * 4, 2**22])  # 1 pair, 4 pairs, all 6.
+# 1 pair in blocks of 1 query, 1 pair in blocks of 3, 3 and 1 queries, 4 pairs, all 6.
+@pytest.mark.parametrize("chunk_bytes", [1, 4 * 3 * 9, 4 * 7 * 9 * 4, 2**22])
 def test_chunked_attention_matches_numpy_and_dot_product_attention(dtype, chunk_bytes,
                                                                    monkeypatch):
   """The CPU attention path (layers.chunked_attention, its own backward pass) against a
   float64 NumPy softmax attention, and against jax.nn.dot_product_attention (the GPU/TPU
-  path), values and grads, for groups of one, some and all (example, head) pairs."""
+  path), values and grads, for groups of one, some and all (example, head) pairs, and for
+  queries in blocks (long sequences)."""
   from maejax.models import layers
   monkeypatch.setattr(layers, "CHUNK_BYTES", chunk_bytes)
   b, lq, lk, h, d = 2, 7, 9, 3, 8
