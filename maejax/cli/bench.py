@@ -3,7 +3,8 @@
 `model` times one train step (forward, backward, AdamW) of a registered model on random uint8
 images on one device; `embed` its embedding forward; `--compare-torch` times the PyTorch model
 of the same shape (transformers' ViTMAE, the OpenPhenom architecture) interleaved in the same
-run, and for `model` the speedup over PyTorch that the machine's matmul speed allows at all. `train` times the real sharded step of a config; `data` the input pipeline.
+run, and for `model` the speedup over PyTorch that the machine's matmul speed allows at all.
+`train` times the real sharded step of a config; `data` the input pipeline.
 """
 
 from __future__ import annotations
