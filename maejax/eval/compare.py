@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import time
+import warnings
 from typing import Sequence
 
 import ml_collections
@@ -101,6 +102,18 @@ def mean_curve(result: dict, label: str) -> pd.DataFrame:
       "percentile", as_index=False).recall.mean().assign(database=label)
 
 
+def score_corrections(scorer: scorer_lib.Scorer, entry: Entry) -> dict:
+  """{correction: run_benchmark result} of one entry; a warning about its table (e.g. constant
+  features dropped) is given once, not once per correction."""
+  with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    results = {c: scorer.score(entry.table, entry.source, correction=c, name=entry.label)
+               for c in CORRECTIONS}
+  for category, message in dict.fromkeys((w.category, str(w.message)) for w in caught):
+    warnings.warn(message, category, stacklevel=2)
+  return results
+
+
 def compare(runs: Sequence[Run], scorer: scorer_lib.Scorer, out_dir) -> dict:
   """Scores every run's trained and random weights and the intensity baseline.
 
@@ -112,8 +125,7 @@ def compare(runs: Sequence[Run], scorer: scorer_lib.Scorer, out_dir) -> dict:
   entries = [e for run in runs for e in run_entries(run, scorer)]
   scorer.log("intensity statistics: per-channel mean, std, percentiles per site")
   entries.append(intensity_entry(entries[0].source, scorer.wells_dir))
-  results = [{c: scorer.score(e.table, e.source, correction=c) for c in CORRECTIONS}
-             for e in entries]
+  results = [score_corrections(scorer, e) for e in entries]
   files = [str(scorer.path(e.label)) for e in entries]
   for entry, by_correction in zip(entries, results):
     scorer.log(f"  {entry.label}: recall 5/95 " + ", ".join(

@@ -112,13 +112,15 @@ class Scorer:
       return self.clusters
     return getattr(source, "clusters", None)
 
-  def score(self, table: pd.DataFrame, source, *, correction: str | None = None) -> dict:
-    """run_benchmark of a well table of `source`'s screen (correction: default the settings')."""
+  def score(self, table: pd.DataFrame, source, *, correction: str | None = None,
+            name: str = "the well table") -> dict:
+    """run_benchmark of a well table of `source`'s screen (correction: default the settings');
+    `name` is the table's name in messages."""
     settings = self.settings
     if correction is not None:
       settings = dataclasses.replace(settings, correction=correction)
     return pipeline.run_benchmark(table, self.relationships_for(source), settings,
-                                  complexes=self.clusters_for(source))
+                                  complexes=self.clusters_for(source), source=name)
 
 
 def recall_columns(result: dict) -> pd.DataFrame:

@@ -15,6 +15,7 @@ from maejax.data import synthetic
 from maejax.eval import benchmark
 from maejax.eval import compare as compare_lib
 from maejax.eval import pipeline
+from maejax.eval import scorer as scorer_lib
 
 REPO = Path(__file__).resolve().parents[2]
 SHARED = Path(__file__).resolve().parents[2] / ".." / "shared" / "benchmarks" / "relationships"
@@ -162,6 +163,20 @@ def test_compare_scores_each_entry_against_its_own_complexes():
   rows = compare_lib.complex_table(entries, [without, by_correction(screen.clusters)])
   assert set(rows.model) == {"b"}
   assert len(rows) == len(screen.clusters) * len(compare_lib.CORRECTIONS) * 2  # 2 thresholds
+
+
+def test_compare_warns_once_per_entry_naming_it(tmp_path):
+  """A table with a constant feature is scored under every correction; its warning comes once,
+  with the entry's name."""
+  table, source = _synthetic_wells()
+  table["feature_const"] = 1.0
+  scorer = scorer_lib.Scorer(tmp_path, pipeline.Settings(n_null=20, map_null_size=0))
+  entry = compare_lib.Entry("stats", "stats", "none", table, source)
+  with pytest.warns(UserWarning) as caught:
+    results = compare_lib.score_corrections(scorer, entry)
+  assert set(results) == set(compare_lib.CORRECTIONS) and len(compare_lib.CORRECTIONS) > 1
+  constant = [str(w.message) for w in caught if "constant over all wells" in str(w.message)]
+  assert len(constant) == 1 and constant[0].startswith("stats: dropping 1 features")
 
 
 def test_random_pairs_score_about_the_tail_fraction():
