@@ -92,8 +92,18 @@ def test_sweep_scores_every_checkpoint_against_its_flops(run):
   np.testing.assert_allclose(table.train_flops, per_step * table.step, rtol=1e-9)
   assert table.recall_5_95.between(0, 1).all() and (table.pairs == 9).all()
   assert (out / "sweep" / "recall_vs_flops.png").is_file()
+  # Each checkpoint's recall of each planted complex (3 complexes of 3 pairs); the complexes
+  # partition the planted pairs and share the map's null, so their pair-weighted mean is the
+  # checkpoint's recall of all planted pairs.
+  complexes = pd.read_csv(out / "sweep" / "sweep_complexes.csv")
+  assert len(complexes) == 2 * 3 * 2 and (complexes.pairs == 3).all()
+  assert list(complexes.columns[:3]) == ["run", "model", "step"]
+  pooled = complexes[complexes.threshold == "5-95"].groupby("step").apply(
+      lambda g: np.average(g.recall, weights=g.pairs), include_groups=False)
+  np.testing.assert_allclose(pooled.to_numpy(), table.recall_5_95.to_numpy(), atol=1e-12)
   assert sweep.main(args) == 0  # Rerun: cached well tables, same numbers.
   pd.testing.assert_frame_equal(pd.read_csv(out / "sweep" / "sweep.csv"), table)
+  pd.testing.assert_frame_equal(pd.read_csv(out / "sweep" / "sweep_complexes.csv"), complexes)
 
 
 def test_block_sweep_embeds_each_level(run, capsys):
@@ -110,6 +120,9 @@ def test_block_sweep_embeds_each_level(run, capsys):
   wells = pd.read_parquet(out / "blocks" / "wells" / "munet_demo_step2_block1.parquet")
   assert wells.filter(like="feature_").shape[1] == 16 and (wells.Metadata_n_crops == 1).all()
   assert (out / "blocks" / "recall_vs_block.png").is_file()
+  complexes = pd.read_csv(out / "blocks" / "blocks_complexes.csv")
+  assert sorted(set(complexes.block)) == [1, 2] and len(complexes) == 2 * 3 * 2
+  assert summary["files"][-1].endswith("blocks_complexes.csv")
   assert sweep.main(["--sweep", str(out / "runs" / "demo"), "--blocks", "3", "--out",
                      str(out / "blocks")]) == 2
   assert "--blocks [3]: vit_tiny has blocks 1..2" in capsys.readouterr().err

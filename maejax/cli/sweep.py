@@ -8,11 +8,13 @@
 scored against the screen's planted pairs (or --relationships), against its cumulative
 training FLOPs. Writes `sweep.csv` (run, model, step, train_flops, images_seen, database,
 recall at each threshold) and `recall_vs_flops.png` (recall of one database at 5/95 against
-FLOPs on a log axis, one line per run).
+FLOPs on a log axis, one line per run), and on a synthetic screen (its planted complexes)
+`sweep_complexes.csv`: the recall of each complex's own pairs at each
+checkpoint (which complexes emerge with training).
 
 `--blocks K,L,...|all`: the newest checkpoint of each run embedded from intermediate encoder
-blocks (ViT blocks, MU-Net levels, ResNet stages; 1-based); writes `blocks.csv` and
-`recall_vs_block.png`.
+blocks (ViT blocks, MU-Net levels, ResNet stages; 1-based); writes `blocks.csv`,
+`recall_vs_block.png` and `blocks_complexes.csv`.
 
 Well tables are kept in `<out>/wells/` and reused on a rerun, so an interrupted sweep resumes
 (maejax.eval.sweep, maejax.eval.scorer).
@@ -78,6 +80,12 @@ def _main(args, overrides) -> int:
   result = sweep.run(args.sweep, args.out, make_scorer(args, overrides), blocks=args.blocks,
                      database=args.database)
   print(result["table"].to_string(index=False, float_format=lambda v: f"{v:.3g}"))
+  if result["complexes"] is not None:
+    point = "step" if args.blocks is None else "block"
+    shown = result["complexes"].query("threshold == '5-95'").pivot_table(
+        index=["run", "complex"], columns=point, values="recall")
+    print(f"recall 5/95 of each complex's own pairs, by {point}:")
+    print(shown.to_string(float_format=lambda v: f"{v:.2f}"))
   print(f"wrote {', '.join(result['files'])} ({result['wall_s']:.0f} s)")
   if args.json:
     cli.print_json(dict(rows=result["table"].to_dict("records"), database=result["database"],
