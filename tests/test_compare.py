@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from maejax import data as data_lib
 from maejax.cli import benchmark
 from maejax.cli import compare
 from maejax.cli import sweep
@@ -104,6 +105,17 @@ def test_sweep_scores_every_checkpoint_against_its_flops(run):
   assert sweep.main(args) == 0  # Rerun: cached well tables, same numbers.
   pd.testing.assert_frame_equal(pd.read_csv(out / "sweep" / "sweep.csv"), table)
   pd.testing.assert_frame_equal(pd.read_csv(out / "sweep" / "sweep_complexes.csv"), complexes)
+  # The same pairs and complexes as files (--relationships, a clusters TSV beside them).
+  source = data_lib.make_source(config.data)
+  files = out / "planted_files"
+  files.mkdir()
+  source.relationships.to_csv(files / "relationships.csv", index=False)
+  (files / "clusters.tsv").write_text(
+      "".join(f"{name}\t{' '.join(genes)}\n" for name, genes in source.clusters.items()))
+  assert sweep.main(args[:3] + [str(out / "sweep_files"), "--relationships", str(files)]
+                    + args[4:]) == 0
+  from_files = pd.read_csv(out / "sweep_files" / "sweep_complexes.csv")
+  np.testing.assert_allclose(from_files.recall, complexes.recall)
 
 
 def test_block_sweep_embeds_each_level(run, capsys):

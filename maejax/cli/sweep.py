@@ -8,9 +8,9 @@
 scored against the screen's planted pairs (or --relationships), against its cumulative
 training FLOPs. Writes `sweep.csv` (run, model, step, train_flops, images_seen, database,
 recall at each threshold) and `recall_vs_flops.png` (recall of one database at 5/95 against
-FLOPs on a log axis, one line per run), and on a synthetic screen (its planted complexes)
-`sweep_complexes.csv`: the recall of each complex's own pairs at each
-checkpoint (which complexes emerge with training).
+FLOPs on a log axis, one line per run), and with complexes (a synthetic screen's planted
+ones, or a `*clusters*.tsv` beside --relationships) `sweep_complexes.csv`: the recall of each
+complex's own pairs at each checkpoint (which complexes emerge with training).
 
 `--blocks K,L,...|all`: the newest checkpoint of each run embedded from intermediate encoder
 blocks (ViT blocks, MU-Net levels, ResNet stages; 1-based); writes `blocks.csv`,
@@ -72,7 +72,9 @@ def make_scorer(args, overrides: Sequence[str]) -> scorer_lib.Scorer:
   relationships = bench.load_relationships(args.relationships) if args.relationships else None
   settings = pipeline.Settings(correction=args.correction, n_null=args.n_null, map_null_size=0)
   return scorer_lib.Scorer(workdir.path(args.out) / "wells", settings, overrides=overrides,
-                           relationships=relationships, crop_size=args.crop_size,
+                           relationships=relationships,
+                           clusters=pipeline.find_clusters(args.relationships)
+                           if args.relationships else None, crop_size=args.crop_size,
                            batch_size=args.batch_size, progress=args.progress)
 
 
