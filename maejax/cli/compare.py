@@ -32,7 +32,6 @@ from maejax import cli
 from maejax import config as config_lib
 from maejax import data as data_lib
 from maejax import workdir as workdir_lib
-from maejax.eval import benchmark as bench
 from maejax.eval import compare as compare_lib
 from maejax.eval import pipeline
 from maejax.eval import scorer as scorer_lib
@@ -149,13 +148,12 @@ def run(args, overrides: Sequence[str], *, compiler_options=None) -> dict:
   counting the training too)."""
   t0 = time.time()
   configs = load_configs([s for s in args.configs.split(",") if s], overrides, args.steps)
-  relationships = bench.load_relationships(args.relationships) if args.relationships else None
+  relationships, clusters = pipeline.known_relationships(args.relationships)
   settings = pipeline.Settings(n_null=args.n_null, map_null_size=args.map_null_size)
   scorer = scorer_lib.Scorer(workdir_lib.path(args.out) / "wells", settings,
-                             relationships=relationships,
-                             clusters=pipeline.find_clusters(args.relationships)
-                             if args.relationships else None, crop_size=args.crop_size,
-                             batch_size=args.batch_size, progress=args.progress)
+                             relationships=relationships, clusters=clusters,
+                             crop_size=args.crop_size, batch_size=args.batch_size,
+                             progress=args.progress)
   runs = train_all(configs, scorer, args.out, progress=args.progress,
                    compiler_options=compiler_options)
   result = compare_lib.compare(runs, scorer, args.out)

@@ -31,7 +31,6 @@ import ml_collections
 from maejax import cli
 from maejax import data as data_lib
 from maejax import workdir
-from maejax.eval import benchmark as bench
 from maejax.eval import correct as correct_lib
 from maejax.eval import pipeline
 from maejax.eval import scorer as scorer_lib
@@ -69,13 +68,12 @@ def parse_args(argv):
 
 
 def make_scorer(args, overrides: Sequence[str]) -> scorer_lib.Scorer:
-  relationships = bench.load_relationships(args.relationships) if args.relationships else None
+  relationships, clusters = pipeline.known_relationships(args.relationships)
   settings = pipeline.Settings(correction=args.correction, n_null=args.n_null, map_null_size=0)
   return scorer_lib.Scorer(workdir.path(args.out) / "wells", settings, overrides=overrides,
-                           relationships=relationships,
-                           clusters=pipeline.find_clusters(args.relationships)
-                           if args.relationships else None, crop_size=args.crop_size,
-                           batch_size=args.batch_size, progress=args.progress)
+                           relationships=relationships, clusters=clusters,
+                           crop_size=args.crop_size, batch_size=args.batch_size,
+                           progress=args.progress)
 
 
 def _main(args, overrides) -> int:

@@ -66,6 +66,15 @@ def find_clusters(relationships) -> Path | None:
   return None
 
 
+def known_relationships(sources) -> tuple[dict | None, Path | None]:
+  """--relationships of the commands that score many models: the databases
+  (benchmark.load_relationships) and a clusters TSV beside them (find_clusters); (None, None)
+  without sources, for the screen's planted pairs and complexes."""
+  if not sources:
+    return None, None
+  return bench.load_relationships(sources), find_clusters(sources)
+
+
 def _batch_labels(metadata: pd.DataFrame, batch_col: str | None) -> np.ndarray | None:
   if batch_col is None:
     for candidate in ("experiment", "batch"):
