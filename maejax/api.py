@@ -19,6 +19,7 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from maejax import models
+from maejax.models import stack
 from maejax import workdir as workdir_lib
 
 
@@ -181,8 +182,10 @@ class ShardedEmbedder:
     if pad:
       images = np.concatenate([images, np.zeros((pad,) + images.shape[1:], images.dtype)])
       channel_ids = np.concatenate([channel_ids, np.repeat(channel_ids[:1], pad, 0)])
-    out = self._embed(self.state, jax.device_put(images, self.data),
-                      jax.device_put(channel_ids.astype(np.int32), self.data))
+    # The mesh and rules at trace time: the batch split is what TPU attention runs per chip.
+    with jax.set_mesh(self.mesh), nnx.logical_axis_rules(stack.DATA_PARALLEL_RULES):
+      out = self._embed(self.state, jax.device_put(images, self.data),
+                        jax.device_put(channel_ids.astype(np.int32), self.data))
     return np.asarray(out, np.float32)[:n]
 
 

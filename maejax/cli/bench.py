@@ -288,7 +288,7 @@ def _show_compile(r: dict) -> None:
           f"{t['cost_model_step_s']:.4g} s" + (f", MFU {mfu:.1%}" if mfu is not None else ""))
     for name, part in (t["cost_model"].get("parts") or {}).items():
       what = f"{name} ({part['blocks']} blocks)" if part["blocks"] else name
-      mfu = f", MFU of XLA FLOPs {part['mfu']:.0%}" if part["mfu"] is not None else ""
+      mfu = f", MFU {part['mfu']:.0%}" if part["mfu"] is not None else ""
       print(f"    {what}: {part['cost_model_s'] * 1e3:.2f} ms ({part['share']:.0%} of the "
             f"step){mfu}")
 

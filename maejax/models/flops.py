@@ -19,8 +19,9 @@ def _block(tokens, width, mlp_dim):
   return 2 * tokens * (4 * width * width + 2 * width * mlp_dim) + 4 * tokens * tokens * width
 
 
-def mae_forward_flops(cfg, image_size, channels):
-  """Forward FLOPs of one MAE example (masked encoder + full decoder)."""
+def mae_forward_flops(cfg, image_size, channels, stacks=False):
+  """Forward FLOPs of one MAE example (masked encoder + full decoder); with `stacks`,
+  {"depth": encoder blocks, "decoder_depth": decoder blocks, "rest": the rest} instead."""
   p = cfg.patch_size
   n = (image_size // p) ** 2
   ca = cfg.channel_agnostic
@@ -28,17 +29,19 @@ def mae_forward_flops(cfg, image_size, channels):
   pixels = p * p if ca else p * p * channels
   keep = int(tokens * (1.0 - cfg.mask_ratio)) + 1  # + CLS
   w, dd = cfg.width, cfg.decoder_width
-  f = 2 * tokens * pixels * w  # patch embedding (all tokens are embedded before masking)
-  f += cfg.depth * _block(keep, w, cfg.mlp_dim)
-  f += 2 * keep * w * dd  # encoder -> decoder projection
+  rest = 2 * tokens * pixels * w  # patch embedding (all tokens are embedded before masking)
+  encoder = cfg.depth * _block(keep, w, cfg.mlp_dim)
+  rest += 2 * keep * w * dd  # encoder -> decoder projection
   if ca:
-    f += 2 * tokens * dd * 4 * dd + 4 * tokens * tokens * dd  # cross-attention
-    f += 4 * tokens * dd * cfg.decoder_mlp_dim  # shared MLP
-    f += channels * cfg.decoder_depth * _block(n, dd, cfg.decoder_mlp_dim)
+    rest += 2 * tokens * dd * 4 * dd + 4 * tokens * tokens * dd  # cross-attention
+    rest += 4 * tokens * dd * cfg.decoder_mlp_dim  # shared MLP
+    decoder = channels * cfg.decoder_depth * _block(n, dd, cfg.decoder_mlp_dim)
   else:
-    f += cfg.decoder_depth * _block(tokens + 1, dd, cfg.decoder_mlp_dim)
-  f += 2 * tokens * dd * pixels  # prediction head
-  return f
+    decoder = cfg.decoder_depth * _block(tokens + 1, dd, cfg.decoder_mlp_dim)
+  rest += 2 * tokens * dd * pixels  # prediction head
+  if stacks:
+    return {"depth": encoder, "decoder_depth": decoder, "rest": rest}
+  return encoder + decoder + rest
 
 
 def xla_flops(compiled):
@@ -58,7 +61,8 @@ def xla_train_flops_per_example(cfg, image_size, channels, batch_size=2):
   None where XLA gives no count.
 
   XLA counts a loop body once whatever its trip count, so the count is of the loop-free
-  program: blocks unrolled, attention as on GPU/TPU.
+  program: blocks unrolled, attention as XLA computes it on GPUs (the TPU kernel declares
+  its MXU work, which counts head_dim padded to 128).
   """
   cfg = models.resolve(cfg)
   if "scan_layers" in cfg:
@@ -72,16 +76,18 @@ def xla_train_flops_per_example(cfg, image_size, channels, batch_size=2):
     return nnx.merge(graphdef, state).compute_loss(batch, key)[0]
 
   key = jax.ShapeDtypeStruct((), jax.random.key(0).dtype)
-  with layers.attention_for("tpu"):
+  with layers.attention_for("gpu"):
     flops = xla_flops(jax.jit(jax.grad(loss)).lower(state, batch, key).compile())
   return None if flops is None else flops / batch_size
 
 
-def train_flops_per_example(config, image_size=None, channels=None):
-  """Training FLOPs (forward + backward) of one example; analytic for MAEs."""
+def train_flops_per_example(config, image_size=None, channels=None, stacks=False):
+  """Training FLOPs (forward + backward) of one example; analytic for MAEs. With `stacks`,
+  per block stack and the rest (`mae_forward_flops`), for MAEs only (else None)."""
   cfg = models.resolve(config) if not isinstance(config, str) else models.get_config(config)
   image_size = image_size or cfg.img_size
   channels = channels or cfg.channels
   if cfg.kind == "mae":
-    return 3 * mae_forward_flops(cfg, image_size, channels)
-  return xla_train_flops_per_example(cfg, image_size, channels)
+    f = mae_forward_flops(cfg, image_size, channels, stacks)
+    return {k: 3 * v for k, v in f.items()} if stacks else 3 * f
+  return None if stacks else xla_train_flops_per_example(cfg, image_size, channels)

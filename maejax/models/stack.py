@@ -31,6 +31,23 @@ def remat_policy(name: str):
   return REMAT_POLICIES[name]
 
 
+# Rules of a model replicated over a `data` mesh axis, its batch split (embedding).
+DATA_PARALLEL_RULES = (("batch", "data"),)
+
+
+def mesh_axes(logical: str, size: int) -> tuple[str, ...] | None:
+  """The axes of the active mesh that the `logical` rule names, where they divide `size`;
+  None without an active mesh and `nnx.logical_axis_rules`, or when they do not divide it."""
+  mesh = jax.sharding.get_abstract_mesh()
+  axes = dict(spmd.get_logical_axis_rules()).get(logical)
+  if mesh.empty or not axes:
+    return None
+  axes = tuple(a for a in ((axes,) if isinstance(axes, str) else axes) if a in mesh.axis_names)
+  if not axes or size % int(np.prod([mesh.shape[a] for a in axes])):
+    return None
+  return axes
+
+
 def constrain_batch(x):
   """Pins dim 0 of an activation [batch, ...] to the mesh axes the `batch` rule names.
 
@@ -38,12 +55,8 @@ def constrain_batch(x):
   bodies); this keeps every block boundary data-parallel. A no-op without an active mesh and
   `nnx.logical_axis_rules`, or when those axes do not divide the batch.
   """
-  mesh = jax.sharding.get_abstract_mesh()
-  axes = dict(spmd.get_logical_axis_rules()).get("batch")
-  if mesh.empty or not axes:
-    return x
-  axes = tuple(a for a in ((axes,) if isinstance(axes, str) else axes) if a in mesh.axis_names)
-  if not axes or x.shape[0] % int(np.prod([mesh.shape[a] for a in axes])):
+  axes = mesh_axes("batch", x.shape[0])
+  if axes is None:
     return x
   return jax.lax.with_sharding_constraint(x, P(axes, *([None] * (x.ndim - 1))))
 

@@ -23,7 +23,7 @@ from flax import nnx
 from jax.experimental import topologies
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from maejax.models import layers
+from maejax.models import layers, stack
 from maejax.train import loop
 from maejax.train import mesh as mesh_lib
 from maejax.train import metrics as metrics_lib
@@ -210,18 +210,25 @@ def _cost_model(config, topo: Topology, compiled) -> dict:
           "compile_s": round(time.perf_counter() - t0, 1), "parts": parts}
 
 
-def _parts(parts: dict | None, config, peak_tflops: float | None) -> dict | None:
-  """Per part of the step: blocks, XLA FLOPs, cost-model seconds, share of the step and the
-  MFU of XLA's FLOPs in that part (a compiler estimate)."""
+def _parts(parts: dict | None, config, chips: int, peak_tflops: float | None) -> dict | None:
+  """Per part of the step: blocks, XLA FLOPs, cost-model seconds, share of the step and, for
+  MAEs, the MFU of the part's analytic FLOPs (a compiler estimate). XLA's own count is no
+  measure of useful work here: the TPU attention kernel declares its MXU work (head_dim
+  padded to 128)."""
   if not parts or any(p["optimal_seconds"] is None for p in parts.values()):
     return None
   step = sum(p["optimal_seconds"] for p in parts.values())
+  analytic = loop.flops_per_image(config, stacks=True)
+  per_chip = int(config.batch_size) / chips
   out = {}
   for name, p in parts.items():
     s = p["optimal_seconds"]
+    useful = analytic[name] * per_chip if analytic else None
     out[name] = {"blocks": int(config.model[name]) if name != "rest" else None,
-                 "xla_flops_per_chip": p["flops"], "cost_model_s": s, "share": s / step,
-                 "mfu": p["flops"] / s / (peak_tflops * 1e12) if peak_tflops and s > 0 else None}
+                 "xla_flops_per_chip": p["flops"], "analytic_flops_per_chip": useful,
+                 "cost_model_s": s, "share": s / step,
+                 "mfu": (useful / s / (peak_tflops * 1e12)
+                         if useful and peak_tflops and s > 0 else None)}
   return out
 
 
@@ -242,7 +249,7 @@ def compile_train(config, topo: Topology) -> dict:
       "cost_model_mfu": (analytic / est / (topo.peak_tflops * 1e12)
                          if est and topo.peak_tflops else None),
       "cost_model": {"method": costs["method"], "compile_s": costs["compile_s"],
-                     "parts": _parts(costs.get("parts"), config, topo.peak_tflops)},
+                     "parts": _parts(costs.get("parts"), config, chips, topo.peak_tflops)},
       "collectives": collectives(compiled.as_text()),
   }
 
@@ -250,17 +257,18 @@ def compile_train(config, topo: Topology) -> dict:
 def compile_embed(config, topo: Topology) -> dict:
   """Compiles the embedding forward (parameters replicated, crops split over every chip, as
   `maejax.embed` runs it) at the config's global batch; returns its per-chip report."""
-  mesh = jax.sharding.Mesh(np.asarray(topo.devices), ("batch",))
+  mesh = jax.sharding.Mesh(np.asarray(topo.devices), ("data",))
   graphdef, params = state_lib.abstract_model(loop.model_fn_for(config.model))
   params = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype,
                                                        sharding=NamedSharding(mesh, P())), params)
   b, size = int(config.batch_size), int(config.data.crop_size)
   c = len(config.data.channels)
   images = jax.ShapeDtypeStruct((b, size, size, c), np.uint8,
-                                sharding=NamedSharding(mesh, P("batch")))
+                                sharding=NamedSharding(mesh, P("data")))
   embed = jax.jit(lambda p, x: nnx.merge(graphdef, p).embed(x),
-                  out_shardings=NamedSharding(mesh, P("batch")))
-  compiled, seconds = _timed_compile(embed, params, images)
+                  out_shardings=NamedSharding(mesh, P("data")))
+  with jax.set_mesh(mesh), nnx.logical_axis_rules(stack.DATA_PARALLEL_RULES):
+    compiled, seconds = _timed_compile(embed, params, images)
   return {"global_batch": b, "compile_s": round(seconds, 1),
           "memory": memory(compiled, topo.hbm_gib),
           "xla_flops_per_chip": _costs(compiled)["flops"],

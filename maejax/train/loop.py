@@ -42,11 +42,13 @@ def model_fn_for(model_config):
   return lambda key: models.create(model_config, rngs=nnx.Rngs(key))
 
 
-def flops_per_image(config) -> float:
-  """Analytic training FLOPs (forward + backward) per image."""
+def flops_per_image(config, stacks=False):
+  """Analytic training FLOPs (forward + backward) per image; with `stacks`, a dict per
+  block stack and the rest (MAEs; None for other models)."""
   channels = (int(config.data.sample_channels) if config.data.get("sample_channels")
               else len(config.data.channels))
-  return float(flops.train_flops_per_example(config.model, int(config.data.crop_size), channels))
+  f = flops.train_flops_per_example(config.model, int(config.data.crop_size), channels, stacks)
+  return f if stacks else float(f)
 
 
 def check_settings(config) -> None:
