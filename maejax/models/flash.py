@@ -3,9 +3,13 @@
 XLA:TPU writes the f32 logits of `jax.nn.dot_product_attention` ([b, h, lq, lk]) to HBM
 several times a step; for the short sequences of MAEs (65 to 1,025 tokens) with 32- and
 64-wide heads that traffic, not the matmuls, sets the step time. Here each grid step holds
-one (example, head)'s keys and values whole in VMEM and attends a block of queries to them:
-one pass, no online softmax, no logits in HBM. The backward pass recomputes the probabilities
-from the saved log-sum-exp and accumulates dk, dv over the query blocks in VMEM.
+one example's keys and values whole in VMEM and attends a block of its queries to them, head
+by head: one pass, no online softmax, no logits in HBM. The backward pass recomputes the
+probabilities from the saved log-sum-exp and accumulates dk, dv over the query blocks in
+VMEM. The query scale, the QK-norm (LayerNorm of q and k over head_dim; ViT-22B) and
+rowsum(dO * O) are computed in the kernels too: outside, on [b, l, h, d] arrays whose
+head_dim is narrower than the 128 lanes, XLA:TPU spends more on relayouts than the kernels
+take.
 
 Both kernels declare their cost (`pl.CostEstimate`), which is all XLA's cost model knows of
 a custom call: the matmul FLOPs counted as the MXU executes them (head_dim and padded key
@@ -28,9 +32,9 @@ from jax.experimental.pallas import tpu as pltpu
 LANES = 128
 # Queries attended per grid step when the sequence does not fit in one block.
 BLOCK_Q = 256
-_NEG = -0.7 * float(jnp.finfo(jnp.float32).max)
 _NT = (((1,), (1,)), ((), ()))  # a @ b.T
 _TN = (((0,), (0,)), ((), ()))  # a.T @ b
+_F32 = jnp.float32
 
 
 def _round_up(n, m):
@@ -42,56 +46,119 @@ def _query_rows(lq):
   return lq if lq <= 2 * BLOCK_Q else BLOCK_Q
 
 
-def _valid_rows(rows, lq, shape):
+def _valid_rows(rows, lq):
   """bool [rows, 1]: which rows of this grid step's query block lie inside [0, lq)."""
-  row = pl.program_id(1) * rows + jax.lax.broadcasted_iota(jnp.int32, shape, 0)
+  row = pl.program_id(1) * rows + jax.lax.broadcasted_iota(jnp.int32, (rows, 1), 0)
   return row < lq
 
 
-def _fwd_kernel(q_ref, k_ref, v_ref, o_ref, lse_ref, *, heads):
+def _dot(a, b, dims=None):
+  dims = dims or (((1,), (0,)), ((), ()))
+  return jax.lax.dot_general(a, b, dims, preferred_element_type=_F32)
+
+
+def _layer_norm(x, norm_ref, row, eps):
+  """x f32 [rows, d] -> (LayerNorm(x) * norm[row] + norm[row + 1], x_hat, 1 / sigma)."""
+  mean = x.mean(axis=1, keepdims=True)
+  centred = x - mean
+  inv = jax.lax.rsqrt((centred * centred).mean(axis=1, keepdims=True) + eps)
+  x_hat = centred * inv
+  return x_hat * norm_ref[row:row + 1, :] + norm_ref[row + 1:row + 2, :], x_hat, inv
+
+
+def _layer_norm_grad(dy, x_hat, inv, scale):
+  """d LayerNorm(x) * scale / dx, given dy = d loss / d output (all f32 [rows, d])."""
+  dx_hat = dy * scale
+  return inv * (dx_hat - dx_hat.mean(axis=1, keepdims=True)
+                - x_hat * (dx_hat * x_hat).mean(axis=1, keepdims=True))
+
+
+def _operand(x, norm_ref, row, eps, scale=1.0):
+  """One head's q or k as the matmuls take it (QK-normed where `norm_ref`, times `scale`,
+  in x's dtype), with the LayerNorm's (x_hat, 1 / sigma) or Nones."""
+  if norm_ref is None and scale == 1.0:
+    return x, None, None
+  y, x_hat, inv = (_layer_norm(x.astype(_F32), norm_ref, row, eps) if norm_ref is not None
+                   else (x.astype(_F32), None, None))
+  return (y * scale).astype(x.dtype), x_hat, inv
+
+
+def _fwd_kernel(*refs, heads, scale, eps, normed):
   """One example, one block of queries, all heads: q [rows, h*d], k/v [lk, h*d]."""
+  q_ref, k_ref, v_ref, norm_ref, o_ref, lse_ref = refs if normed else refs[:3] + (None,) + refs[3:]
   d = q_ref.shape[1] // heads
   for i in range(heads):
     cols = pl.ds(i * d, d)
-    q, k, v = q_ref[:, cols], k_ref[:, cols], v_ref[:, cols]
-    s = jax.lax.dot_general(q, k, _NT, preferred_element_type=jnp.float32)
+    q = _operand(q_ref[:, cols], norm_ref, 0, eps, scale)[0]
+    k = _operand(k_ref[:, cols], norm_ref, 2, eps)[0]
+    s = _dot(q, k, _NT)
     m = s.max(axis=1, keepdims=True)
     p = jnp.exp(s - m)
     total = p.sum(axis=1, keepdims=True)
-    o = jnp.dot(p.astype(v.dtype), v, preferred_element_type=jnp.float32)
+    o = _dot(p.astype(v_ref.dtype), v_ref[:, cols])
     o_ref[:, cols] = (o / total).astype(o_ref.dtype)
     lse_ref[:, pl.ds(i, 1)] = m + jnp.log(total)
 
 
-def _bwd_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, dq_ref, dk_ref, dv_ref, *,
-                heads, lq):
-  @pl.when(pl.program_id(1) == 0)
+def _bwd_kernel(*refs, heads, scale, eps, normed, lq):
+  if normed:
+    (q_ref, k_ref, v_ref, do_ref, o_ref, lse_ref, norm_ref,
+     dq_ref, dk_ref, dv_ref, dnorm_ref, dk_acc, dv_acc) = refs
+  else:
+    (q_ref, k_ref, v_ref, do_ref, o_ref, lse_ref,
+     dq_ref, dk_ref, dv_ref, dk_acc, dv_acc) = refs
+    norm_ref = dnorm_ref = None
+  block = pl.program_id(1)
+
+  @pl.when(block == 0)
   def _():
-    dk_ref[...] = jnp.zeros_like(dk_ref)
-    dv_ref[...] = jnp.zeros_like(dv_ref)
+    dk_acc[...] = jnp.zeros_like(dk_acc)
+    dv_acc[...] = jnp.zeros_like(dv_acc)
+    if normed:
+      dnorm_ref[...] = jnp.zeros_like(dnorm_ref)
 
   rows, d = q_ref.shape[0], q_ref.shape[1] // heads
   # A partial last block holds rows past lq (unspecified values): they must add nothing.
-  valid = _valid_rows(rows, lq, (rows, 1))
+  valid = _valid_rows(rows, lq)
+  dtype = q_ref.dtype
   for i in range(heads):
     cols = pl.ds(i * d, d)
-    q = jnp.where(valid, q_ref[:, cols], 0).astype(q_ref.dtype)
-    do = jnp.where(valid, do_ref[:, cols], 0).astype(do_ref.dtype)
-    k, v = k_ref[:, cols], v_ref[:, cols]
-    s = jax.lax.dot_general(q, k, _NT, preferred_element_type=jnp.float32)
-    p = jnp.where(valid, jnp.exp(s - lse_ref[:, pl.ds(i, 1)]), 0.0)
-    dv_ref[:, cols] += jax.lax.dot_general(p.astype(do.dtype), do, _TN,
-                                           preferred_element_type=jnp.float32)
-    dp = jax.lax.dot_general(do, v, _NT, preferred_element_type=jnp.float32)
-    ds = jnp.where(valid, p * (dp - delta_ref[:, pl.ds(i, 1)]), 0.0).astype(q.dtype)
-    dq_ref[:, cols] = jnp.dot(ds, k, preferred_element_type=jnp.float32).astype(dq_ref.dtype)
-    dk_ref[:, cols] += jax.lax.dot_general(ds, q, _TN, preferred_element_type=jnp.float32)
+    q, q_hat, q_inv = _operand(jnp.where(valid, q_ref[:, cols], 0).astype(dtype),
+                               norm_ref, 0, eps, scale)
+    k = _operand(k_ref[:, cols], norm_ref, 2, eps)[0]
+    do = jnp.where(valid, do_ref[:, cols], 0).astype(dtype)
+    # rowsum(dP * P) = rowsum(dO * O).
+    delta = (do.astype(_F32) * jnp.where(valid, o_ref[:, cols], 0).astype(_F32)).sum(
+        axis=1, keepdims=True)
+    p = jnp.where(valid, jnp.exp(_dot(q, k, _NT) - lse_ref[:, pl.ds(i, 1)]), 0.0)
+    dv_acc[:, cols] += _dot(p.astype(dtype), do, _TN)
+    ds = (p * (_dot(do, v_ref[:, cols], _NT) - delta)).astype(dtype)
+    dk_acc[:, cols] += _dot(ds, q, _TN)
+    dq = _dot(ds, k) * scale
+    if normed:
+      dnorm_ref[0:1, cols] += (dq * q_hat).sum(axis=0, keepdims=True)
+      dnorm_ref[1:2, cols] += dq.sum(axis=0, keepdims=True)
+      dq = _layer_norm_grad(dq, q_hat, q_inv, norm_ref[0:1, :])
+    dq_ref[:, cols] = dq.astype(dq_ref.dtype)
+
+  @pl.when(block == pl.num_programs(1) - 1)
+  def _():
+    for i in range(heads):
+      cols = pl.ds(i * d, d)
+      dk = dk_acc[:, cols]
+      if normed:
+        k_hat, k_inv = _operand(k_ref[:, cols], norm_ref, 2, eps)[1:]
+        dnorm_ref[2:3, cols] += (dk * k_hat).sum(axis=0, keepdims=True)
+        dnorm_ref[3:4, cols] += dk.sum(axis=0, keepdims=True)
+        dk = _layer_norm_grad(dk, k_hat, k_inv, norm_ref[2:3, :])
+      dk_ref[:, cols] = dk.astype(dk_ref.dtype)
+      dv_ref[:, cols] = dv_acc[:, cols].astype(dv_ref.dtype)
 
 
 def _hbm_bytes(*arrays):
   """Bytes of [..., rows, cols] arrays in HBM, minor dim padded to 128 lanes."""
   return sum(math.prod(a.shape[:-1]) * _round_up(a.shape[-1], LANES) * a.dtype.itemsize
-             for a in arrays)
+             for a in arrays if a is not None)
 
 
 def _mxu_flops(b, lq, lk, h, d, matmuls):
@@ -102,91 +169,104 @@ def _mxu_flops(b, lq, lk, h, d, matmuls):
           * _round_up(d, LANES))
 
 
-def _specs(rows, lk, width, heads):
+def _specs(rows, lk, width, heads, norm):
   """BlockSpecs over the grid (b, query blocks): a block of queries [rows, h*d], the whole
-  sequence of keys [lk, h*d], and per-(query, head) rows [rows, h]."""
+  sequence of keys [lk, h*d], per-(query, head) rows [rows, h] and the QK-norm's
+  [4, d] (q scale, q bias, k scale, k bias)."""
   query = pl.BlockSpec((None, rows, width), lambda b, i: (b, i, 0))
   key = pl.BlockSpec((None, lk, width), lambda b, i: (b, 0, 0))
   row = pl.BlockSpec((None, rows, heads), lambda b, i: (b, i, 0))
-  return query, key, row
+  whole = None if norm is None else pl.BlockSpec(norm.shape, lambda b, i: (0, 0))
+  return query, key, row, whole
 
 
 def _params(*semantics):
-  # The backward pass holds q, k, v, dO and f32 dk, dv of a whole sequence: above the
+  # The backward pass holds q, k, v, dO, O and f32 dk, dv of a whole sequence: above the
   # default scoped VMEM for 1,025 tokens of width 1,024.
   return pltpu.CompilerParams(dimension_semantics=semantics, vmem_limit_bytes=64 * 2**20)
 
 
-def _forward(q, k, v, heads, interpret):
-  """q (scaled) [b, lq, h*d], k, v [b, lk, h*d] -> o [b, lq, h*d], lse f32 [b, lq, h]."""
+def _forward(q, k, v, norm, heads, eps, interpret):
+  """q, k, v [b, l, h*d], norm f32 [4, d] or None -> o [b, lq, h*d], lse f32 [b, lq, h]."""
   (b, lq, width), lk = q.shape, k.shape[1]
   rows = _query_rows(lq)
-  query, key, row = _specs(rows, lk, width, heads)
+  query, key, row, whole = _specs(rows, lk, width, heads, norm)
+  normed = norm is not None
   out_shape = [jax.ShapeDtypeStruct(q.shape, q.dtype),
-               jax.ShapeDtypeStruct((b, lq, heads), jnp.float32)]
+               jax.ShapeDtypeStruct((b, lq, heads), _F32)]
   cost = pl.CostEstimate(
       flops=_mxu_flops(b, lq, lk, heads, width // heads, 2),
-      transcendentals=b * heads * lq * lk, bytes_accessed=_hbm_bytes(q, k, v, *out_shape))
+      transcendentals=b * heads * lq * lk, bytes_accessed=_hbm_bytes(q, k, v, norm, *out_shape))
+  kernel = functools.partial(_fwd_kernel, heads=heads, scale=(width // heads) ** -0.5,
+                             eps=eps, normed=normed)
   return pl.pallas_call(
-      functools.partial(_fwd_kernel, heads=heads), grid=(b, pl.cdiv(lq, rows)),
-      in_specs=[query, key, key], out_specs=[query, row], out_shape=out_shape,
-      compiler_params=_params("parallel", "parallel"),
-      cost_estimate=cost, interpret=interpret)(q, k, v)
+      kernel, grid=(b, pl.cdiv(lq, rows)),
+      in_specs=[query, key, key] + ([whole] if normed else []), out_specs=[query, row],
+      out_shape=out_shape, compiler_params=_params("parallel", "parallel"),
+      cost_estimate=cost, interpret=interpret)(q, k, v, *([norm] if normed else []))
 
 
-def _backward(q, k, v, do, lse, delta, heads, interpret):
-  """dq [b, lq, h*d] (w.r.t. the scaled q), dk, dv f32 [b, lk, h*d]."""
+def _backward(q, k, v, norm, o, lse, do, heads, eps, interpret):
+  """dq, dk, dv [b, l, h*d] and, with `norm`, per-example d norm f32 [b, 4, h*d]."""
   (b, lq, width), lk = q.shape, k.shape[1]
   rows = _query_rows(lq)
-  query, key, row = _specs(rows, lk, width, heads)
-  out_shape = [jax.ShapeDtypeStruct(q.shape, q.dtype),
-               jax.ShapeDtypeStruct(k.shape, jnp.float32),
-               jax.ShapeDtypeStruct(v.shape, jnp.float32)]
+  query, key, row, whole = _specs(rows, lk, width, heads, norm)
+  normed = norm is not None
+  out_shape = [jax.ShapeDtypeStruct(t.shape, t.dtype) for t in (q, k, v)]
+  out_specs = [query, key, key]
+  if normed:
+    out_shape.append(jax.ShapeDtypeStruct((b, 4, width), _F32))
+    out_specs.append(pl.BlockSpec((None, 4, width), lambda b, i: (b, 0, 0)))
   cost = pl.CostEstimate(
       flops=_mxu_flops(b, lq, lk, heads, width // heads, 5),
       transcendentals=b * heads * lq * lk,
-      bytes_accessed=_hbm_bytes(q, k, v, do, lse, delta, *out_shape))
+      bytes_accessed=_hbm_bytes(q, k, v, do, o, lse, norm, *out_shape))
+  kernel = functools.partial(_bwd_kernel, heads=heads, scale=(width // heads) ** -0.5,
+                             eps=eps, normed=normed, lq=lq)
   return pl.pallas_call(
-      functools.partial(_bwd_kernel, heads=heads, lq=lq), grid=(b, pl.cdiv(lq, rows)),
-      in_specs=[query, key, key, query, row, row], out_specs=[query, key, key],
-      out_shape=out_shape,
+      kernel, grid=(b, pl.cdiv(lq, rows)),
+      in_specs=[query, key, key, query, query, row] + ([whole] if normed else []),
+      out_specs=out_specs, out_shape=out_shape,
+      scratch_shapes=[pltpu.VMEM((lk, width), _F32), pltpu.VMEM((lk, width), _F32)],
       # dk and dv accumulate over the query blocks: that axis runs in order on one core.
       compiler_params=_params("parallel", "arbitrary"),
-      cost_estimate=cost, interpret=interpret)(q, k, v, do, lse, delta)
+      cost_estimate=cost, interpret=interpret)(q, k, v, do, o, lse,
+                                               *([norm] if normed else []))
 
 
-def flash_attention(q, k, v, interpret=False):
+def flash_attention(q, k, v, norm=None, eps=1e-6, interpret=False):
   """Softmax attention; q [b, lq, h, d], k/v [b, lk, h, d] -> [b, lq, h, d].
 
-  Matches `jax.nn.dot_product_attention` (scale head_dim**-0.5, f32 softmax, no mask).
-  `interpret=True` runs the kernels in Pallas' interpreter (any backend).
+  Matches `jax.nn.dot_product_attention` (scale head_dim**-0.5, f32 softmax, no mask). With
+  `norm` ([4, d]: q scale, q bias, k scale, k bias), q and k are first LayerNormed over
+  head_dim (epsilon `eps`), as the model's QK-norm does. `interpret=True` runs the kernels in
+  Pallas' interpreter (any backend).
   """
   b, lq, h, d = q.shape
-  scale = jnp.asarray(d ** -0.5, q.dtype)
   flat = lambda t: t.reshape(t.shape[0], t.shape[1], h * d)
-  o = _attend(flat(q * scale), flat(k), flat(v), h, interpret)
-  return o.reshape(q.shape)
+  norm = None if norm is None else norm.astype(_F32)
+  return _attend(flat(q), flat(k), flat(v), norm, h, eps, interpret).reshape(q.shape)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
-def _attend(q, k, v, heads, interpret):
-  """q (scaled) [b, lq, h*d], k, v [b, lk, h*d] -> o [b, lq, h*d]."""
-  return _forward(q, k, v, heads, interpret)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6))
+def _attend(q, k, v, norm, heads, eps, interpret):
+  """q, k, v [b, l, h*d], norm [4, d] or None -> o [b, lq, h*d]."""
+  return _forward(q, k, v, norm, heads, eps, interpret)[0]
 
 
-def _attend_fwd(q, k, v, heads, interpret):
-  o, lse = _forward(q, k, v, heads, interpret)
-  return o, (q, k, v, o, lse)
+def _attend_fwd(q, k, v, norm, heads, eps, interpret):
+  o, lse = _forward(q, k, v, norm, heads, eps, interpret)
+  return o, (q, k, v, norm, o, lse)
 
 
-def _attend_bwd(heads, interpret, res, do):
-  q, k, v, o, lse = res
-  b, lq, width = q.shape
-  # rowsum(dP * P) = rowsum(dO * O) per head: one small reduction outside the kernel.
-  delta = (do.astype(jnp.float32) * o.astype(jnp.float32)).reshape(
-      b, lq, heads, width // heads).sum(-1)
-  dq, dk, dv = _backward(q, k, v, do, lse, delta, heads, interpret)
-  return dq, dk.astype(k.dtype), dv.astype(v.dtype)
+def _attend_bwd(heads, eps, interpret, res, do):
+  q, k, v, norm, o, lse = res
+  grads = _backward(q, k, v, norm, o, lse, do, heads, eps, interpret)
+  if norm is None:
+    return (*grads, None)
+  # The kernel's per-example, per-head sums: the norm is shared by all of them.
+  dnorm = grads[3].sum(axis=0).reshape(4, heads, -1).sum(axis=1)
+  return (*grads[:3], dnorm)
 
 
 _attend.defvjp(_attend_fwd, _attend_bwd)

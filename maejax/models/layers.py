@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -107,6 +108,12 @@ class QKNorm(nnx.Module):
   def __call__(self, q, k):
     return self.q_norm(q), self.k_norm(k)
 
+  def params(self):
+    """(f32 [4, head_dim]: q scale, q bias, k scale, k bias; epsilon) for fused kernels."""
+    norms = (self.q_norm, self.k_norm)
+    return (jnp.stack([t[...].astype(jnp.float32) for n in norms for t in (n.scale, n.bias)]),
+            self.q_norm.epsilon)
+
 
 # The platform attention is traced for, where it is not the default backend (a TPU program
 # compiled ahead of time on a CPU host; FLOP counts, which need loop-free programs).
@@ -123,29 +130,35 @@ def attention_for(platform: str):
     _PLATFORM.reset(token)
 
 
-def attention(q, k, v):
-  """Softmax attention; q [b, lq, h, d], k/v [b, lk, h, d] -> [b, lq, h, d].
+def attention(q, k, v, qk_norm=None):
+  """Softmax attention; q [b, lq, h, d], k/v [b, lk, h, d] -> [b, lq, h, d]; q and k
+  through `qk_norm` (a QKNorm) first where given.
 
   `jax.nn.dot_product_attention` picks the cuDNN flash kernel on GPUs; on TPUs, where XLA
-  writes its logits to HBM, the Pallas kernel `flash.flash_attention`; on XLA:CPU, where it
-  runs 2-4x slower than attention computed a cache-sized group of heads at a time,
-  `chunked_attention`.
+  writes its logits to HBM, the Pallas kernel `flash.flash_attention`, which also applies the
+  QK-norm (on [b, l, h, d] with head_dim under 128 lanes XLA:TPU relayouts cost more than the
+  norm); on XLA:CPU, where it runs 2-4x slower than attention computed a cache-sized group of
+  heads at a time, `chunked_attention`.
   """
   platform = _PLATFORM.get() or jax.default_backend()
+  if platform == "tpu":
+    norm, eps = qk_norm.params() if qk_norm is not None else (None, 1e-6)
+    return _per_shard(functools.partial(flash.flash_attention, eps=eps), q, k, v, norm)
+  if qk_norm is not None:
+    q, k = qk_norm(q, k)
   if platform == "cpu":
     return chunked_attention(q, k, v)
-  if platform == "tpu":
-    return _per_shard(flash.flash_attention, q, k, v)
   return jax.nn.dot_product_attention(q, k, v)
 
 
-def _per_shard(fn, q, k, v):
-  """`fn(q, k, v)` on each device's block of examples and heads (the `batch` and `heads`
-  rules' mesh axes): XLA cannot partition a Pallas kernel itself."""
+def _per_shard(fn, q, k, v, norm):
+  """`fn(q, k, v, norm)` on each device's block of examples and heads (the `batch` and
+  `heads` rules' mesh axes), `norm` whole: XLA cannot partition a Pallas kernel itself."""
   if jax.sharding.get_abstract_mesh().empty:
-    return fn(q, k, v)
+    return fn(q, k, v, norm)
   spec = P(stack.mesh_axes("batch", q.shape[0]), None, stack.mesh_axes("heads", q.shape[2]))
-  return jax.shard_map(fn, in_specs=(spec,) * 3, out_specs=spec, check_vma=False)(q, k, v)
+  return jax.shard_map(fn, in_specs=(spec,) * 3 + (P(),), out_specs=spec,
+                       check_vma=False)(q, k, v, norm)
 
 
 # Bytes of f32 logits per group of (example, head) pairs: a group's logits stay in cache
@@ -258,9 +271,7 @@ class Attention(nnx.Module):
 
   def __call__(self, x):
     q, k, v = self.qkv(x)
-    if self.qk_norm is not None:
-      q, k = self.qk_norm(q, k)
-    return self.out(attention(q, k, v))
+    return self.out(attention(q, k, v, self.qk_norm))
 
 
 class Mlp(nnx.Module):
@@ -322,9 +333,7 @@ class ParallelBlock(nnx.Module):
     rate = self.drop_path if rate is None else rate
     y = self.norm(x)
     q, k, v = self.qkv(y)
-    if self.qk_norm is not None:
-      q, k = self.qk_norm(q, k)
-    h = self.attn_out(attention(q, k, v))
+    h = self.attn_out(attention(q, k, v, self.qk_norm))
     h = h + self.mlp_out(jax.nn.gelu(self.mlp_in(y), approximate=False))
     return x + drop_path(self.ls(h) if self.ls else h, rate, key)
 

@@ -47,6 +47,34 @@ def test_flash_attention_matches_numpy(dtype, b, lq, lk, h, d, block_q, monkeypa
                                atol=5 * tol, rtol=5 * tol)
 
 
+@pytest.mark.parametrize("b, lq, lk, h, d, block_q", [
+    (2, 7, 9, 3, 8, 256),     # one block of queries
+    (1, 21, 13, 2, 16, 4),    # blocks of 4 queries, a partial last one: dk's norm at the end
+])
+def test_flash_attention_with_qk_norm_matches_torch(b, lq, lk, h, d, block_q, monkeypatch):
+  """The fused QK-norm (LayerNorm of q and k over head_dim, then attention): values and
+  gradients w.r.t. q, k, v and the norm's scales and biases, against float64 torch autograd."""
+  torch = pytest.importorskip("torch")
+  monkeypatch.setattr(flash, "BLOCK_Q", block_q)
+  keys = jax.random.split(jax.random.key(1), 5)
+  q, k, v, do = (3 * jax.random.normal(key, (b, l, h, d)) + 1
+                 for key, l in zip(keys, (lq, lk, lk, lq)))
+  norm = 1 + 0.5 * jax.random.normal(keys[4], (4, d))
+  eps = 1e-6
+  out, vjp = jax.vjp(lambda *a: flash.flash_attention(*a, eps=eps, interpret=True),
+                     q, k, v, norm)
+
+  t = [torch.tensor(np.float64(x), requires_grad=True) for x in (q, k, v, norm)]
+  ln = lambda x, g, bias: torch.nn.functional.layer_norm(x, (d,), g, bias, eps)
+  tq, tk = ln(t[0], t[3][0], t[3][1]), ln(t[1], t[3][2], t[3][3])
+  s = torch.einsum("bqhd,bkhd->bhqk", tq, tk) * d ** -0.5
+  ref = torch.einsum("bhqk,bkhd->bqhd", torch.softmax(s, -1), t[2])
+  ref.backward(torch.tensor(np.float64(do)))
+  np.testing.assert_allclose(np.float64(out), ref.detach().numpy(), atol=2e-5, rtol=2e-5)
+  for got, want in zip(vjp(do), t):
+    np.testing.assert_allclose(np.float64(got), want.grad.numpy(), atol=1e-4, rtol=1e-4)
+
+
 def test_flash_attention_keeps_logits_out_of_hbm_on_tpu():
   """Compiled for a v5p chip ahead of time: the kernel's forward and backward pass need
   no HBM buffer as large as the f32 logits, where XLA's attention does."""
