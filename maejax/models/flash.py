@@ -42,8 +42,12 @@ def _round_up(n, m):
 
 
 def _query_rows(lq):
-  """Queries per grid step: all of them, or BLOCK_Q (the last block may be partial)."""
-  return lq if lq <= 2 * BLOCK_Q else BLOCK_Q
+  """Queries per grid step: all of them, or about BLOCK_Q, as many per block as the blocks
+  need (a multiple of 8 sublanes), so the last block wastes little (1,025 queries: 5 x 208,
+  not 5 x 256 with one query in the last block)."""
+  if lq <= 2 * BLOCK_Q:
+    return lq
+  return _round_up(pl.cdiv(lq, pl.cdiv(lq, BLOCK_Q)), 8)
 
 
 def _valid_rows(rows, lq):
@@ -163,9 +167,10 @@ def _hbm_bytes(*arrays):
 
 def _mxu_flops(b, lq, lk, h, d, matmuls):
   """FLOPs of `matmuls` products of [lq, d] or [lq, lk] operands per (example, head) as the
-  MXU runs them: lengths and head_dim rounded up to its 128-wide tiles (a 32-wide head
-  occupies a quarter of each tile)."""
-  return (2 * matmuls * b * h * _round_up(lq, 8) * _round_up(lk, LANES)
+  MXU runs them: queries as the grid's blocks hold them, key length and head_dim rounded up
+  to its 128-wide tiles (a 32-wide head occupies a quarter of each tile)."""
+  rows = _round_up(_query_rows(lq), 8)
+  return (2 * matmuls * b * h * pl.cdiv(lq, rows) * rows * _round_up(lk, LANES)
           * _round_up(d, LANES))
 
 

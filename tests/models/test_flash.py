@@ -28,7 +28,7 @@ def np_attention(q, k, v, do):
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
 @pytest.mark.parametrize("b, lq, lk, h, d, block_q", [
     (2, 7, 9, 3, 8, 256),     # one block of queries, lq != lk
-    (1, 21, 21, 2, 16, 4),    # blocks of 4 queries: 6 whole and a partial last one (masked)
+    (1, 21, 21, 2, 16, 4),    # blocks of 8 queries (4 rounded up): 2 whole, a partial one
     (2, 65, 130, 1, 32, 8),   # keys past one 128-lane tile
 ])
 def test_flash_attention_matches_numpy(dtype, b, lq, lk, h, d, block_q, monkeypatch):
@@ -49,7 +49,7 @@ def test_flash_attention_matches_numpy(dtype, b, lq, lk, h, d, block_q, monkeypa
 
 @pytest.mark.parametrize("b, lq, lk, h, d, block_q", [
     (2, 7, 9, 3, 8, 256),     # one block of queries
-    (1, 21, 13, 2, 16, 4),    # blocks of 4 queries, a partial last one: dk's norm at the end
+    (1, 21, 13, 2, 16, 4),    # blocks of 8 queries, a partial last one: dk's norm at the end
 ])
 def test_flash_attention_with_qk_norm_matches_torch(b, lq, lk, h, d, block_q, monkeypatch):
   """The fused QK-norm (LayerNorm of q and k over head_dim, then attention): values and
@@ -95,3 +95,14 @@ def test_flash_attention_keeps_logits_out_of_hbm_on_tpu():
   assert "tpu_custom_call" in text
   assert xla_temp >= logits_bytes
   assert flash_temp < logits_bytes / 2
+
+
+def test_query_blocks_cover_the_sequence_with_little_padding():
+  """Long sequences go in blocks of about BLOCK_Q queries whose padding is under 8 rows a
+  block (1,025 queries: 5 x 208, where 256-row blocks would compute 1,280 rows)."""
+  assert flash._query_rows(1025) == 208
+  for lq in range(1, 3000):
+    rows = flash._query_rows(lq)
+    blocks = -(-lq // rows)
+    assert rows == lq if lq <= 2 * flash.BLOCK_Q else rows % 8 == 0 and rows <= flash.BLOCK_Q + 7
+    assert 0 <= blocks * rows - lq < 8 * blocks

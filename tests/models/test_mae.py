@@ -85,7 +85,7 @@ def test_permute_rows_gradient_is_the_gather_gradient():
 def test_chunked_attention_matches_numpy_and_dot_product_attention(dtype, chunk_bytes,
                                                                    monkeypatch):
   """The CPU attention path (layers.chunked_attention, its own backward pass) against a
-  float64 NumPy softmax attention, and against jax.nn.dot_product_attention (the GPU/TPU
+  float64 NumPy softmax attention, and against jax.nn.dot_product_attention (the GPU
   path), values and grads, for groups of one, some and all (example, head) pairs, and for
   queries in blocks (long sequences)."""
   from maejax.models import layers
