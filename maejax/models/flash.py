@@ -89,7 +89,9 @@ def _operand(x, norm_ref, row, eps, scale=1.0):
 
 def _fwd_kernel(*refs, heads, scale, eps, normed):
   """One example, one block of queries, all heads: q [rows, h*d], k/v [lk, h*d]."""
-  q_ref, k_ref, v_ref, norm_ref, o_ref, lse_ref = refs if normed else refs[:3] + (None,) + refs[3:]
+  if not normed:
+    refs = refs[:3] + (None,) + refs[3:]
+  q_ref, k_ref, v_ref, norm_ref, o_ref, lse_ref = refs
   d = q_ref.shape[1] // heads
   for i in range(heads):
     cols = pl.ds(i * d, d)
@@ -105,6 +107,8 @@ def _fwd_kernel(*refs, heads, scale, eps, normed):
 
 
 def _bwd_kernel(*refs, heads, scale, eps, normed, lq):
+  """One example, one block of queries: dq of the block; dk, dv (and the norm's
+  gradients) summed over the blocks in VMEM, written at the last one."""
   if normed:
     (q_ref, k_ref, v_ref, do_ref, o_ref, lse_ref, norm_ref,
      dq_ref, dk_ref, dv_ref, dnorm_ref, dk_acc, dv_acc) = refs
