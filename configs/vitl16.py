@@ -1,11 +1,12 @@
 """MAE ViT-L/16 on 6-channel 256 px crops (mask 0.75, Lion 0.9/0.95, lr 3e-5, weight decay
 0.05, 10% warm-up + cosine, drop-path 0.3), FSDP, blocks scanned.
 
-Target: a v5p:4x4x4 slice (64 chips) at global batch 8192 (128 per chip): 34.1 of 95 GiB HBM
-per chip (64% margin), compiler cost-model MFU 51% (an estimate, not a measurement):
+Target: a v5p:4x4x4 slice (64 chips) at global batch 16384 (256 per chip): 68.0 of 95 GiB
+HBM per chip (28% margin), compiler cost-model MFU 56% (an estimate, not a measurement; 51%
+at 8192):
 
     python -m maejax.bench compile --config configs/vitl16.py --topology v5p:4x4x4 \
-        --config.batch_size=8192
+        --config.batch_size=16384
 
     python -m maejax.train --config configs/vitl16.py [--config.data.path=...]
     python -m maejax.train --config configs/vitl16.py:plus   # "+" run: Fourier loss weight 0.01

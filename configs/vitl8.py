@@ -2,12 +2,12 @@
 0.05, 10% warm-up + cosine, drop-path 0.3), FSDP, blocks scanned. The paper's best MAE is
 ViT-L/8+.
 
-Target: a v5p:4x4x4 slice (64 chips) at global batch 2048 (32 per chip): 34.5 of 95 GiB HBM
-per chip (64% margin) without remat (TPU attention keeps no logits), compiler cost-model MFU
-44% (an estimate, not a measurement):
+Target: a v5p:4x4x4 slice (64 chips) at global batch 4096 (64 per chip): 68.6 of 95 GiB HBM
+per chip (28% margin) without remat (TPU attention keeps no logits), compiler cost-model MFU
+48% (an estimate, not a measurement; 44% at 2048):
 
     python -m maejax.bench compile --config configs/vitl8.py --topology v5p:4x4x4 \
-        --config.batch_size=2048
+        --config.batch_size=4096
 
     python -m maejax.train --config configs/vitl8.py [--config.data.path=...]
     python -m maejax.train --config configs/vitl8.py:plus   # "+" run: Fourier loss weight 0.01
