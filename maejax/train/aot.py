@@ -210,7 +210,13 @@ def _cost_model(config, topo: Topology, compiled) -> dict:
           "compile_s": round(time.perf_counter() - t0, 1), "parts": parts}
 
 
-def _parts(parts: dict | None, config, chips: int, peak_tflops: float | None) -> dict | None:
+def _mfu(flops: float | None, seconds: float | None, peak_tflops: float | None):
+  """The fraction of the chip's peak that `flops` in `seconds` use; None where one is missing."""
+  return flops / seconds / (peak_tflops * 1e12) if flops and seconds and peak_tflops else None
+
+
+def _parts(parts: dict | None, config, per_chip_batch: float,
+           peak_tflops: float | None) -> dict | None:
   """Per part of the step: blocks, XLA FLOPs, cost-model seconds, share of the step and, for
   MAEs, the MFU of the part's analytic FLOPs (a compiler estimate). XLA's own count is no
   measure of useful work here: the TPU attention kernel declares its MXU work (head_dim
@@ -219,16 +225,14 @@ def _parts(parts: dict | None, config, chips: int, peak_tflops: float | None) ->
     return None
   step = sum(p["optimal_seconds"] for p in parts.values())
   analytic = loop.flops_per_image(config, stacks=True)
-  per_chip = int(config.batch_size) / chips
   out = {}
   for name, p in parts.items():
     s = p["optimal_seconds"]
-    useful = analytic[name] * per_chip if analytic else None
+    useful = analytic[name] * per_chip_batch if analytic else None
     out[name] = {"blocks": int(config.model[name]) if name != "rest" else None,
                  "xla_flops_per_chip": p["flops"], "analytic_flops_per_chip": useful,
                  "cost_model_s": s, "share": s / step,
-                 "mfu": (useful / s / (peak_tflops * 1e12)
-                         if useful and peak_tflops and s > 0 else None)}
+                 "mfu": _mfu(useful, s if s > 0 else None, peak_tflops)}
   return out
 
 
@@ -246,10 +250,9 @@ def compile_train(config, topo: Topology) -> dict:
       "memory": memory(compiled, topo.hbm_gib),
       "xla_flops_per_chip": costs["flops"], "analytic_flops_per_chip": analytic,
       "cost_model_step_s": est,
-      "cost_model_mfu": (analytic / est / (topo.peak_tflops * 1e12)
-                         if est and topo.peak_tflops else None),
+      "cost_model_mfu": _mfu(analytic, est, topo.peak_tflops),
       "cost_model": {"method": costs["method"], "compile_s": costs["compile_s"],
-                     "parts": _parts(costs.get("parts"), config, chips, topo.peak_tflops)},
+                     "parts": _parts(costs.get("parts"), config, b / chips, topo.peak_tflops)},
       "collectives": collectives(compiled.as_text()),
   }
 
