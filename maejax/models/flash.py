@@ -32,6 +32,10 @@ from jax.experimental.pallas import tpu as pltpu
 LANES = 128
 # Queries attended per grid step when the sequence does not fit in one block.
 BLOCK_Q = 256
+# Keys past the last whole 128-key tile that go on the vector units instead of the MXU: a
+# ViT's class token makes 257 or 1,025 keys, which would otherwise fill 3 or 9 MXU tiles
+# where 2 or 8 hold all but one.
+TAIL_KEYS = 8
 _NT = (((1,), (1,)), ((), ()))  # a @ b.T
 _TN = (((0,), (0,)), ((), ()))  # a.T @ b
 _F32 = jnp.float32
@@ -50,6 +54,12 @@ def _query_rows(lq):
   return _round_up(pl.cdiv(lq, pl.cdiv(lq, BLOCK_Q)), 8)
 
 
+def _mxu_keys(lk):
+  """Keys the MXU takes: lk, or the whole 128-key tiles when at most TAIL_KEYS are left."""
+  main = lk - lk % LANES
+  return main if main and lk - main <= TAIL_KEYS else lk
+
+
 def _valid_rows(rows, lq):
   """bool [rows, 1]: which rows of this grid step's query block lie inside [0, lq)."""
   row = pl.program_id(1) * rows + jax.lax.broadcasted_iota(jnp.int32, (rows, 1), 0)
@@ -59,6 +69,26 @@ def _valid_rows(rows, lq):
 def _dot(a, b, dims=None):
   dims = dims or (((1,), (0,)), ((), ()))
   return jax.lax.dot_general(a, b, dims, preferred_element_type=_F32)
+
+
+def _row_dots(a, b):
+  """a [rows, d] . each row of b [t, d] on the vector units -> t f32 [rows, 1]."""
+  a = a.astype(_F32)
+  return [(a * b[j:j + 1].astype(_F32)).sum(axis=1, keepdims=True) for j in range(b.shape[0])]
+
+
+def _outer_sum(cols, b, dtype):
+  """sum_j cols[j] [rows, 1] (rounded to `dtype`, as the MXU's operand) * b[j] [d] -> f32
+  [rows, d], or 0 for no columns."""
+  return sum(cols[j].astype(dtype).astype(_F32) * b[j:j + 1].astype(_F32)
+             for j in range(len(cols)))
+
+
+def _col_sums(a, cols, dtype):
+  """sum over rows of cols[j] [rows, 1] (rounded to `dtype`) * a [rows, d] -> f32 [t, d]
+  rows, one per column."""
+  a = a.astype(_F32)
+  return [(c.astype(dtype).astype(_F32) * a).sum(axis=0, keepdims=True) for c in cols]
 
 
 def _layer_norm(x, norm_ref, row, eps):
@@ -93,15 +123,19 @@ def _fwd_kernel(*refs, heads, scale, eps, normed):
     refs = refs[:3] + (None,) + refs[3:]
   q_ref, k_ref, v_ref, norm_ref, o_ref, lse_ref = refs
   d = q_ref.shape[1] // heads
+  main = _mxu_keys(k_ref.shape[0])
   for i in range(heads):
     cols = pl.ds(i * d, d)
     q = _operand(q_ref[:, cols], norm_ref, 0, eps, scale)[0]
     k = _operand(k_ref[:, cols], norm_ref, 2, eps)[0]
-    s = _dot(q, k, _NT)
-    m = s.max(axis=1, keepdims=True)
+    v = v_ref[:, cols]
+    s = _dot(q, k[:main], _NT)
+    s_tail = _row_dots(q, k[main:])
+    m = functools.reduce(jnp.maximum, s_tail, s.max(axis=1, keepdims=True))
     p = jnp.exp(s - m)
-    total = p.sum(axis=1, keepdims=True)
-    o = _dot(p.astype(v_ref.dtype), v_ref[:, cols])
+    p_tail = [jnp.exp(t - m) for t in s_tail]
+    total = p.sum(axis=1, keepdims=True) + sum(p_tail)
+    o = _dot(p.astype(v.dtype), v[:main]) + _outer_sum(p_tail, v[main:], v.dtype)
     o_ref[:, cols] = (o / total).astype(o_ref.dtype)
     lse_ref[:, pl.ds(i, 1)] = m + jnp.log(total)
 
@@ -126,6 +160,8 @@ def _bwd_kernel(*refs, heads, scale, eps, normed, lq):
       dnorm_ref[...] = jnp.zeros_like(dnorm_ref)
 
   rows, d = q_ref.shape[0], q_ref.shape[1] // heads
+  lk = k_ref.shape[0]
+  main = _mxu_keys(lk)
   # A partial last block holds rows past lq (unspecified values): they must add nothing.
   valid = _valid_rows(rows, lq)
   dtype = q_ref.dtype
@@ -134,15 +170,23 @@ def _bwd_kernel(*refs, heads, scale, eps, normed, lq):
     q, q_hat, q_inv = _operand(jnp.where(valid, q_ref[:, cols], 0).astype(dtype),
                                norm_ref, 0, eps, scale)
     k = _operand(k_ref[:, cols], norm_ref, 2, eps)[0]
+    v = v_ref[:, cols]
     do = jnp.where(valid, do_ref[:, cols], 0).astype(dtype)
     # rowsum(dP * P) = rowsum(dO * O).
     delta = (do.astype(_F32) * jnp.where(valid, o_ref[:, cols], 0).astype(_F32)).sum(
         axis=1, keepdims=True)
-    p = jnp.where(valid, jnp.exp(_dot(q, k, _NT) - lse_ref[:, pl.ds(i, 1)]), 0.0)
-    dv_acc[:, cols] += _dot(p.astype(dtype), do, _TN)
-    ds = (p * (_dot(do, v_ref[:, cols], _NT) - delta)).astype(dtype)
-    dk_acc[:, cols] += _dot(ds, q, _TN)
-    dq = _dot(ds, k) * scale
+    lse = lse_ref[:, pl.ds(i, 1)]
+    p = jnp.where(valid, jnp.exp(_dot(q, k[:main], _NT) - lse), 0.0)
+    p_tail = [jnp.where(valid, jnp.exp(t - lse), 0.0) for t in _row_dots(q, k[main:])]
+    ds = (p * (_dot(do, v[:main], _NT) - delta)).astype(dtype)
+    ds_tail = [(pt * (dp - delta)).astype(dtype)
+               for pt, dp in zip(p_tail, _row_dots(do, v[main:]))]
+    dv_acc[pl.ds(0, main), cols] += _dot(p.astype(dtype), do, _TN)
+    dk_acc[pl.ds(0, main), cols] += _dot(ds, q, _TN)
+    for j, (dv, dk) in enumerate(zip(_col_sums(do, p_tail, dtype), _col_sums(q, ds_tail, dtype))):
+      dv_acc[pl.ds(main + j, 1), cols] += dv
+      dk_acc[pl.ds(main + j, 1), cols] += dk
+    dq = (_dot(ds, k[:main]) + _outer_sum(ds_tail, k[main:], dtype)) * scale
     if normed:
       dnorm_ref[0:1, cols] += (dq * q_hat).sum(axis=0, keepdims=True)
       dnorm_ref[1:2, cols] += dq.sum(axis=0, keepdims=True)
@@ -169,24 +213,27 @@ def _hbm_bytes(*arrays):
              for a in arrays if a is not None)
 
 
-def _mxu_flops(b, lq, lk, h, d, matmuls):
+def _flops(b, lq, lk, h, d, matmuls):
   """FLOPs of `matmuls` products of [lq, d] or [lq, lk] operands per (example, head) as the
-  MXU runs them: queries as the grid's blocks hold them, key length and head_dim rounded up
-  to its 128-wide tiles (a 32-wide head occupies a quarter of each tile)."""
-  rows = _round_up(_query_rows(lq), 8)
-  return (2 * matmuls * b * h * pl.cdiv(lq, rows) * rows * _round_up(lk, LANES)
-          * _round_up(d, LANES))
+  hardware runs them: queries as the grid's blocks hold them; on the MXU, key length and
+  head_dim rounded up to its 128-wide tiles (a 32-wide head occupies a quarter of each
+  tile); the tail keys on the vector units, as they are."""
+  rows = pl.cdiv(lq, _query_rows(lq)) * _round_up(_query_rows(lq), 8)
+  main = _mxu_keys(lk)
+  mxu = _round_up(main, LANES) * _round_up(d, LANES)
+  return 2 * matmuls * b * h * rows * (mxu + (lk - main) * d)
 
 
-def _specs(rows, lk, width, heads, norm):
+def _specs(rows, lk, width, heads, norm, cols=(0, 0, 0)):
   """BlockSpecs over the grid (b, query blocks): a block of queries [rows, h*d], the whole
-  sequence of keys [lk, h*d], per-(query, head) rows [rows, h] and the QK-norm's
-  [4, d] (q scale, q bias, k scale, k bias)."""
-  query = pl.BlockSpec((None, rows, width), lambda b, i: (b, i, 0))
-  key = pl.BlockSpec((None, lk, width), lambda b, i: (b, 0, 0))
+  sequence of keys and of values [lk, h*d] (column blocks `cols` of their arrays, in units of
+  h*d: q, k and v may lie side by side in one array), per-(query, head) rows [rows, h] and
+  the QK-norm's [4, d] (q scale, q bias, k scale, k bias)."""
+  query = pl.BlockSpec((None, rows, width), lambda b, i: (b, i, cols[0]))
+  key, value = (pl.BlockSpec((None, lk, width), lambda b, i, c=c: (b, 0, c)) for c in cols[1:])
   row = pl.BlockSpec((None, rows, heads), lambda b, i: (b, i, 0))
   whole = None if norm is None else pl.BlockSpec(norm.shape, lambda b, i: (0, 0))
-  return query, key, row, whole
+  return query, key, value, row, whole
 
 
 def _params(*semantics):
@@ -195,46 +242,51 @@ def _params(*semantics):
   return pltpu.CompilerParams(dimension_semantics=semantics, vmem_limit_bytes=64 * 2**20)
 
 
-def _forward(q, k, v, norm, heads, eps, interpret):
-  """q, k, v [b, l, h*d], norm f32 [4, d] or None -> o [b, lq, h*d], lse f32 [b, lq, h]."""
-  (b, lq, width), lk = q.shape, k.shape[1]
+def _forward(q, k, v, norm, heads, eps, interpret, cols=(0, 0, 0)):
+  """q, k, v [b, l, h*d] (or column blocks `cols` of wider arrays), norm f32 [4, d] or
+  None -> o [b, lq, h*d], lse f32 [b, lq, h]."""
+  (b, lq, _), lk, width = q.shape, k.shape[1], v.shape[2] // (max(cols) + 1)
   rows = _query_rows(lq)
-  query, key, row, whole = _specs(rows, lk, width, heads, norm)
+  query, key, value, row, whole = _specs(rows, lk, width, heads, norm, cols)
   normed = norm is not None
-  out_shape = [jax.ShapeDtypeStruct(q.shape, q.dtype),
+  out_shape = [jax.ShapeDtypeStruct((b, lq, width), q.dtype),
                jax.ShapeDtypeStruct((b, lq, heads), _F32)]
+  operands = (q,) if q is k else (q, k, v)
   cost = pl.CostEstimate(
-      flops=_mxu_flops(b, lq, lk, heads, width // heads, 2),
-      transcendentals=b * heads * lq * lk, bytes_accessed=_hbm_bytes(q, k, v, norm, *out_shape))
+      flops=_flops(b, lq, lk, heads, width // heads, 2),
+      transcendentals=b * heads * lq * lk,
+      bytes_accessed=_hbm_bytes(*operands, norm, *out_shape))
   kernel = functools.partial(_fwd_kernel, heads=heads, scale=(width // heads) ** -0.5,
                              eps=eps, normed=normed)
   return pl.pallas_call(
       kernel, grid=(b, pl.cdiv(lq, rows)),
-      in_specs=[query, key, key] + ([whole] if normed else []), out_specs=[query, row],
+      in_specs=[query, key, value] + ([whole] if normed else []),
+      out_specs=[pl.BlockSpec((None, rows, width), lambda b, i: (b, i, 0)), row],
       out_shape=out_shape, compiler_params=_params("parallel", "parallel"),
       cost_estimate=cost, interpret=interpret)(q, k, v, *([norm] if normed else []))
 
 
-def _backward(q, k, v, norm, o, lse, do, heads, eps, interpret):
+def _backward(q, k, v, norm, o, lse, do, heads, eps, interpret, cols=(0, 0, 0)):
   """dq, dk, dv [b, l, h*d] and, with `norm`, per-example d norm f32 [b, 4, h*d]."""
-  (b, lq, width), lk = q.shape, k.shape[1]
+  (b, lq, width), lk = o.shape, k.shape[1]
   rows = _query_rows(lq)
-  query, key, row, whole = _specs(rows, lk, width, heads, norm)
+  query, key, value, row, whole = _specs(rows, lk, width, heads, norm, cols)
+  own, own_keys = _specs(rows, lk, width, heads, norm)[:2]
   normed = norm is not None
-  out_shape = [jax.ShapeDtypeStruct(t.shape, t.dtype) for t in (q, k, v)]
-  out_specs = [query, key, key]
+  out_shape = [jax.ShapeDtypeStruct((b, l, width), o.dtype) for l in (lq, lk, lk)]
+  out_specs = [own, own_keys, own_keys]
   if normed:
     out_shape.append(jax.ShapeDtypeStruct((b, 4, width), _F32))
     out_specs.append(pl.BlockSpec((None, 4, width), lambda b, i: (b, 0, 0)))
   cost = pl.CostEstimate(
-      flops=_mxu_flops(b, lq, lk, heads, width // heads, 5),
+      flops=_flops(b, lq, lk, heads, width // heads, 5),
       transcendentals=b * heads * lq * lk,
-      bytes_accessed=_hbm_bytes(q, k, v, do, o, lse, norm, *out_shape))
+      bytes_accessed=_hbm_bytes(*((q,) if q is k else (q, k, v)), do, o, lse, norm, *out_shape))
   kernel = functools.partial(_bwd_kernel, heads=heads, scale=(width // heads) ** -0.5,
                              eps=eps, normed=normed, lq=lq)
   return pl.pallas_call(
       kernel, grid=(b, pl.cdiv(lq, rows)),
-      in_specs=[query, key, key, query, query, row] + ([whole] if normed else []),
+      in_specs=[query, key, value, own, own, row] + ([whole] if normed else []),
       out_specs=out_specs, out_shape=out_shape,
       scratch_shapes=[pltpu.VMEM((lk, width), _F32), pltpu.VMEM((lk, width), _F32)],
       # dk and dv accumulate over the query blocks: that axis runs in order on one core.
@@ -257,6 +309,43 @@ def flash_attention(q, k, v, norm=None, eps=1e-6, interpret=False):
   return _attend(flat(q), flat(k), flat(v), norm, h, eps, interpret).reshape(q.shape)
 
 
+_PACKED = (0, 1, 2)  # q, k, v: column blocks 0, 1, 2 of one array
+
+
+def packed_attention(qkv, heads, norm=None, eps=1e-6, interpret=False):
+  """`flash_attention` of q, k, v side by side: qkv [b, l, 3*h*d] (q | k | v, each heads
+  major) -> [b, l, h*d]. The kernels read q, k and v where they lie (h*d a multiple of 128),
+  so a fused QKV projection's output goes in without slices or relayouts."""
+  norm = None if norm is None else norm.astype(_F32)
+  return _attend_packed(qkv, norm, heads, eps, interpret)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def _attend_packed(qkv, norm, heads, eps, interpret):
+  return _forward(qkv, qkv, qkv, norm, heads, eps, interpret, _PACKED)[0]
+
+
+def _attend_packed_fwd(qkv, norm, heads, eps, interpret):
+  o, lse = _forward(qkv, qkv, qkv, norm, heads, eps, interpret, _PACKED)
+  return o, (qkv, norm, o, lse)
+
+
+def _attend_packed_bwd(heads, eps, interpret, res, do):
+  qkv, norm, o, lse = res
+  grads = _backward(qkv, qkv, qkv, norm, o, lse, do, heads, eps, interpret, _PACKED)
+  return jnp.concatenate(grads[:3], axis=-1), _norm_grad(grads, heads)
+
+
+_attend_packed.defvjp(_attend_packed_fwd, _attend_packed_bwd)
+
+
+def _norm_grad(grads, heads):
+  """The norm's gradient from the kernel's per-example, per-head sums (all share it)."""
+  if len(grads) == 3:
+    return None
+  return grads[3].sum(axis=0).reshape(4, heads, -1).sum(axis=1)
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6))
 def _attend(q, k, v, norm, heads, eps, interpret):
   """q, k, v [b, l, h*d], norm [4, d] or None -> o [b, lq, h*d]."""
@@ -271,11 +360,7 @@ def _attend_fwd(q, k, v, norm, heads, eps, interpret):
 def _attend_bwd(heads, eps, interpret, res, do):
   q, k, v, norm, o, lse = res
   grads = _backward(q, k, v, norm, o, lse, do, heads, eps, interpret)
-  if norm is None:
-    return (*grads, None)
-  # The kernel's per-example, per-head sums: the norm is shared by all of them.
-  dnorm = grads[3].sum(axis=0).reshape(4, heads, -1).sum(axis=1)
-  return (*grads[:3], dnorm)
+  return (*grads[:3], _norm_grad(grads, heads))
 
 
 _attend.defvjp(_attend_fwd, _attend_bwd)

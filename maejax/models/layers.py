@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -76,6 +77,10 @@ class QKVProjection(nnx.Module):
     qkv = self.proj(x)
     return qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
 
+  def packed(self, x):
+    """[b, l, embed] -> [b, l, 3 * heads * head_dim]: q | k | v side by side."""
+    return _flat_dense(self.proj, x, 1)
+
 
 def _fan_xavier(fan_in, fan_out):
   """Xavier-uniform for a kernel whose output is split over several axes."""
@@ -96,6 +101,20 @@ class OutProjection(nnx.Module):
 
   def __call__(self, x):
     return self.proj(x)
+
+  def packed(self, x):
+    """[b, l, heads * head_dim] -> [b, l, embed]."""
+    return _flat_dense(self.proj, x, 2)
+
+
+def _flat_dense(proj, x, in_axes):
+  """A LinearGeneral's product with its kernel flattened to [in_features, out_features]
+  (`in_axes` leading kernel axes are inputs): x [..., in_features] -> [..., out_features]."""
+  kernel = proj.kernel[...]
+  kernel = kernel.reshape(math.prod(kernel.shape[:in_axes]), -1)
+  dtype = proj.dtype or jnp.result_type(x, kernel)
+  y = jnp.dot(x.astype(dtype), kernel.astype(dtype))
+  return y if proj.bias is None else y + proj.bias[...].reshape(-1).astype(dtype)
 
 
 class QKNorm(nnx.Module):
@@ -140,7 +159,7 @@ def attention(q, k, v, qk_norm=None):
   norm); on XLA:CPU, where it runs 2-4x slower than attention computed a cache-sized group of
   heads at a time, `chunked_attention`.
   """
-  platform = _PLATFORM.get() or jax.default_backend()
+  platform = _platform()
   if platform == "tpu":
     norm, eps = qk_norm.params() if qk_norm is not None else (None, 1e-6)
     return _per_shard(functools.partial(flash.flash_attention, eps=eps), q, k, v, norm)
@@ -151,14 +170,46 @@ def attention(q, k, v, qk_norm=None):
   return jax.nn.dot_product_attention(q, k, v)
 
 
-def _per_shard(fn, q, k, v, norm):
-  """`fn(q, k, v, norm)` on each device's block of examples and heads (the `batch` and
-  `heads` rules' mesh axes), `norm` whole: XLA cannot partition a Pallas kernel itself."""
+def self_attention(qkv, out, x, qk_norm=None):
+  """out(attention(qkv(x))): x [b, l, embed] through a QKVProjection, softmax attention and
+  an OutProjection.
+
+  On TPUs, where heads are not split over devices, the kernel reads q, k and v in place from
+  one [b, l, 3 * heads * head_dim] product and the output projection takes its
+  [b, l, heads * head_dim] result: no slices, and none of the relayouts that
+  [b, l, heads, head_dim] arrays with head_dim under 128 lanes cost XLA:TPU.
+  """
+  heads = qkv.num_heads
+  if (_platform() == "tpu" and not _split(stack.mesh_axes("heads", heads))
+      and (heads * qkv.head_dim) % flash.LANES == 0):
+    norm, eps = qk_norm.params() if qk_norm is not None else (None, 1e-6)
+    fn = lambda t, norm: flash.packed_attention(t, heads, norm, eps)  # noqa: E731
+    return out.packed(_per_shard(fn, qkv.packed(x), norm))
+  return out(attention(*qkv(x), qk_norm))
+
+
+def _platform():
+  return _PLATFORM.get() or jax.default_backend()
+
+
+def _split(axes):
+  """Whether mesh `axes` (or None) of the active mesh have more than one device."""
+  mesh = jax.sharding.get_abstract_mesh()
+  return bool(axes) and math.prod(mesh.shape[a] for a in axes) > 1
+
+
+def _per_shard(fn, *args):
+  """`fn(*arrays, norm)` on each device's block of examples (and heads, for [b, l, h, d]
+  arrays: the `batch` and `heads` rules' mesh axes), `norm` (the last argument) whole: XLA
+  cannot partition a Pallas kernel itself."""
+  *arrays, norm = args
   if jax.sharding.get_abstract_mesh().empty:
-    return fn(q, k, v, norm)
-  spec = P(stack.mesh_axes("batch", q.shape[0]), None, stack.mesh_axes("heads", q.shape[2]))
-  return jax.shard_map(fn, in_specs=(spec,) * 3 + (P(),), out_specs=spec,
-                       check_vma=False)(q, k, v, norm)
+    return fn(*arrays, norm)
+  x = arrays[0]
+  heads = stack.mesh_axes("heads", x.shape[2]) if x.ndim == 4 else None
+  spec = P(stack.mesh_axes("batch", x.shape[0]), None, heads)
+  return jax.shard_map(fn, in_specs=(spec,) * len(arrays) + (P(),), out_specs=spec,
+                       check_vma=False)(*arrays, norm)
 
 
 # Bytes of f32 logits per group of (example, head) pairs: a group's logits stay in cache
@@ -270,8 +321,7 @@ class Attention(nnx.Module):
     self.out = OutProjection(num_heads, dim // num_heads, dim, dtype=dtype, rngs=rngs)
 
   def __call__(self, x):
-    q, k, v = self.qkv(x)
-    return self.out(attention(q, k, v, self.qk_norm))
+    return self_attention(self.qkv, self.out, x, self.qk_norm)
 
 
 class Mlp(nnx.Module):
@@ -332,8 +382,7 @@ class ParallelBlock(nnx.Module):
     """x [b, l, dim] -> [b, l, dim]; key drives drop-path at `rate` (default: the block's)."""
     rate = self.drop_path if rate is None else rate
     y = self.norm(x)
-    q, k, v = self.qkv(y)
-    h = self.attn_out(attention(q, k, v, self.qk_norm))
+    h = self_attention(self.qkv, self.attn_out, y, self.qk_norm)
     h = h + self.mlp_out(jax.nn.gelu(self.mlp_in(y), approximate=False))
     return x + drop_path(self.ls(h) if self.ls else h, rate, key)
 

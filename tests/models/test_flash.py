@@ -1,6 +1,8 @@
 """The TPU attention kernel (models/flash.py): values and gradients in Pallas' interpreter
 against float64 NumPy, and its compiled TPU program (ahead of time, libtpu) against XLA's."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -29,7 +31,9 @@ def np_attention(q, k, v, do):
 @pytest.mark.parametrize("b, lq, lk, h, d, block_q", [
     (2, 7, 9, 3, 8, 256),     # one block of queries, lq != lk
     (1, 21, 21, 2, 16, 4),    # blocks of 8 queries (4 rounded up): 2 whole, a partial one
-    (2, 65, 130, 1, 32, 8),   # keys past one 128-lane tile
+    (2, 65, 130, 1, 32, 8),   # keys past one 128-lane tile: 2 on the vector units
+    (1, 33, 257, 2, 16, 16),  # a class token past 2 tiles (a ViT's 256 patches + 1)
+    (1, 9, 140, 1, 8, 256),   # 12 keys past the tile: all on the MXU
 ])
 def test_flash_attention_matches_numpy(dtype, b, lq, lk, h, d, block_q, monkeypatch):
   monkeypatch.setattr(flash, "BLOCK_Q", block_q)
@@ -50,6 +54,7 @@ def test_flash_attention_matches_numpy(dtype, b, lq, lk, h, d, block_q, monkeypa
 @pytest.mark.parametrize("b, lq, lk, h, d, block_q", [
     (2, 7, 9, 3, 8, 256),     # one block of queries
     (1, 21, 13, 2, 16, 4),    # blocks of 8 queries, a partial last one: dk's norm at the end
+    (1, 21, 131, 2, 16, 4),   # 3 keys past the tile, on the vector units
 ])
 def test_flash_attention_with_qk_norm_matches_torch(b, lq, lk, h, d, block_q, monkeypatch):
   """The fused QK-norm (LayerNorm of q and k over head_dim, then attention): values and
@@ -73,6 +78,30 @@ def test_flash_attention_with_qk_norm_matches_torch(b, lq, lk, h, d, block_q, mo
   np.testing.assert_allclose(np.float64(out), ref.detach().numpy(), atol=2e-5, rtol=2e-5)
   for got, want in zip(vjp(do), t):
     np.testing.assert_allclose(np.float64(got), want.grad.numpy(), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("normed", [False, True])
+def test_packed_attention_matches_separate_operands(normed, monkeypatch):
+  """q, k, v read in place from one [b, l, 3*h*d] array: the same values and gradients as
+  the kernels on three arrays, with a partial last query block and a tail key."""
+  monkeypatch.setattr(flash, "BLOCK_Q", 64)
+  b, l, h, d = 2, 129, 4, 32
+  keys = jax.random.split(jax.random.key(2), 3)
+  qkv = jax.random.normal(keys[0], (b, l, 3 * h * d))
+  do = jax.random.normal(keys[1], (b, l, h * d))
+  norm = 1 + 0.5 * jax.random.normal(keys[2], (4, d)) if normed else None
+
+  def separate(qkv, norm):
+    q, k, v = (t.reshape(b, l, h, d) for t in jnp.split(qkv, 3, axis=-1))
+    return flash.flash_attention(q, k, v, norm, interpret=True).reshape(b, l, h * d)
+
+  packed = lambda qkv, norm: flash.packed_attention(qkv, h, norm, interpret=True)
+  want, want_vjp = jax.vjp(separate, qkv, norm)
+  got, got_vjp = jax.vjp(packed, qkv, norm)
+  np.testing.assert_allclose(got, want, atol=1e-6, rtol=1e-6)
+  for g, w in zip(got_vjp(do), want_vjp(do)):
+    if normed or w is not None:
+      np.testing.assert_allclose(g, w, atol=1e-5, rtol=1e-5)
 
 
 def test_flash_attention_keeps_logits_out_of_hbm_on_tpu():
@@ -106,3 +135,32 @@ def test_query_blocks_cover_the_sequence_with_little_padding():
     blocks = -(-lq // rows)
     assert rows == lq if lq <= 2 * flash.BLOCK_Q else rows % 8 == 0 and rows <= flash.BLOCK_Q + 7
     assert 0 <= blocks * rows - lq < 8 * blocks
+
+
+@pytest.mark.parametrize("kind", ["prenorm", "parallel"])
+def test_blocks_traced_for_tpus_match_the_cpu_path(kind, monkeypatch):
+  """A block as it runs on TPUs (fused QKV product, kernel reading q, k, v in place, QK-norm
+  inside; per device under a data-parallel mesh), kernels in Pallas' interpreter: the same
+  values and parameter gradients as the [b, l, h, d] path CPUs take."""
+  from flax import nnx
+  from maejax.models import layers
+  for name in ("flash_attention", "packed_attention"):
+    monkeypatch.setattr(flash, name, functools.partial(getattr(flash, name), interpret=True))
+  with nnx.use_eager_sharding(False):
+    block = layers.make_block(kind, 128, 4, qk_norm=True, qkv_bias=True, rngs=nnx.Rngs(0))
+  x = jax.random.normal(jax.random.key(3), (4, 130, 128))
+  graph, params = nnx.split(block)
+  loss = lambda p, x: (nnx.merge(graph, p)(x) ** 2).mean()  # noqa: E731
+
+  def run(platform):
+    with layers.attention_for(platform):
+      return jax.jit(jax.value_and_grad(loss))(params, x)
+
+  want, want_grads = run("cpu")
+  mesh = jax.make_mesh((2,), ("data",), axis_types=(jax.sharding.AxisType.Auto,),
+                       devices=jax.devices()[:2])
+  with jax.set_mesh(mesh), nnx.logical_axis_rules((("batch", "data"),)):
+    got, got_grads = run("tpu")
+  np.testing.assert_allclose(got, want, rtol=1e-5)
+  for g, w in zip(jax.tree.leaves(got_grads), jax.tree.leaves(want_grads)):
+    np.testing.assert_allclose(g, w, atol=1e-6, rtol=1e-4)
