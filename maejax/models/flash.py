@@ -140,16 +140,23 @@ def _fwd_kernel(*refs, heads, scale, eps, normed):
     lse_ref[:, pl.ds(i, 1)] = m + jnp.log(total)
 
 
-def _bwd_kernel(*refs, heads, scale, eps, normed, lq):
+def _bwd_kernel(*refs, heads, scale, eps, normed, lq, packed):
   """One example, one block of queries: dq of the block; dk, dv (and the norm's
-  gradients) summed over the blocks in VMEM, written at the last one."""
-  if normed:
-    (q_ref, k_ref, v_ref, do_ref, o_ref, lse_ref, norm_ref,
-     dq_ref, dk_ref, dv_ref, dnorm_ref, dk_acc, dv_acc) = refs
+  gradients) summed over the blocks in VMEM, written at the last one. `packed`: one output
+  [l, 3*h*d] (dq | dk | dv) for the example, dq copied in block by block."""
+  rest = list(refs)
+  q_ref, k_ref, v_ref, do_ref, o_ref, lse_ref = (rest.pop(0) for _ in range(6))
+  norm_ref = rest.pop(0) if normed else None
+  outs = [rest.pop(0) for _ in range(1 if packed else 3)]
+  dnorm_ref = rest.pop(0) if normed else None
+  dk_acc, dv_acc = rest.pop(0), rest.pop(0)
+  width = q_ref.shape[1]
+  # Where dq, dk and dv go (packed: dq to a VMEM buffer first) and their first columns there.
+  if packed:
+    (dq_ref, dk_ref, dv_ref), (dq_col, dk_col, dv_col) = (
+        (rest.pop(0), outs[0], outs[0]), (0, width, 2 * width))
   else:
-    (q_ref, k_ref, v_ref, do_ref, o_ref, lse_ref,
-     dq_ref, dk_ref, dv_ref, dk_acc, dv_acc) = refs
-    norm_ref = dnorm_ref = None
+    (dq_ref, dk_ref, dv_ref), (dq_col, dk_col, dv_col) = outs, (0, 0, 0)
   block = pl.program_id(1)
 
   @pl.when(block == 0)
@@ -191,7 +198,9 @@ def _bwd_kernel(*refs, heads, scale, eps, normed, lq):
       dnorm_ref[0:1, cols] += (dq * q_hat).sum(axis=0, keepdims=True)
       dnorm_ref[1:2, cols] += dq.sum(axis=0, keepdims=True)
       dq = _layer_norm_grad(dq, q_hat, q_inv, norm_ref[0:1, :])
-    dq_ref[:, cols] = dq.astype(dq_ref.dtype)
+    dq_ref[:, pl.ds(dq_col + i * d, d)] = dq.astype(dq_ref.dtype)
+  if packed:
+    _copy_rows(dq_ref, outs[0], block, lq)
 
   @pl.when(block == pl.num_programs(1) - 1)
   def _():
@@ -203,8 +212,28 @@ def _bwd_kernel(*refs, heads, scale, eps, normed, lq):
         dnorm_ref[2:3, cols] += (dk * k_hat).sum(axis=0, keepdims=True)
         dnorm_ref[3:4, cols] += dk.sum(axis=0, keepdims=True)
         dk = _layer_norm_grad(dk, k_hat, k_inv, norm_ref[2:3, :])
-      dk_ref[:, cols] = dk.astype(dk_ref.dtype)
-      dv_ref[:, cols] = dv_acc[:, cols].astype(dv_ref.dtype)
+      dk_ref[:, pl.ds(dk_col + i * d, d)] = dk.astype(dk_ref.dtype)
+      dv_ref[:, pl.ds(dv_col + i * d, d)] = dv_acc[:, cols].astype(dv_ref.dtype)
+
+
+def _copy_rows(src_ref, dst_ref, block, lq):
+  """A query block's rows src [rows, w] into the first w columns of dst [lq, ...] at row
+  block * rows; a partial last block copies only the rows inside [0, lq)."""
+  rows, width = src_ref.shape
+  blocks = pl.cdiv(lq, rows)
+  last = lq - (blocks - 1) * rows
+  cols = pl.ds(0, width)
+  if blocks == 1:
+    dst_ref[pl.ds(0, lq), cols] = src_ref[pl.ds(0, lq), :]
+    return
+
+  @pl.when(block < blocks - 1)
+  def _():
+    dst_ref[pl.ds(pl.multiple_of(block * rows, 8), rows), cols] = src_ref[...]
+
+  @pl.when(block == blocks - 1)
+  def _():
+    dst_ref[pl.ds((blocks - 1) * rows, last), cols] = src_ref[pl.ds(0, last), :]
 
 
 def _hbm_bytes(*arrays):
@@ -272,9 +301,13 @@ def _backward(q, k, v, norm, o, lse, do, heads, eps, interpret, cols=(0, 0, 0)):
   rows = _query_rows(lq)
   query, key, value, row, whole = _specs(rows, lk, width, heads, norm, cols)
   own, own_keys = _specs(rows, lk, width, heads, norm)[:2]
-  normed = norm is not None
-  out_shape = [jax.ShapeDtypeStruct((b, l, width), o.dtype) for l in (lq, lk, lk)]
-  out_specs = [own, own_keys, own_keys]
+  normed, packed = norm is not None, q is k
+  if packed:  # One [b, l, 3*h*d] gradient, each example's block in VMEM throughout.
+    out_shape = [jax.ShapeDtypeStruct(q.shape, o.dtype)]
+    out_specs = [pl.BlockSpec((None, lk, q.shape[2]), lambda b, i: (b, 0, 0))]
+  else:
+    out_shape = [jax.ShapeDtypeStruct((b, l, width), o.dtype) for l in (lq, lk, lk)]
+    out_specs = [own, own_keys, own_keys]
   if normed:
     out_shape.append(jax.ShapeDtypeStruct((b, 4, width), _F32))
     out_specs.append(pl.BlockSpec((None, 4, width), lambda b, i: (b, 0, 0)))
@@ -283,12 +316,13 @@ def _backward(q, k, v, norm, o, lse, do, heads, eps, interpret, cols=(0, 0, 0)):
       transcendentals=b * heads * lq * lk,
       bytes_accessed=_hbm_bytes(*((q,) if q is k else (q, k, v)), do, o, lse, norm, *out_shape))
   kernel = functools.partial(_bwd_kernel, heads=heads, scale=(width // heads) ** -0.5,
-                             eps=eps, normed=normed, lq=lq)
+                             eps=eps, normed=normed, lq=lq, packed=packed)
   return pl.pallas_call(
       kernel, grid=(b, pl.cdiv(lq, rows)),
       in_specs=[query, key, value, own, own, row] + ([whole] if normed else []),
       out_specs=out_specs, out_shape=out_shape,
-      scratch_shapes=[pltpu.VMEM((lk, width), _F32), pltpu.VMEM((lk, width), _F32)],
+      scratch_shapes=[pltpu.VMEM((lk, width), _F32), pltpu.VMEM((lk, width), _F32)]
+      + ([pltpu.VMEM((rows, width), o.dtype)] if packed else []),
       # dk and dv accumulate over the query blocks: that axis runs in order on one core.
       compiler_params=_params("parallel", "arbitrary"),
       cost_estimate=cost, interpret=interpret)(q, k, v, do, o, lse,
@@ -333,17 +367,16 @@ def _attend_packed_fwd(qkv, norm, heads, eps, interpret):
 def _attend_packed_bwd(heads, eps, interpret, res, do):
   qkv, norm, o, lse = res
   grads = _backward(qkv, qkv, qkv, norm, o, lse, do, heads, eps, interpret, _PACKED)
-  return jnp.concatenate(grads[:3], axis=-1), _norm_grad(grads, heads)
+  return grads[0], _norm_grad(grads, heads, norm)
 
 
 _attend_packed.defvjp(_attend_packed_fwd, _attend_packed_bwd)
 
 
-def _norm_grad(grads, heads):
-  """The norm's gradient from the kernel's per-example, per-head sums (all share it)."""
-  if len(grads) == 3:
-    return None
-  return grads[3].sum(axis=0).reshape(4, heads, -1).sum(axis=1)
+def _norm_grad(grads, heads, norm):
+  """The norm's gradient (None without a norm) from the kernel's per-example, per-head sums,
+  the last of `grads`: every example and head shares the norm."""
+  return None if norm is None else grads[-1].sum(axis=0).reshape(4, heads, -1).sum(axis=1)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6))
@@ -360,7 +393,7 @@ def _attend_fwd(q, k, v, norm, heads, eps, interpret):
 def _attend_bwd(heads, eps, interpret, res, do):
   q, k, v, norm, o, lse = res
   grads = _backward(q, k, v, norm, o, lse, do, heads, eps, interpret)
-  return (*grads[:3], _norm_grad(grads, heads))
+  return (*grads[:3], _norm_grad(grads, heads, norm))
 
 
 _attend.defvjp(_attend_fwd, _attend_bwd)

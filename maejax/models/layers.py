@@ -54,13 +54,20 @@ def drop_path(x, rate, key):
 
 
 class LayerScale(nnx.Module):
-  """Per-channel learned residual scale (CaiT); identity when init is None."""
+  """Per-channel learned residual scale (CaiT): gamma [dim].
+
+  Blocks fold it into the projection that feeds the residual, (x @ W + b) * gamma =
+  x @ (W * gamma) + b * gamma: a [dim] scale of the kernel's columns instead of a product
+  and, for gamma's gradient, a reduction over every token.
+  """
 
   def __init__(self, dim, init):
     self.gamma = nnx.Param(jnp.full((dim,), init, jnp.float32), out_sharding=("embed",))
 
-  def __call__(self, x):
-    return x * self.gamma[...].astype(x.dtype)
+
+def _gamma(layerscale):
+  """The scale a LayerScale (or None) folds into a projection."""
+  return None if layerscale is None else layerscale.gamma[...]
 
 
 class QKVProjection(nnx.Module):
@@ -79,7 +86,7 @@ class QKVProjection(nnx.Module):
 
   def packed(self, x):
     """[b, l, embed] -> [b, l, 3 * heads * head_dim]: q | k | v side by side."""
-    return _flat_dense(self.proj, x, 1)
+    return project(self.proj, x, 1)
 
 
 def _fan_xavier(fan_in, fan_out):
@@ -91,7 +98,7 @@ def _fan_xavier(fan_in, fan_out):
 
 
 class OutProjection(nnx.Module):
-  """[b, l, heads, head_dim] -> [b, l, embed]."""
+  """[b, l, heads, head_dim] or [b, l, heads * head_dim] -> [b, l, embed]."""
 
   def __init__(self, num_heads, head_dim, dim, *, dtype, rngs):
     self.proj = nnx.LinearGeneral(
@@ -99,22 +106,23 @@ class OutProjection(nnx.Module):
         kernel_init=part(_fan_xavier(num_heads * head_dim, dim), ("heads", "kv", "embed")),
         bias_init=part(zeros, ("embed",)))
 
-  def __call__(self, x):
-    return self.proj(x)
-
-  def packed(self, x):
-    """[b, l, heads * head_dim] -> [b, l, embed]."""
-    return _flat_dense(self.proj, x, 2)
+  def __call__(self, x, scale=None):
+    """scale: an [embed] LayerScale gamma folded into the product, or None."""
+    return project(self.proj, x, 2 if x.ndim == 4 else 1, scale)
 
 
-def _flat_dense(proj, x, in_axes):
-  """A LinearGeneral's product with its kernel flattened to [in_features, out_features]
-  (`in_axes` leading kernel axes are inputs): x [..., in_features] -> [..., out_features]."""
-  kernel = proj.kernel[...]
-  kernel = kernel.reshape(math.prod(kernel.shape[:in_axes]), -1)
+def project(proj, x, in_axes, scale=None):
+  """x through a Linear or LinearGeneral `proj`, its input features in x's last `in_axes`
+  axes: x [..., *inputs] -> [..., prod(outputs)]; `scale` [prod(outputs)] multiplies the
+  kernel's columns and the bias (a LayerScale folded into the product)."""
+  kernel, bias = proj.kernel[...], proj.bias[...] if proj.bias is not None else None
+  kernel = kernel.reshape(*x.shape[x.ndim - in_axes:], -1)
+  bias = None if bias is None else bias.reshape(-1)
+  if scale is not None:
+    kernel, bias = kernel * scale, None if bias is None else bias * scale
   dtype = proj.dtype or jnp.result_type(x, kernel)
-  y = jnp.dot(x.astype(dtype), kernel.astype(dtype))
-  return y if proj.bias is None else y + proj.bias[...].reshape(-1).astype(dtype)
+  y = jnp.tensordot(x.astype(dtype), kernel.astype(dtype), axes=in_axes)
+  return y if bias is None else y + bias.astype(dtype)
 
 
 class QKNorm(nnx.Module):
@@ -170,9 +178,9 @@ def attention(q, k, v, qk_norm=None):
   return jax.nn.dot_product_attention(q, k, v)
 
 
-def self_attention(qkv, out, x, qk_norm=None):
-  """out(attention(qkv(x))): x [b, l, embed] through a QKVProjection, softmax attention and
-  an OutProjection.
+def self_attention(qkv, out, x, qk_norm=None, scale=None):
+  """out(attention(qkv(x)), scale): x [b, l, embed] through a QKVProjection, softmax
+  attention and an OutProjection (with a LayerScale's gamma folded in where given).
 
   On TPUs, where heads are not split over devices, the kernel reads q, k and v in place from
   one [b, l, 3 * heads * head_dim] product and the output projection takes its
@@ -184,8 +192,8 @@ def self_attention(qkv, out, x, qk_norm=None):
       and (heads * qkv.head_dim) % flash.LANES == 0):
     norm, eps = qk_norm.params() if qk_norm is not None else (None, 1e-6)
     fn = lambda t, norm: flash.packed_attention(t, heads, norm, eps)  # noqa: E731
-    return out.packed(_per_shard(fn, qkv.packed(x), norm))
-  return out(attention(*qkv(x), qk_norm))
+    return out(_per_shard(fn, qkv.packed(x), norm), scale)
+  return out(attention(*qkv(x), qk_norm), scale)
 
 
 def _platform():
@@ -320,8 +328,9 @@ class Attention(nnx.Module):
     self.qk_norm = QKNorm(dim // num_heads, eps, dtype, rngs=rngs) if qk_norm else None
     self.out = OutProjection(num_heads, dim // num_heads, dim, dtype=dtype, rngs=rngs)
 
-  def __call__(self, x):
-    return self_attention(self.qkv, self.out, x, self.qk_norm)
+  def __call__(self, x, scale=None):
+    """x [b, l, dim]; scale: a LayerScale gamma [dim] folded into the output projection."""
+    return self_attention(self.qkv, self.out, x, self.qk_norm, scale)
 
 
 class Mlp(nnx.Module):
@@ -331,8 +340,9 @@ class Mlp(nnx.Module):
     self.fc1 = dense(dim, hidden, ("embed", "mlp"), dtype=dtype, rngs=rngs)
     self.fc2 = dense(hidden, dim, ("mlp", "embed"), dtype=dtype, rngs=rngs)
 
-  def __call__(self, x):
-    return self.fc2(jax.nn.gelu(self.fc1(x), approximate=False))
+  def __call__(self, x, scale=None):
+    """scale: a LayerScale gamma [dim] folded into fc2."""
+    return project(self.fc2, jax.nn.gelu(self.fc1(x), approximate=False), 1, scale)
 
 
 class Block(nnx.Module):
@@ -353,10 +363,8 @@ class Block(nnx.Module):
     """x [b, l, dim] -> [b, l, dim]; key drives drop-path at `rate` (default: the block's)."""
     rate = self.drop_path if rate is None else rate
     k1, k2 = jax.random.split(key) if key is not None else (None, None)
-    h = self.attn(self.norm1(x))
-    x = x + drop_path(self.ls1(h) if self.ls1 else h, rate, k1)
-    h = self.mlp(self.norm2(x))
-    return x + drop_path(self.ls2(h) if self.ls2 else h, rate, k2)
+    x = x + drop_path(self.attn(self.norm1(x), _gamma(self.ls1)), rate, k1)
+    return x + drop_path(self.mlp(self.norm2(x), _gamma(self.ls2)), rate, k2)
 
 
 class ParallelBlock(nnx.Module):
@@ -382,9 +390,10 @@ class ParallelBlock(nnx.Module):
     """x [b, l, dim] -> [b, l, dim]; key drives drop-path at `rate` (default: the block's)."""
     rate = self.drop_path if rate is None else rate
     y = self.norm(x)
-    h = self_attention(self.qkv, self.attn_out, y, self.qk_norm)
-    h = h + self.mlp_out(jax.nn.gelu(self.mlp_in(y), approximate=False))
-    return x + drop_path(self.ls(h) if self.ls else h, rate, key)
+    gamma = _gamma(self.ls)
+    h = self_attention(self.qkv, self.attn_out, y, self.qk_norm, gamma)
+    h = h + project(self.mlp_out, jax.nn.gelu(self.mlp_in(y), approximate=False), 1, gamma)
+    return x + drop_path(h, rate, key)
 
 
 class CrossAttention(nnx.Module):

@@ -147,7 +147,8 @@ def test_blocks_traced_for_tpus_match_the_cpu_path(kind, monkeypatch):
   for name in ("flash_attention", "packed_attention"):
     monkeypatch.setattr(flash, name, functools.partial(getattr(flash, name), interpret=True))
   with nnx.use_eager_sharding(False):
-    block = layers.make_block(kind, 128, 4, qk_norm=True, qkv_bias=True, rngs=nnx.Rngs(0))
+    block = layers.make_block(kind, 128, 4, qk_norm=True, qkv_bias=True, layerscale=0.1,
+                              rngs=nnx.Rngs(0))
   x = jax.random.normal(jax.random.key(3), (4, 130, 128))
   graph, params = nnx.split(block)
   loss = lambda p, x: (nnx.merge(graph, p)(x) ** 2).mean()  # noqa: E731
