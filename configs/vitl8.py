@@ -2,9 +2,9 @@
 0.05, 10% warm-up + cosine, drop-path 0.3), FSDP, blocks scanned. The paper's best MAE is
 ViT-L/8+.
 
-Target: a v5p:4x4x4 slice (64 chips) at global batch 4096 (64 per chip): 68.6 of 95 GiB HBM
-per chip (28% margin) without remat (TPU attention keeps no logits), compiler cost-model MFU
-48% (an estimate, not a measurement; 44% at 2048):
+Target: a v5p:4x4x4 slice (64 chips) at global batch 4096 (64 per chip): 64.3 of 95 GiB HBM
+per chip (32% margin) without remat (TPU attention keeps no logits), compiler cost-model MFU
+56% (an estimate, not a measurement):
 
     python -m maejax.bench compile --config configs/vitl8.py --topology v5p:4x4x4 \
         --config.batch_size=4096

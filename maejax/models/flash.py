@@ -9,7 +9,11 @@ probabilities from the saved log-sum-exp and accumulates dk, dv over the query b
 VMEM. The query scale, the QK-norm (LayerNorm of q and k over head_dim; ViT-22B) and
 rowsum(dO * O) are computed in the kernels too: outside, on [b, l, h, d] arrays whose
 head_dim is narrower than the 128 lanes, XLA:TPU spends more on relayouts than the kernels
-take.
+take. For the same reason `packed_attention` reads q, k and v where a fused QKV projection
+put them, side by side in one [b, l, 3*h*d] array, and its backward pass writes their
+gradients into one array of that shape. Keys past the last whole 128-key tile, when there are
+at most TAIL_KEYS of them (a ViT's class token: 257 or 1,025 keys), are attended on the
+vector units, so the MXU runs 2 or 8 full tiles instead of 3 or 9.
 
 Both kernels declare their cost (`pl.CostEstimate`), which is all XLA's cost model knows of
 a custom call: the matmul FLOPs counted as the MXU executes them (head_dim and padded key

@@ -126,6 +126,15 @@ def test_flash_attention_keeps_logits_out_of_hbm_on_tpu():
   assert flash_temp < logits_bytes / 2
 
 
+def test_keys_past_the_last_tile_go_to_the_vector_units():
+  """A class token's key (257, 1,025 keys) leaves whole 128-key tiles to the MXU; more than
+  TAIL_KEYS left over, or under one tile, all keys stay on the MXU."""
+  assert [flash._mxu_keys(n) for n in (1025, 257, 264, 265, 140, 128, 65)] == [
+      1024, 256, 256, 265, 140, 128, 65]
+  # The declared MXU work drops by the 9th tile the class token no longer fills.
+  assert flash._flops(1, 1025, 1025, 1, 32, 1) == 2 * 1040 * (1024 * 128 + 1 * 32)
+
+
 def test_query_blocks_cover_the_sequence_with_little_padding():
   """Long sequences go in blocks of about BLOCK_Q queries whose padding is under 8 rows a
   block (1,025 queries: 5 x 208, where 256-row blocks would compute 1,280 rows)."""

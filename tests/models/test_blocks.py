@@ -1,0 +1,33 @@
+"""Transformer blocks (models/layers.py): LayerScale folded into the residual projections."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from maejax.models import layers
+
+
+@pytest.mark.parametrize("kind", ["prenorm", "parallel"])
+def test_folded_layerscale_equals_scaling_the_branch(kind):
+  """x + gamma * branch(x), as CaiT writes it, with the branch's output projections unscaled:
+  the blocks fold gamma into those projections' kernels and biases instead."""
+  with nnx.use_eager_sharding(False):
+    block = layers.make_block(kind, 64, 4, qkv_bias=True, layerscale=0.5, rngs=nnx.Rngs(0))
+  gammas = [m.gamma for _, m in nnx.iter_graph(block) if isinstance(m, layers.LayerScale)]
+  for i, g in enumerate(gammas):
+    g[...] = jax.random.uniform(jax.random.key(i), g.shape, minval=0.1, maxval=2.0)
+  x = jax.random.normal(jax.random.key(9), (2, 17, 64))
+  gelu = lambda t: jax.nn.gelu(t, approximate=False)  # noqa: E731
+  if kind == "prenorm":
+    h = x + block.ls1.gamma[...] * block.attn(block.norm1(x))
+    want = h + block.ls2.gamma[...] * block.mlp.fc2(gelu(block.mlp.fc1(block.norm2(h))))
+  else:
+    y = block.norm(x)
+    q, k, v = block.qkv(y)
+    q, k = block.qk_norm(q, k)
+    branch = (block.attn_out.proj(jax.nn.dot_product_attention(q, k, v))
+              + block.mlp_out(gelu(block.mlp_in(y))))
+    want = x + block.ls.gamma[...] * branch
+  np.testing.assert_allclose(block(x), want, atol=1e-5, rtol=1e-5)
