@@ -43,6 +43,7 @@ TAIL_KEYS = 8
 _NT = (((1,), (1,)), ((), ()))  # a @ b.T
 _TN = (((0,), (0,)), ((), ()))  # a.T @ b
 _F32 = jnp.float32
+_PACKED = (0, 1, 2)  # q, k, v as column blocks 0, 1, 2 of one [b, l, 3*h*d] array
 
 
 def _round_up(n, m):
@@ -284,7 +285,7 @@ def _forward(q, k, v, norm, heads, eps, interpret, cols=(0, 0, 0)):
   normed = norm is not None
   out_shape = [jax.ShapeDtypeStruct((b, lq, width), q.dtype),
                jax.ShapeDtypeStruct((b, lq, heads), _F32)]
-  operands = (q,) if q is k else (q, k, v)
+  operands = (q,) if cols == _PACKED else (q, k, v)
   cost = pl.CostEstimate(
       flops=_flops(b, lq, lk, heads, width // heads, 2),
       transcendentals=b * heads * lq * lk,
@@ -305,7 +306,7 @@ def _backward(q, k, v, norm, o, lse, do, heads, eps, interpret, cols=(0, 0, 0)):
   rows = _query_rows(lq)
   query, key, value, row, whole = _specs(rows, lk, width, heads, norm, cols)
   own, own_keys = _specs(rows, lk, width, heads, norm)[:2]
-  normed, packed = norm is not None, q is k
+  normed, packed = norm is not None, cols == _PACKED
   if packed:  # One [b, l, 3*h*d] gradient, each example's block in VMEM throughout.
     out_shape = [jax.ShapeDtypeStruct(q.shape, o.dtype)]
     out_specs = [pl.BlockSpec((None, lk, q.shape[2]), lambda b, i: (b, 0, 0))]
@@ -318,7 +319,7 @@ def _backward(q, k, v, norm, o, lse, do, heads, eps, interpret, cols=(0, 0, 0)):
   cost = pl.CostEstimate(
       flops=_flops(b, lq, lk, heads, width // heads, 5),
       transcendentals=b * heads * lq * lk,
-      bytes_accessed=_hbm_bytes(*((q,) if q is k else (q, k, v)), do, o, lse, norm, *out_shape))
+      bytes_accessed=_hbm_bytes(*((q,) if packed else (q, k, v)), do, o, lse, norm, *out_shape))
   kernel = functools.partial(_bwd_kernel, heads=heads, scale=(width // heads) ** -0.5,
                              eps=eps, normed=normed, lq=lq, packed=packed)
   return pl.pallas_call(
@@ -345,9 +346,6 @@ def flash_attention(q, k, v, norm=None, eps=1e-6, interpret=False):
   flat = lambda t: t.reshape(t.shape[0], t.shape[1], h * d)
   norm = None if norm is None else norm.astype(_F32)
   return _attend(flat(q), flat(k), flat(v), norm, h, eps, interpret).reshape(q.shape)
-
-
-_PACKED = (0, 1, 2)  # q, k, v: column blocks 0, 1, 2 of one array
 
 
 def packed_attention(qkv, heads, norm=None, eps=1e-6, interpret=False):
