@@ -295,7 +295,7 @@ def _forward(q, k, v, norm, heads, eps, interpret, cols=(0, 0, 0)):
   return pl.pallas_call(
       kernel, grid=(b, pl.cdiv(lq, rows)),
       in_specs=[query, key, value] + ([whole] if normed else []),
-      out_specs=[pl.BlockSpec((None, rows, width), lambda b, i: (b, i, 0)), row],
+      out_specs=[_specs(rows, lk, width, heads, norm)[0], row],  # o's own query block
       out_shape=out_shape, compiler_params=_params("parallel", "parallel"),
       cost_estimate=cost, interpret=interpret)(q, k, v, *([norm] if normed else []))
 
