@@ -13,6 +13,7 @@ from maejax import data as data_lib
 from maejax.cli import benchmark
 from maejax.cli import compare
 from maejax.cli import sweep
+from maejax.data import synthetic
 from maejax.train import loop
 
 SCREEN = ["--config.data.synthetic.site_size=64", "--config.data.synthetic.n_groups=3",
@@ -49,7 +50,8 @@ def test_table_has_every_row(run):
   assert (table[table.weights == "trained"].steps == 2).all()
   # 3 groups of 3 genes = 9 planted pairs: recall is a multiple of 1/9.
   np.testing.assert_allclose((table.recall_5_95 * 9) % 1, 0, atol=1e-9)
-  assert "num_classes 37 -> 11" in stdout  # The WSL head follows the screen's labels.
+  default = len(synthetic.ScreenSpec().genes) + 1  # configs/wsl_demo.py: genes + EMPTY
+  assert f"num_classes {default} -> 11" in stdout  # The WSL head follows the screen's labels.
   # Each config's own screen is embedded: 64 px sites, four tiles of the 32 px training crops.
   wells = pd.read_parquet(out / "wells" / "munet_demo_random.parquet")
   assert (wells.Metadata_n_crops == 4).all() and len(wells) == 2 * (9 + 1 + 3)

@@ -126,7 +126,7 @@ def test_no_replicates_is_n_a_with_the_reason(scored):
   consistency, replicate_map = _replicate_figures(summary)
   assert consistency["median_cosine"] is None and consistency["fraction_significant"] is None
   assert replicate_map["mean_average_precision"] is None and replicate_map["reason"]
-  assert all(r["recall"] is not None for r in summary["recall"])  # 36 genes: recall stands
+  assert all(r["recall"] is not None for r in summary["recall"])  # 60 genes: recall stands
 
 
 def test_recall_of_a_map_too_small_for_its_tails_is_n_a(scored):
