@@ -300,9 +300,9 @@ def _render(cells: dict, size: int) -> np.ndarray:
   # Organelles live in shape coordinates, where the cell is a disc of radius r: elongation
   # is then an area-preserving stretch of the whole cell, which keeps every channel's
   # pixel-intensity distribution.
-  k = np.sqrt(cells["a"] / cells["b"])
+  stretch = np.sqrt(cells["a"] / cells["b"])
   r, rn = col(np.sqrt(cells["a"] * cells["b"])), col(cells["rn"])
-  us, vs = u / col(k), v * col(k)
+  us, vs = u / col(stretch), v * col(stretch)
   dc = np.sqrt(us ** 2 + vs ** 2) / r
   nu = 0.15 * r  # nucleus sits off-centre along the long axis
   # Lobed nucleus: radius rn (1 + l cos(3 theta + phi)), rescaled to keep its area.
@@ -327,8 +327,8 @@ def _render(cells: dict, size: int) -> np.ndarray:
   actin = 0.35 * ring + cell * col(cells["actin"]) * fibres
   rna = 0.12 * cyto + 0.2 * nuc
   # Nucleoli lie within the nucleus: evaluated on the patch's central window only (speed).
-  w = int(np.ceil((k * (0.15 * np.sqrt(cells["a"] * cells["b"]) + 1.2 * cells["rn"]
-                        + 3 * cells["spot_sd"])).max()))
+  w = int(np.ceil((stretch * (0.15 * np.sqrt(cells["a"] * cells["b"]) + 1.2 * cells["rn"]
+                              + 3 * cells["spot_sd"])).max()))
   win = slice(max(half - w, 0), half + w + 1)
   uw, vw = us[:, win, win], vs[:, win, win]
   spot_xy = (cells["spots"] * cells["rn"][:, None, None]).astype(np.float32)  # [n, 6, 2]
