@@ -57,13 +57,17 @@ def default_screen():
   return s, [s[i] for i in range(len(s))]
 
 
-INTENSITY_PERCENTILES = (1, 5, 25, 50, 75, 95, 99)
+@pytest.fixture(scope="module")
+def default_statistics(default_screen):
+  """Per-channel intensity statistics of every default site (maejax's classical baseline:
+  mean, std and percentiles), computed once: the site table of `embed.intensity_sites`."""
+  _, sites = default_screen
+  return embed.intensity_sites(sites)
 
 
-def _intensity_stats(img):
-  """Per-channel mean, std and percentiles of one site [6 * 9]."""
-  x = img.reshape(-1, img.shape[-1]).astype(np.float64)
-  return np.concatenate([x.mean(0), x.std(0), np.percentile(x, INTENSITY_PERCENTILES, 0).ravel()])
+def _features(site_table):
+  """A site table's features [sites, 6 * 9]."""
+  return site_table.filter(regex="^feature_").to_numpy(np.float64)
 
 
 def _gene_profiles(s, site_features, floor):
@@ -117,9 +121,9 @@ def test_default_screen_has_intensity_matched_and_visible_complexes(default_scre
   assert len(s.relationships) / 2 < 0.05 * n * (n - 1) / 2
 
 
-def test_visible_complexes_recovered_by_per_channel_statistics(default_screen):
-  s, sites = default_screen
-  profiles = _gene_profiles(s, np.stack([_intensity_stats(x) for x in sites]), floor=1.0)
+def test_visible_complexes_recovered_by_per_channel_statistics(default_screen, default_statistics):
+  s, _ = default_screen
+  profiles = _gene_profiles(s, _features(default_statistics), floor=1.0)
   # Random pairs land in the bottom or top 5% of cosines 10% of the time.
   assert _pair_recall(profiles, _pairs(s, matched=False)) > 0.6
   # Genes without phenotype look like controls: their profiles are small.
@@ -137,7 +141,7 @@ def test_intensity_matched_complexes_keep_every_statistic_on_the_same_sites():
 
   def statistics(effect):
     s._site_effect[:] = effect  # pylint: disable=protected-access
-    return np.stack([_intensity_stats(s[i]) for i in sites])
+    return _features(embed.intensity_sites([s[i] for i in sites]))
 
   base = statistics(0.0)
   spread = base.std(0) + 1.0  # a 1 grey level floor: dark channels' low percentiles are 0
@@ -150,9 +154,10 @@ def test_intensity_matched_complexes_keep_every_statistic_on_the_same_sites():
   assert min(shift[g] for g in s.clusters if not matched[g]) > 0.5, shift
 
 
-def test_intensity_matched_complexes_hidden_from_per_channel_statistics(default_screen):
-  s, sites = default_screen
-  profiles = _gene_profiles(s, np.stack([_intensity_stats(x) for x in sites]), floor=1.0)
+def test_intensity_matched_complexes_hidden_from_per_channel_statistics(default_screen,
+                                                                        default_statistics):
+  s, _ = default_screen
+  profiles = _gene_profiles(s, _features(default_statistics), floor=1.0)
   genes = s.genes.set_index("gene")
   worst = profiles.abs().max(1)  # largest |z| over the 54 statistics, per gene
   matched = genes.index[genes.intensity_matched]
@@ -162,7 +167,7 @@ def test_intensity_matched_complexes_hidden_from_per_channel_statistics(default_
   assert worst[matched].median() < 1.5 * worst[null].median()
   assert worst[visible].median() > 2.5 * worst[matched].median()  # ... unlike the visible ones.
   # What a user sees: statistics -> wells -> TVN -> recall of each complex's own pairs.
-  table = embed.sites_to_wells(embed.intensity_sites(sites), s.metadata)
+  table = embed.sites_to_wells(default_statistics, s.metadata)
   settings = pipeline.Settings(n_null=20, map_null_size=0)
   with warnings.catch_warnings():
     warnings.simplefilter("ignore")  # dark channels' constant low percentiles are dropped
