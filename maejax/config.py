@@ -238,6 +238,8 @@ def _parse(text: str, field_type: type, dotted: str) -> Any:
       raise ValueError(f"{where}: expected a float, e.g. --config.{dotted}=3e-5.") from None
   if field_type is str:
     return text
+  if field_type in (type(None), config_dict.FieldReference) and text.lower() in ("true", "false"):
+    return text.lower() == "true"
   try:
     value = ast.literal_eval(text)
   except (ValueError, SyntaxError):

@@ -15,6 +15,15 @@ def test_bench_model_json_last_line(capsys):
   assert result["model"] == "vit_tiny" and result["batch_size"] == 2
   assert result["images_per_s"] > 0 and result["tflops_per_s"] > 0
   assert result["gflop_per_image"] == pytest.approx(0.01139328, rel=1e-6)
+  # vit_tiny runs its blocks as a loop: the CPU default rematerialises scanned stacks only.
+  assert result["remat"] is False and result["remat_policy"] is None
+
+
+def test_bench_model_reports_the_cpu_default_remat(capsys):
+  bench.main(["model", "--model", "vit_tiny", "--batch-size", "2", "--steps", "1", "--json",
+              "--config.model.scan_layers=true"])
+  result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+  assert result["remat"] is True and result["remat_policy"] == "dots_attention"
 
 
 def test_bench_model_bad_channels_is_one_line_error(capsys):

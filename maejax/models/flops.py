@@ -11,7 +11,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from maejax import models
-from maejax.models import layers
+from maejax.models import stack
 
 
 def _block(tokens, width, mlp_dim):
@@ -76,7 +76,7 @@ def xla_train_flops_per_example(cfg, image_size, channels, batch_size=2):
     return nnx.merge(graphdef, state).compute_loss(batch, key)[0]
 
   key = jax.ShapeDtypeStruct((), jax.random.key(0).dtype)
-  with layers.attention_for("gpu"):
+  with stack.traced_for("gpu"):
     flops = xla_flops(jax.jit(jax.grad(loss)).lower(state, batch, key).compile())
   return None if flops is None else flops / batch_size
 

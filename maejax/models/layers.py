@@ -7,14 +7,13 @@ Activations are `[batch, length, embed]`.
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import functools
 import math
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax.ad_checkpoint import checkpoint_name
 from jax.sharding import PartitionSpec as P
 
 from maejax.models import flash, stack
@@ -142,21 +141,6 @@ class QKNorm(nnx.Module):
             self.q_norm.epsilon)
 
 
-# The platform attention is traced for, where it is not the default backend (a TPU program
-# compiled ahead of time on a CPU host; FLOP counts, which need loop-free programs).
-_PLATFORM = contextvars.ContextVar("attention_platform", default=None)
-
-
-@contextlib.contextmanager
-def attention_for(platform: str):
-  """Within the block, `attention` traces as it would on `platform` ("cpu", "gpu", "tpu")."""
-  token = _PLATFORM.set(platform)
-  try:
-    yield
-  finally:
-    _PLATFORM.reset(token)
-
-
 def attention(q, k, v, qk_norm=None):
   """Softmax attention; q [b, lq, h, d], k/v [b, lk, h, d] -> [b, lq, h, d]; q and k
   through `qk_norm` (a QKNorm) first where given.
@@ -167,7 +151,7 @@ def attention(q, k, v, qk_norm=None):
   norm); on XLA:CPU, where it runs 2-4x slower than attention computed a cache-sized group of
   heads at a time, `chunked_attention`.
   """
-  platform = _platform()
+  platform = stack.platform()
   if platform == "tpu":
     norm, eps = qk_norm.params() if qk_norm is not None else (None, 1e-6)
     return _per_shard(functools.partial(flash.flash_attention, eps=eps), q, k, v, norm)
@@ -188,16 +172,12 @@ def self_attention(qkv, out, x, qk_norm=None, scale=None):
   [b, l, heads, head_dim] arrays with head_dim under 128 lanes cost XLA:TPU.
   """
   heads = qkv.num_heads
-  if (_platform() == "tpu" and not _split(stack.mesh_axes("heads", heads))
+  if (stack.platform() == "tpu" and not _split(stack.mesh_axes("heads", heads))
       and (heads * qkv.head_dim) % flash.LANES == 0):
     norm, eps = qk_norm.params() if qk_norm is not None else (None, 1e-6)
     fn = lambda t, norm: flash.packed_attention(t, heads, norm, eps)  # noqa: E731
     return out(_per_shard(fn, qkv.packed(x), norm), scale)
   return out(attention(*qkv(x), qk_norm), scale)
-
-
-def _platform():
-  return _PLATFORM.get() or jax.default_backend()
 
 
 def _split(axes):
@@ -285,6 +265,8 @@ def _chunked_fwd(q, k, v):
     return tuple(jnp.concatenate(t, axis=1) for t in zip(*out))
 
   o, lse = jax.lax.map(group, (_head_groups(scaled, g), _head_groups(k, g), _head_groups(v, g)))
+  # Named, so that a remat policy can keep them (stack.REMAT_POLICIES["dots_attention"]).
+  o, lse = checkpoint_name(o, stack.ATTENTION), checkpoint_name(lse, stack.ATTENTION)
   return _from_head_groups(o, q.shape), (q, k, v, o, lse)
 
 

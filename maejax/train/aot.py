@@ -23,7 +23,7 @@ from flax import nnx
 from jax.experimental import topologies
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from maejax.models import layers, stack
+from maejax.models import stack
 from maejax.train import loop
 from maejax.train import mesh as mesh_lib
 from maejax.train import metrics as metrics_lib
@@ -134,7 +134,7 @@ def _costs(compiled) -> dict:
 
 def _timed_compile(fn, *args):
   t0 = time.perf_counter()
-  with layers.attention_for("tpu"):  # Traced on this host's CPU, compiled for TPUs.
+  with stack.traced_for("tpu"):  # Traced on this host's CPU, compiled for TPUs.
     compiled = fn.lower(*args).compile()
   return compiled, time.perf_counter() - t0
 

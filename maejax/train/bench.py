@@ -12,6 +12,7 @@ import numpy as np
 from flax import nnx
 
 from maejax.models import flops
+from maejax.models import stack
 from maejax.train import loop
 from maejax.train import mesh as mesh_lib
 from maejax.train import metrics as metrics_lib
@@ -75,6 +76,8 @@ def bench(config, steps: int = 10, num_devices: int = 0, interleave=None) -> dic
   peak = metrics_lib.peak_tflops_per_device(config)
   figures = metrics_lib.throughput(b, step_s, analytic, peak, len(devices))
   xla = None if config.model.get("scan_layers") else flops.xla_flops(compiled)
+  remat, policy = stack.resolve_remat(config.model.get("remat"), config.model.get("remat_policy"),
+                                      bool(config.model.get("scan_layers")))
   return {
       "bench": "train", "config": config.name, "model": config.model.name,
       "backend": jax.default_backend(), "device": jax.devices()[0].device_kind,
@@ -82,7 +85,7 @@ def bench(config, steps: int = 10, num_devices: int = 0, interleave=None) -> dic
       "grad_accum_steps": int(config.grad_accum_steps),
       "image_size": int(config.data.crop_size), "channels": int(batch["image"].shape[-1]),
       "dtype": config.model.get("dtype", "float32"),
-      "remat": bool(config.model.get("remat", False)),
+      "remat": remat, "remat_policy": policy if remat else None,
       "params_m": state_lib.num_params(spec) / 1e6, "compile_s": round(compile_s, 2),
       "step_s": step_s, "images_per_s": figures["images_per_s"],
       "tflops_per_s": figures.get("tflops"), "mfu": figures.get("mfu"),

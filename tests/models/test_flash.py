@@ -152,7 +152,7 @@ def test_blocks_traced_for_tpus_match_the_cpu_path(kind, monkeypatch):
   inside; per device under a data-parallel mesh), kernels in Pallas' interpreter: the same
   values and parameter gradients as the [b, l, h, d] path CPUs take."""
   from flax import nnx
-  from maejax.models import layers
+  from maejax.models import layers, stack
   for name in ("flash_attention", "packed_attention"):
     monkeypatch.setattr(flash, name, functools.partial(getattr(flash, name), interpret=True))
   with nnx.use_eager_sharding(False):
@@ -163,7 +163,7 @@ def test_blocks_traced_for_tpus_match_the_cpu_path(kind, monkeypatch):
   loss = lambda p, x: (nnx.merge(graph, p)(x) ** 2).mean()  # noqa: E731
 
   def run(platform):
-    with layers.attention_for(platform):
+    with stack.traced_for(platform):
       return jax.jit(jax.value_and_grad(loss))(params, x)
 
   want, want_grads = run("cpu")

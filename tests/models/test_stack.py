@@ -35,6 +35,8 @@ def _loss_and_grads(model, batch, key):
     ("vit_tiny", {}),
     ("camae_tiny", {}),  # Parallel blocks; decoder stacks per channel (vmapped, then scanned).
     ("vit_tiny", {"remat": True, "remat_policy": "dots_no_batch"}),
+    # The scan under the CPU default (remat "dots_attention"), the loop without remat.
+    ("vit_tiny", {"remat": None}),
 ])
 def test_scan_equals_loop_loss_and_gradients(name, kw):
   loop, scan = _pair(name, **kw)
@@ -79,8 +81,36 @@ def test_scan_compiles_one_block_body():
   assert matmuls(8, False) - matmuls(2, False) == 6 * (matmuls(2, True) - 1)  # 6 per block.
 
 
+def test_default_remat_is_for_scanned_stacks_on_cpus():
+  assert stack.resolve_remat(None, "full", scan=True) == (True, "dots_attention")
+  assert stack.resolve_remat(None, "full", scan=False) == (False, "full")
+  for platform in ("gpu", "tpu"):
+    with stack.traced_for(platform):
+      assert stack.resolve_remat(None, "full", scan=True) == (False, "full")
+  assert stack.resolve_remat(False, "full", scan=True) == (False, "full")
+  assert stack.resolve_remat(True, "dots", scan=False) == (True, "dots")
+
+
+def _exps_in_gradient(policy):
+  """Exponentials in the gradient program of a rematerialised scanned vit_tiny: attention's
+  softmax, and GELU's erf, each counted once per program (the scan body is traced once)."""
+  model = models.create("vit_tiny", rngs=nnx.Rngs(0), **{
+      **TINY, "scan_layers": True, "remat": True, "remat_policy": policy})
+  graphdef, params = nnx.split(model)
+  batch = {"image": _images(6)}
+  loss = lambda p: nnx.merge(graphdef, p).compute_loss(batch, jax.random.key(0))[0]  # noqa: E731
+  return str(jax.make_jaxpr(jax.grad(loss))(params)).count(" exp ")
+
+
+def test_dots_attention_keeps_attention_for_the_backward_pass():
+  """Under "dots_no_batch" the backward pass runs attention's forward again (its softmax);
+  "dots_attention" keeps attention's outputs, so its gradient program has fewer exps."""
+  assert _exps_in_gradient("dots_attention") < _exps_in_gradient("dots_no_batch")
+
+
 def test_unknown_remat_policy_is_a_clear_error():
-  with pytest.raises(ValueError, match="remat_policy='fast'.*full, dots, dots_no_batch"):
+  with pytest.raises(ValueError,
+                     match="remat_policy='fast'.*full, dots, dots_no_batch, dots_attention"):
     stack.remat_policy("fast")
 
 

@@ -45,6 +45,16 @@ def test_overrides_are_typed():
   assert c.sharding_rules == (("embed", "fsdp"),)
 
 
+@pytest.mark.parametrize("text, value", [("true", True), ("False", False), ("None", None)])
+def test_unset_fields_take_bools_as_on_the_command_line(text, value):
+  """`model.remat` is None (the platform's default) until set: `--config.model.remat=true`
+  must give True, not the string "true"."""
+  c = config_lib.load_config("configs/demo.py")
+  assert c.model.remat is None
+  config_lib.apply_overrides(c, [f"--config.model.remat={text}"])
+  assert c.model.remat is value
+
+
 @pytest.mark.parametrize("override, message", [
     ("--config.batch_sise=4", "batch_sise: no such config field"),
     ("--config.model.nope=1", "model.nope: no such config field"),
