@@ -8,5 +8,5 @@ if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", "")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 # As every command does, before JAX starts its threads: keep freed memory for the next step
-# (maejax.cli.keep_freed_memory).
-import maejax.cli  # noqa: E402,F401
+# (maejax.host.keep_freed_memory).
+import maejax  # noqa: E402,F401

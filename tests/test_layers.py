@@ -19,7 +19,7 @@ ALLOWED = {
     "cli": {"cli", "eval", "api", "train", "shared", "models", "data"},
     "entry": {"cli"},
 }
-SHARED = {"maejax.config", "maejax.workdir"}
+SHARED = {"maejax.config", "maejax.workdir", "maejax.host"}
 API = {"maejax", "maejax.api", "maejax.convert"}
 # `python -m <module>` targets: two-line shims into maejax.cli (plus every __main__).
 ENTRY = {"maejax.bench", "maejax.benchmark", "maejax.compare", "maejax.embed", "maejax.probe",

@@ -1,4 +1,4 @@
-"""Commands keep freed memory for the next step instead of page-faulting it in again."""
+"""maejax keeps freed memory for the next step instead of page-faulting it in again."""
 
 import os
 import subprocess
@@ -9,7 +9,7 @@ import pytest
 # Allocates 64 MiB with malloc, writes it, frees it; then again, counting the page faults.
 _SECOND_ALLOCATION_FAULTS = """
 import ctypes, resource
-import maejax.cli
+import maejax
 libc = ctypes.CDLL("libc.so.6")
 libc.malloc.restype, libc.free.argtypes = ctypes.c_void_p, [ctypes.c_void_p]
 n = 64 * 2**20
@@ -30,7 +30,7 @@ def _faults(platforms):
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc")
-def test_cli_keeps_freed_memory_on_cpu_hosts():
+def test_maejax_keeps_freed_memory_on_cpu_hosts():
   pages = 64 * 2**20 // os.sysconf("SC_PAGE_SIZE")
   assert _faults("cpu") < pages // 100  # Reused pages: no faults.
   # Left alone where steps do not run on the host: glibc maps fresh pages again (in 4 KiB

@@ -10,12 +10,9 @@ on the last line).
 from __future__ import annotations
 
 import argparse
-import ctypes
-import glob
 import json
 import logging
 import os
-import platform
 import sys
 import warnings
 from typing import Callable, Sequence
@@ -97,34 +94,9 @@ def _one_line_warnings(format_warning):
   return fmt
 
 
-def keep_freed_memory() -> bool:
-  """Makes glibc keep freed memory for reuse instead of giving it back to the system, where
-  steps run on the host CPU. Returns whether it did.
-
-  XLA:CPU (and PyTorch) allocate a step's activations and gradients with malloc and free them
-  after it; glibc serves blocks over 32 MiB with fresh mmap pages and trims freed heap, so
-  every step page-faults its working set in again: 450,000 faults and 1-4 s of system time a
-  ViT-S/16 train step on 2 cores. One arena, no mmap and no trimming keep the pages, and the
-  process's memory stays at its peak until it exits. It must run before JAX starts its
-  threads (a thread keeps the arena it first used). A no-op off glibc, when JAX_PLATFORMS
-  leaves out the CPU, and on machines with GPUs or TPUs, whose steps do not run on the host.
-  """
-  platforms = os.environ.get("JAX_PLATFORMS", "")
-  accelerator = (os.path.exists("/dev/nvidia0") or glob.glob("/dev/accel[0-9]*")
-                 or glob.glob("/dev/vfio/[0-9]*"))
-  if (platform.libc_ver()[0] != "glibc" or accelerator
-      or (platforms and "cpu" not in platforms.split(","))):
-    return False
-  libc = ctypes.CDLL("libc.so.6")
-  m_trim_threshold, m_mmap_max, m_arena_max = -1, -4, -8  # <malloc.h>
-  return bool(libc.mallopt(m_arena_max, 1) & libc.mallopt(m_mmap_max, 0)
-              & libc.mallopt(m_trim_threshold, 2**31 - 1))
-
-
 # Once per process, not per command run: commands run repeatedly in one process (tests).
 sys.unraisablehook = _quiet_closed_loop(sys.unraisablehook)
 warnings.formatwarning = _one_line_warnings(warnings.formatwarning)
-keep_freed_memory()
 
 
 def run(main: Callable[[], int | None]) -> int:

@@ -164,7 +164,7 @@ def main_embed(argv) -> int:
 
 def bench_embed(config, *, steps: int, compare_torch: bool) -> dict:
   """Median seconds of `Model.embed` on one batch (and of the PyTorch OpenPhenom architecture's
-  forward, interleaved, when compare_torch)."""
+  forward, alternating with it, when compare_torch)."""
   cfg = models.resolve(config.model)
   b, size, c = int(config.batch_size), int(config.data.crop_size), len(config.data.channels)
   images = np.random.default_rng(0).integers(0, 256, (b, size, size, c), dtype=np.uint8)
@@ -174,13 +174,7 @@ def bench_embed(config, *, steps: int, compare_torch: bool) -> dict:
   t0 = time.perf_counter()
   run()  # Compile and warm-up.
   compile_s = time.perf_counter() - t0
-  if other is not None:
-    other()
-  times, other_times = [], []
-  for _ in range(max(steps, 1)):
-    times.append(_seconds(run))
-    if other is not None:
-      other_times.append(_seconds(other))
+  times, other_times = train_bench.alternate(run, other, steps)
   patches = (size // cfg.patch_size) ** 2 * (c if cfg.channel_agnostic else 1)
   out = dict(bench="embed", model=cfg.name, backend=jax.default_backend(), batch_size=b,
              image_size=size, channels=c, tokens=1 + patches, compile_s=round(compile_s, 2),

@@ -33,11 +33,38 @@ def random_batch(config, mesh, rules) -> dict:
        "label": np.zeros((b,), np.int32)}, mesh, rules)
 
 
+def alternate(run, other, steps: int) -> tuple[list[float], list[float]]:
+  """Seconds of `steps` calls of `run` and, if given, of `other` (warmed up here): blocks of
+  `steps` calls of each, in two rounds (run, other, run, other).
+
+  Both see the same machine load; blocks, not single calls, because a machine that pages out
+  memory left idle for a second (VMs returning it to their host) would otherwise fault one
+  framework's buffers back in after every call of the other.
+  """
+  def block(fn):
+    out = []
+    for _ in range(max(steps, 1)):
+      t0 = time.perf_counter()
+      fn()
+      out.append(time.perf_counter() - t0)
+    return out
+
+  if other is None:
+    return block(run), []
+  other()
+  times, other_times = [], []
+  for _ in range(2):
+    times += block(run)
+    other_times += block(other)
+  return times, other_times
+
+
 def bench(config, steps: int = 10, num_devices: int = 0, interleave=None) -> dict:
   """Compiles and times `steps` train steps of `config` (median step); returns the figures.
 
-  interleave: a callable (e.g. another framework's step) warmed up and timed between the
-  steps, so both see the same machine load; its median is `interleaved_step_s`.
+  interleave: a callable (e.g. another framework's step) timed alternately with the steps
+  (`alternate`: 2 x `steps` of each), so both see the same machine load; its median is
+  `interleaved_step_s`.
   """
   loop.check_settings(config)
   devices = jax.devices()[:num_devices] if num_devices > 0 else jax.devices()
@@ -58,18 +85,13 @@ def bench(config, steps: int = 10, num_devices: int = 0, interleave=None) -> dic
     compile_s = time.perf_counter() - t0
     state, metrics = compiled(state, batch)  # Warm-up.
     jax.block_until_ready(metrics)
-    if interleave is not None:
-      interleave()
-    times, other = [], []
-    for _ in range(max(steps, 1)):
-      t0 = time.perf_counter()
+
+    def step():
+      nonlocal state, metrics
       state, metrics = compiled(state, batch)
       jax.block_until_ready(metrics)
-      times.append(time.perf_counter() - t0)
-      if interleave is not None:
-        t0 = time.perf_counter()
-        interleave()
-        other.append(time.perf_counter() - t0)
+
+    times, other = alternate(step, interleave, steps)
   step_s = float(np.median(times))
   b = int(config.batch_size)
   analytic = loop.flops_per_image(config)
