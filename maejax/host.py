@@ -1,5 +1,5 @@
-"""Process settings for computing on the host CPU, applied when maejax is imported: before
-JAX (or PyTorch) starts threads, which is when they take effect."""
+"""Process settings for computing on the host CPU, applied when maejax is imported (before
+JAX, so that its first allocations follow them too)."""
 
 from __future__ import annotations
 
@@ -19,9 +19,9 @@ def keep_freed_memory() -> bool:
   ViT-S/16 train step without remat on 2 cores). No mmap and no trimming keep the main
   arena's pages; the process's memory stays at its peak until it exits. Worker threads keep
   their own arenas: one shared arena removes their faults too, but slows multi-threaded input
-  pipelines more than it saves (the demo's training 58 s -> 68 s for 1,500 steps). It must run
-  before JAX is imported. A no-op off glibc, when JAX_PLATFORMS leaves out the CPU, and on
-  machines with GPUs or TPUs, whose steps do not run on the host.
+  pipelines more than it saves (the demo's training 58 s -> 68 s for 1,500 steps). A no-op off
+  glibc, when JAX_PLATFORMS leaves out the CPU, and on machines with GPUs or TPUs, whose steps
+  do not run on the host.
   """
   platforms = os.environ.get("JAX_PLATFORMS", "")
   accelerator = (os.path.exists("/dev/nvidia0") or glob.glob("/dev/accel[0-9]*")
