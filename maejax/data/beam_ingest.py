@@ -4,14 +4,14 @@
                          map_shards=beam_ingest.map_shards(["--runner=DataflowRunner", ...]))
 
 The pipeline is Create(shard ids) -> Reshuffle -> the same `shards.ShardWriter` (one shard,
-a contiguous range of sites, per element) -> each shard's summary as a line of text in
-OUT.ingest-tmp-<pid>/_parts. This process then writes metadata.parquet and info.json and
+a contiguous range of sites, per element), which also writes the shard's summary to
+OUT.ingest-tmp-<pid>/_parts/<k>.json. This process then writes metadata.parquet and info.json and
 renames the staging folder into place exactly as the in-process ingest does, so the output is
 the same files. A bad image without skip_bad_images comes back as its shard's summary and is
 raised here as one BadImageError naming the file (not as the runner's wrapped traceback).
 
 Workers unpickle the source, so they must see its image paths (a shared or FUSE-mounted
-folder); OUT may be gs:// (`etils.epath`; Beam needs `apache-beam[gcp]` for its part files).
+folder); OUT may be gs:// (everything is written through `etils.epath`, which needs gcsfs).
 Needs the `beam` extra: `pip install "maejax[beam]"`.
 """
 
@@ -41,13 +41,12 @@ def map_shards(args: Sequence[str]):
 
   def run(write, shard_ids) -> list[dict]:
     parts_dir = epath.Path(write.out_dir) / PARTS
+    parts_dir.mkdir()
     with beam.Pipeline(options=opts) as p:
       _ = (p | "shards" >> beam.Create(list(shard_ids))
            | "spread" >> beam.Reshuffle()
-           | "write" >> beam.Map(_write_shard, write)
-           | "summaries" >> beam.io.WriteToText(str(parts_dir / "part")))
-    parts = [json.loads(line) for f in sorted(parts_dir.glob("part*"))
-             for line in f.read_text().splitlines()]
+           | "write" >> beam.Map(_write_shard, write, str(parts_dir)))
+    parts = [json.loads(f.read_text()) for f in parts_dir.glob("*.json")]
     parts_dir.rmtree()
     errors = sorted((p for p in parts if "error" in p), key=lambda p: p["shard"])
     if errors:
@@ -57,8 +56,10 @@ def map_shards(args: Sequence[str]):
   return run
 
 
-def _write_shard(k: int, write) -> str:
+def _write_shard(k: int, write, parts_dir: str) -> None:
+  """Writes shard k and its summary, `parts_dir/k.json` (a bad image: its error)."""
   try:
-    return json.dumps(write(k))
+    part = write(k)
   except sources_lib.BadImageError as e:
-    return json.dumps(dict(shard=k, error=str(e), path=e.path))
+    part = dict(shard=k, error=str(e), path=e.path)
+  (epath.Path(parts_dir) / f"{k:05d}.json").write_text(json.dumps(part))

@@ -92,16 +92,27 @@ def test_bad_image_on_a_beam_worker_is_one_error_naming_the_file(tmp_path, folde
   assert os.listdir(tmp_path) == []  # Nothing half-written.
 
 
-def test_remote_output_is_written_through_epath(tmp_path, monkeypatch):
-  """A gs:// OUT, with a local folder standing in for the bucket (no cloud call)."""
+def test_gs_output_is_written_through_epath(tmp_path):
+  """OUT = gs://bucket/ar, with etils' epath mock putting the bucket in a local folder."""
   from etils import epath
+  from etils.epath import testing
   bucket = tmp_path / "bucket"
-  monkeypatch.setattr(shards, "_remote", lambda p: True)  # Shards go via a local temp file.
-  info = shards.ingest(md.make_source(_synthetic_config()), str(bucket / "ar"), num_shards=2,
-                       map_shards=beam_ingest.map_shards(["--runner=DirectRunner"]))
-  assert sorted(p.name for p in epath.Path(bucket / "ar").iterdir()) == sorted(
-      info["shards"] + ["info.json", "metadata.parquet"])
+  bucket.mkdir()
+  local = lambda p: (str(p).replace("gs://bucket", str(bucket))  # noqa: E731
+                     if str(p).startswith("gs://") else p)
+  to_local = lambda fn, *a, **k: fn(*map(local, a), **k)  # noqa: E731
+  with testing.mock_epath(**{f: to_local for f in (
+      "copy", "exists", "glob", "isdir", "listdir", "makedirs", "mkdir", "open", "remove",
+      "rename", "replace", "rmtree", "stat", "walk")}):
+    for _ in range(2):  # A second ingest replaces the first.
+      info = shards.ingest(md.make_source(_synthetic_config()), "gs://bucket/ar", num_shards=2,
+                           map_shards=beam_ingest.map_shards(["--runner=DirectRunner"]))
+      assert sorted(p.name for p in epath.Path("gs://bucket/ar").iterdir()) == sorted(
+          info["shards"] + ["info.json", "metadata.parquet"])
   assert sorted(os.listdir(bucket)) == ["ar"]
+  c = md.default_config()
+  c.source, c.path = "arrayrecord", str(bucket / "ar")
+  assert len(md.make_source(c)) == len(synthetic.SyntheticScreen(**TINY))
 
 
 def _synthetic_config():
