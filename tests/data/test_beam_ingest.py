@@ -149,8 +149,8 @@ def test_launch_doc_commands_parse_with_beams_option_parser(caplog):
 def test_killed_beam_ingest_keeps_the_old_dataset(tmp_path):
   from tests.faults.test_faults_workdir import _digest  # pylint: disable=g-import-not-at-top
   out = tmp_path / "ar"
-  flags = ["--source=synthetic", *SYNTHETIC, "--config.data.synthetic.sites_per_well=40",
-           "--shards=40", "--no-progress", f"--out={out}", "--threads=1"]
+  flags = ["--source=synthetic", *SYNTHETIC, "--config.data.synthetic.sites_per_well=200",
+           "--shards=100", "--no-progress", f"--out={out}", "--threads=1"]
   _ingest(out, "--source=synthetic", *SYNTHETIC)
   before = _digest(out)
   proc = subprocess.Popen([sys.executable, "-m", "maejax.data.ingest", *flags,
