@@ -79,22 +79,11 @@ def ingest(args, overrides) -> dict:
   info = shards.ingest(data.make_source(cfg), args.out, num_shards=args.shards,
                        skip_bad_images=bool(cfg.skip_bad_images), options=args.options,
                        num_threads=args.threads, description=f"{cfg.source}:{cfg.path}",
-                       progress=args.progress, map_shards=_beam(args.beam_args))
+                       progress=args.progress, beam_args=args.beam_args)
   summary = {k: info[k] for k in ("num_sites", "site_shape", "channel_ids", "bytes", "seconds")}
   summary.update(out=args.out, shards=len(info["shards"]), skipped=len(info["skipped"]),
                  runner=args.runner or "in-process")
   return summary
-
-
-def _beam(beam_args):
-  """Beam's `map_shards` for --runner (None: the shards are written in this process)."""
-  if not beam_args:
-    return None
-  try:
-    from maejax.data import beam_ingest  # pylint: disable=g-import-not-at-top
-  except ImportError as e:
-    raise ImportError(f"--runner needs Apache Beam ({e}); pip install 'maejax[beam]'") from e
-  return beam_ingest.map_shards(beam_args)
 
 
 def _show(s: dict) -> None:

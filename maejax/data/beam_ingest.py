@@ -1,14 +1,14 @@
 """Ingest as an Apache Beam pipeline: the shards of `shards.ingest` written by Beam workers.
 
-    info = shards.ingest(source, out, num_shards=2000,
-                         map_shards=beam_ingest.map_shards(["--runner=DataflowRunner", ...]))
+    info = shards.ingest(source, out, num_shards=2000, beam_args=["--runner=DataflowRunner", ...])
 
 The pipeline is Create(shard ids) -> Reshuffle -> the same `shards.ShardWriter` (one shard,
 a contiguous range of sites, per element), which also writes the shard's summary to
-OUT.ingest-tmp-<pid>/_parts/<k>.json. This process then writes metadata.parquet and info.json and
-renames the staging folder into place exactly as the in-process ingest does, so the output is
-the same files. A bad image without skip_bad_images comes back as its shard's summary and is
-raised here as one BadImageError naming the file (not as the runner's wrapped traceback).
+OUT.ingest-tmp-<pid>/_parts/<k>.json (a retried shard rewrites both). This process then writes
+metadata.parquet and info.json and renames the staging folder into place exactly as the
+in-process ingest does, so the output is the same files. A bad image without skip_bad_images
+comes back as its shard's summary and is raised here as one BadImageError naming the file
+(not as the runner's wrapped traceback).
 
 Workers unpickle the source, so they must see its image paths (a shared or FUSE-mounted
 folder); OUT may be gs:// (everything is written through `etils.epath`, which needs gcsfs).
@@ -35,8 +35,8 @@ def options(args: Sequence[str]) -> pipeline_options.PipelineOptions:
 
 
 def map_shards(args: Sequence[str]):
-  """`shards.ingest(map_shards=...)`: runs `write(k)` for every shard id as a Beam pipeline
-  with pipeline options `args`; returns the shards' summaries."""
+  """run(write, shard_ids): `write(k)` for every shard id as a Beam pipeline with pipeline
+  options `args` (what `shards.ingest(beam_args=args)` does); returns the shards' summaries."""
   opts = options(args)
 
   def run(write, shard_ids) -> list[dict]:

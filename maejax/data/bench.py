@@ -37,9 +37,9 @@ def _time_iterator(config, batch_size: int, seconds: float, min_batches: int = 3
               crop_shape=list(batch["image"].shape[1:]), batches=n, seconds=round(dt, 2))
 
 
-# Beam's pipeline options of each timed ingest (None: in this process).
+# Beam's pipeline options of each timed ingest (none: in this process).
 INGEST_RUNS = {
-    "local": None,
+    "local": [],
     "beam_direct_1_worker": ["--runner=DirectRunner", "--direct_num_workers=1"],
     "beam_direct_2_workers": ["--runner=DirectRunner", "--direct_num_workers=2",
                               "--direct_running_mode=multi_processing"],
@@ -67,21 +67,14 @@ def ingest_rates(*, workdir: str, sites: int, site_size: int, num_shards: int,
     args = INGEST_RUNS[name]
     t0 = time.perf_counter()
     info = shards.ingest(source, os.path.join(workdir, name), num_shards=num_shards,
-                         num_threads=num_threads, map_shards=_map_shards(args))
+                         num_threads=num_threads, beam_args=args)
     dt = time.perf_counter() - t0
     results[name] = dict(sites_per_s=round(info["num_sites"] / dt, 1),
                          mb_per_s=round(info["bytes"] / dt / 1e6, 1), seconds=round(dt, 2),
-                         beam_options=args)
+                         beam_options=args or None)
   return dict(bench="ingest", sites=len(screen), site_shape=info["site_shape"],
               shards=num_shards, threads_per_shard=num_threads, cpu_count=os.cpu_count(),
               runs=results)
-
-
-def _map_shards(beam_args):
-  if beam_args is None:
-    return None
-  from maejax.data import beam_ingest  # pylint: disable=g-import-not-at-top  (the beam extra)
-  return beam_ingest.map_shards(beam_args)
 
 
 def run(*, workdir: str, sites: int, site_size: int, crop_size: int, batch_size: int,

@@ -49,10 +49,10 @@ def shard_range(k: int, num_shards: int, n: int) -> range:
 
 def ingest(source, out_dir: str, *, num_shards: int | None = None, skip_bad_images: bool = False,
            options: str = "group_size:1,uncompressed", num_threads: int = 4,
-           description: str = "", progress: bool = False, map_shards=None) -> dict:
+           description: str = "", progress: bool = False, beam_args=()) -> dict:
   """Writes every site of `source` to ArrayRecord shards under `out_dir`; returns info.json.
-  progress: a tqdm bar of sites read. map_shards(write, shard_ids) -> [write(k) for k] runs
-  the shards (default: here, one after another; `beam_ingest.map_shards`: a Beam pipeline)."""
+  progress: a tqdm bar of sites read. The shards are written here, one after another, or with
+  `beam_args` (Beam's pipeline options, `--runner=...` first) as an Apache Beam pipeline."""
   t0 = time.time()
   final = _resolve(out_dir)
   _check_replaceable(final)
@@ -65,10 +65,10 @@ def ingest(source, out_dir: str, *, num_shards: int | None = None, skip_bad_imag
   tmp.mkdir(parents=True)
   try:
     with tqdm.tqdm(total=n, unit="site", desc="ingest", dynamic_ncols=True,
-                   disable=not progress or map_shards is not None) as bar:
+                   disable=not progress or bool(beam_args)) as bar:
       write = ShardWriter(source, str(tmp), num_shards, skip_bad_images, options, num_threads,
                           on_sites=bar.update)
-      parts = (map_shards or _map_here)(write, range(num_shards))
+      parts = _map_shards(beam_args)(write, range(num_shards))
     info = _finish(source, tmp, num_shards, parts, options, description, t0)
   except BaseException:
     _rmtree(tmp)
@@ -77,8 +77,16 @@ def ingest(source, out_dir: str, *, num_shards: int | None = None, skip_bad_imag
   return info
 
 
-def _map_here(write, shard_ids):
-  return [write(k) for k in shard_ids]
+def _map_shards(beam_args):
+  """map_shards(write, shard_ids) -> [write(k) for k in shard_ids], here or on Beam."""
+  if not beam_args:
+    return lambda write, shard_ids: [write(k) for k in shard_ids]
+  try:
+    from maejax.data import beam_ingest  # pylint: disable=g-import-not-at-top  (the beam extra)
+  except ModuleNotFoundError as e:
+    raise ImportError(f"a Beam ingest (--runner) needs Apache Beam ({e}); "
+                      "pip install 'maejax[beam]'") from e
+  return beam_ingest.map_shards(beam_args)
 
 
 def _resolve(out_dir) -> epath.Path:

@@ -92,6 +92,15 @@ def test_bad_image_on_a_beam_worker_is_one_error_naming_the_file(tmp_path, folde
   assert os.listdir(tmp_path) == []  # Nothing half-written.
 
 
+def test_runner_without_beam_installed_says_to_install_the_extra(tmp_path, monkeypatch, capsys):
+  monkeypatch.setitem(sys.modules, "apache_beam", None)  # As if not installed.
+  monkeypatch.delitem(sys.modules, "maejax.data.beam_ingest")
+  assert ingest_cli.main([f"--out={tmp_path / 'ar'}", "--source=synthetic", *SYNTHETIC,
+                          "--runner=DirectRunner"]) == 2
+  err = capsys.readouterr().err.strip()
+  assert err.startswith("error: ") and "pip install 'maejax[beam]'" in err and "\n" not in err
+
+
 def test_gs_output_is_written_through_epath(tmp_path):
   """OUT = gs://bucket/ar, with etils' epath mock putting the bucket in a local folder."""
   from etils import epath
@@ -106,7 +115,7 @@ def test_gs_output_is_written_through_epath(tmp_path):
       "rename", "replace", "rmtree", "stat", "walk")}):
     for _ in range(2):  # A second ingest replaces the first.
       info = shards.ingest(md.make_source(_synthetic_config()), "gs://bucket/ar", num_shards=2,
-                           map_shards=beam_ingest.map_shards(["--runner=DirectRunner"]))
+                           beam_args=["--runner=DirectRunner"])
       assert sorted(p.name for p in epath.Path("gs://bucket/ar").iterdir()) == sorted(
           info["shards"] + ["info.json", "metadata.parquet"])
   assert sorted(os.listdir(bucket)) == ["ar"]
