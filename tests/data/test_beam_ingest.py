@@ -95,6 +95,7 @@ def test_bad_image_on_a_beam_worker_is_one_error_naming_the_file(tmp_path, folde
 def test_runner_without_beam_installed_says_to_install_the_extra(tmp_path, monkeypatch, capsys):
   monkeypatch.setitem(sys.modules, "apache_beam", None)  # As if not installed.
   monkeypatch.delitem(sys.modules, "maejax.data.beam_ingest")
+  monkeypatch.delattr(md, "beam_ingest")  # `from maejax.data import beam_ingest` imports anew.
   assert ingest_cli.main([f"--out={tmp_path / 'ar'}", "--source=synthetic", *SYNTHETIC,
                           "--runner=DirectRunner"]) == 2
   err = capsys.readouterr().err.strip()
