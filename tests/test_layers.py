@@ -24,9 +24,9 @@ API = {"maejax", "maejax.api", "maejax.convert"}
 # `python -m <module>` targets: two-line shims into maejax.cli (plus every __main__).
 ENTRY = {"maejax.bench", "maejax.benchmark", "maejax.compare", "maejax.embed", "maejax.probe",
          "maejax.data.ingest"}
-# Modules that import an optional extra (torch) at module level: imported only by the commands
-# that ask for it, so that no other command pays for or needs the extra.
-OPTIONAL = {"maejax.cli.torch_reference"}
+# Modules that import an optional extra (torch, beam) at module level: imported only by the
+# commands that ask for it, so that no other command pays for or needs the extra.
+OPTIONAL = {"maejax.cli.torch_reference", "maejax.data.beam_ingest"}
 
 
 def _modules() -> dict[str, pathlib.Path]:

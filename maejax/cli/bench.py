@@ -298,7 +298,14 @@ def main_data(argv) -> int:
   p.add_argument("--mfu", type=float, default=0.4,
                  help="assumed H100 utilisation for the ViT-L/16 estimate")
   p.add_argument("--workdir", default="", help="where to write the test data (default: a temp dir)")
+  p.add_argument("--ingest", action="store_true",
+                 help="time the ingest of a PNG folder instead: in this process and on Beam's "
+                      "DirectRunner with 1 and 2 workers (the beam extra)")
+  p.add_argument("--shards", type=int, default=8, help="--ingest: shards written")
+  p.add_argument("--threads", type=int, default=4, help="--ingest: decoding threads per shard")
   args = p.parse_args(argv)
+  if args.ingest:
+    return _main_ingest(args)
 
   def body():
     with tempfile.TemporaryDirectory() as tmp:
@@ -315,6 +322,21 @@ def main_data(argv) -> int:
     return out
 
   return cli.report(args, body, _show_data)
+
+
+def _main_ingest(args) -> int:
+  def body():
+    with tempfile.TemporaryDirectory() as tmp:
+      return data_bench.ingest_rates(workdir=args.workdir or tmp, sites=args.sites,
+                                     site_size=args.site_size, num_shards=args.shards,
+                                     num_threads=args.threads)
+
+  def show(out):
+    for name, r in out["runs"].items():
+      print(f"{name:22s} {r['sites_per_s']:8.1f} sites/s  {r['mb_per_s']:7.1f} MB/s  "
+            f"({out['sites']} sites {out['site_shape']}, {r['seconds']} s)")
+
+  return cli.report(args, body, show)
 
 
 def _show_data(out: dict) -> None:

@@ -5,14 +5,20 @@
         --config.data.folder.path_template='{plate}/{well}_s{site}_ch{channel}.tif' \\
         --config.data.uint16=shift --config.data.bit_depth=12 --out OUT
     python -m maejax.data.ingest --config configs/demo.py --out OUT   # a config's data
+    python -m maejax.data.ingest ... --out gs://bucket/ar --shards 2000 \\
+        --runner DataflowRunner -- --project P --region us-central1 ...   # Beam's options
 
 Train from the output with --config.data.source=arrayrecord --config.data.path=OUT.
+`--runner` (DirectRunner, DataflowRunner, FlinkRunner, SparkRunner, ...) runs the shards as an
+Apache Beam pipeline (the `beam` extra; maejax/data/beam_ingest.py); the flags after `--` are
+Beam's own pipeline options. Without it the shards are written here, `--threads` at a time.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+import sys
 from typing import Sequence
 
 from maejax import cli
@@ -44,7 +50,16 @@ def parse_args(argv):
   p.add_argument("--threads", type=int, default=4, help="threads decoding images")
   p.add_argument("--skip-bad-images", action="store_true",
                  help="skip and log bad sites (= --config.data.skip_bad_images=true)")
-  return cli.parse(p, argv)
+  p.add_argument("--runner", default=None,
+                 help="run as an Apache Beam pipeline on this runner (e.g. DirectRunner, "
+                      "DataflowRunner); Beam's pipeline options follow a bare `--`")
+  argv = sys.argv[1:] if argv is None else list(argv)
+  beam_args = argv[argv.index("--") + 1:] if "--" in argv else []
+  args, overrides = cli.parse(p, argv[:len(argv) - len(beam_args) - bool(beam_args)])
+  if beam_args and not args.runner:
+    p.error("pipeline options after `--` need --runner (e.g. --runner DirectRunner)")
+  args.beam_args = [f"--runner={args.runner}", *beam_args] if args.runner else []
+  return args, overrides
 
 
 def data_config(args, overrides):
@@ -64,9 +79,10 @@ def ingest(args, overrides) -> dict:
   info = shards.ingest(data.make_source(cfg), args.out, num_shards=args.shards,
                        skip_bad_images=bool(cfg.skip_bad_images), options=args.options,
                        num_threads=args.threads, description=f"{cfg.source}:{cfg.path}",
-                       progress=args.progress)
+                       progress=args.progress, beam_args=args.beam_args)
   summary = {k: info[k] for k in ("num_sites", "site_shape", "channel_ids", "bytes", "seconds")}
-  summary.update(out=args.out, shards=len(info["shards"]), skipped=len(info["skipped"]))
+  summary.update(out=args.out, shards=len(info["shards"]), skipped=len(info["skipped"]),
+                 runner=args.runner or "in-process")
   return summary
 
 

@@ -4,6 +4,9 @@ ArrayRecord shards (`python -m maejax.bench data`, maejax/cli/bench.py).
 Each source is read through `train_iterator` in the main process with one reading thread, so
 the figures are per CPU core; `--workers N` also times N Grain worker processes. The PNG folder
 and the ArrayRecord shards are written once from the synthetic screen into --workdir.
+`--ingest` instead times the ingest of that PNG folder (sites/s, MB/s of uint8 sites written)
+in this process and as a Beam pipeline on the DirectRunner with 1 and 2 worker processes
+(pipeline start-up included).
 """
 
 from __future__ import annotations
@@ -34,11 +37,49 @@ def _time_iterator(config, batch_size: int, seconds: float, min_batches: int = 3
               crop_shape=list(batch["image"].shape[1:]), batches=n, seconds=round(dt, 2))
 
 
-def run(*, workdir: str, sites: int, site_size: int, crop_size: int, batch_size: int,
-        seconds: float, workers: int) -> dict:
-  spec = dict(site_size=site_size, n_groups=4, genes_per_group=4, n_null_genes=0,
+# Beam's pipeline options of each timed ingest (none: in this process).
+INGEST_RUNS = {
+    "local": [],
+    "beam_direct_1_worker": ["--runner=DirectRunner", "--direct_num_workers=1"],
+    "beam_direct_2_workers": ["--runner=DirectRunner", "--direct_num_workers=2",
+                              "--direct_running_mode=multi_processing"],
+}
+
+
+def _spec(sites: int, site_size: int) -> dict:
+  return dict(site_size=site_size, n_groups=4, genes_per_group=4, n_null_genes=0,
               n_experiments=1, plates_per_experiment=1, controls_per_plate=4,
               sites_per_well=max(1, sites // 20))
+
+
+def ingest_rates(*, workdir: str, sites: int, site_size: int, num_shards: int,
+                 num_threads: int, runs=tuple(INGEST_RUNS)) -> dict:
+  """Times `shards.ingest` of a PNG folder of the synthetic screen for each of `runs`."""
+  spec = _spec(sites, site_size)
+  screen = synthetic.SyntheticScreen(**spec)
+  png_dir = os.path.join(workdir, "png")
+  synthetic.write_screen(screen, png_dir)
+  c = config_lib.default_config()
+  c.source, c.path = "folder", png_dir
+  source = sources.make_source(c)
+  results = {}
+  for name in runs:
+    args = INGEST_RUNS[name]
+    t0 = time.perf_counter()
+    info = shards.ingest(source, os.path.join(workdir, name), num_shards=num_shards,
+                         num_threads=num_threads, beam_args=args)
+    dt = time.perf_counter() - t0
+    results[name] = dict(sites_per_s=round(info["num_sites"] / dt, 1),
+                         mb_per_s=round(info["bytes"] / dt / 1e6, 1), seconds=round(dt, 2),
+                         beam_options=args or None)
+  return dict(bench="ingest", sites=len(screen), site_shape=info["site_shape"],
+              shards=num_shards, threads_per_shard=num_threads, cpu_count=os.cpu_count(),
+              runs=results)
+
+
+def run(*, workdir: str, sites: int, site_size: int, crop_size: int, batch_size: int,
+        seconds: float, workers: int) -> dict:
+  spec = _spec(sites, site_size)
   screen = synthetic.SyntheticScreen(**spec)
   png_dir, ar_dir = os.path.join(workdir, "png"), os.path.join(workdir, "arrayrecord")
   t0 = time.perf_counter()

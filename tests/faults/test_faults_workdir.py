@@ -101,7 +101,7 @@ def test_killed_reingest_keeps_the_old_dataset(tmp_path, monkeypatch, capsys):
 
   def killed(*a, **k):
     raise KeyboardInterrupt  # As if killed while writing the shards.
-  monkeypatch.setattr(shards, "_write", killed)
+  monkeypatch.setattr(shards, "_finish", killed)
   with pytest.raises(KeyboardInterrupt):
     ingest_cli.main(args)
   assert _digest(out) == before
