@@ -290,6 +290,8 @@ def _train(config, workdir, mesh, *, resume, progress, stop_at, compiler_options
         print(start_plan.summary(spec.abstract["params"]), flush=True)
     state = state_lib.init_state(model_fn_for(config.model), tx, spec, int(config.seed),
                                  compiler_options, loaded)
+    if start_plan is not None:  # The imported state: a baseline for sweeps, resumable.
+      ckpt.save(0, state, data_iter)
   if is_main:
     workdir_lib.write_config(workdir, config)
 

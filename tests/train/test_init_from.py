@@ -14,6 +14,7 @@ from flax import nnx, traverse_util
 
 import maejax
 from maejax import api
+from maejax import cli
 from maejax import config as config_lib
 from maejax import models
 from maejax import workdir as workdir_lib
@@ -32,25 +33,35 @@ OP_SIZES = dict(img_size=32, patch_size=16, width=64, depth=2, num_heads=4, mlp_
 REF_SIZES = dict(width=64, depth=2, heads=4, mlp_dim=256, patch=16, img=32, max_channels=11,
                  channels=6, dec_width=64, dec_depth=1, dec_heads=4, dec_cross_heads=2,
                  dec_mlp_dim=128)
-# One step at lr 0 (warm-up from 0 over the whole run): the step-1 checkpoint holds the state
-# the run started from.
-RUN = ["--no-progress", "--config.model.dtype=float32", "--config.batch_size=8", "--config.warmup_frac=1.0",
+RUN = ["--config.model.dtype=float32", "--config.batch_size=8", "--config.total_steps=2",
        "--config.data.crop_size=32", "--config.data.synthetic.site_size=64",
        "--config.plot_every=0", "--config.log_every=1", "--config.ckpt_every=1"]
+FAST = {"xla_backend_optimization_level": 0}
+pytestmark = pytest.mark.usefixtures("compilation_cache")
 
 
 def _model_flags(sizes):
   return [f"--config.model.{k}={v}" for k, v in sizes.items()]
 
 
+def _op_config(*flags):
+  return cli.load_config("camae_s16", [*_model_flags(OP_SIZES), *RUN, *flags])
+
+
 def _images(shape, seed=0):
   return np.random.default_rng(seed).integers(0, 256, shape, dtype=np.uint8)
+
+
+def _params(model) -> dict:
+  """{path: array} of a loaded model's parameters."""
+  return traverse_util.flatten_dict(nnx.to_pure_dict(nnx.state(model.module, nnx.Param)))
 
 
 @pytest.fixture(scope="module")
 def openphenom_run(tmp_path_factory):
   """A fake OpenPhenom checkpoint (Recursion's layout, random weights) -> `maejax.convert`'s
-  folder -> a one-step run started from it. Returns (folder, workdir, stdout of the run)."""
+  folder -> a run started from it, stopped after step 1. Returns (folder, workdir, the run's
+  stdout, maejax.load of the folder, of the run's step-0 checkpoint)."""
   torch = pytest.importorskip("torch", reason="torch (the maejax[torch] extra) writes the "
                                               "OpenPhenom-layout checkpoint")
   from maejax.cli import convert as convert_cli
@@ -61,17 +72,11 @@ def openphenom_run(tmp_path_factory):
   folder, workdir = str(root / "op"), str(root / "run")
   assert convert_cli.main(["openphenom", "--checkpoint", str(root / "model.safetensors"),
                            "--out", folder, *_model_flags(OP_SIZES)]) == 0
-  out = _train(["--config", "camae_s16", f"--workdir={workdir}", f"--config.init_from={folder}",
-                "--config.total_steps=1", *_model_flags(OP_SIZES), *RUN])
-  return folder, workdir, out
-
-
-def _train(argv):
-  """Runs the train command in this process; returns its stdout."""
-  buffer = io.StringIO()
-  with contextlib.redirect_stdout(buffer):
-    assert train_cli.main(argv) == 0
-  return buffer.getvalue()
+  out = io.StringIO()
+  with contextlib.redirect_stdout(out):  # Stopped after step 1, as if pre-empted.
+    loop.train(_op_config(f"--config.init_from={folder}"), workdir, progress=False,
+               compiler_options=FAST, stop_at=1)
+  return folder, workdir, out.getvalue(), maejax.load(folder), maejax.load(workdir, step=0)
 
 
 def _metadata(workdir, step):
@@ -80,44 +85,44 @@ def _metadata(workdir, step):
 
 
 def test_a_run_from_a_converted_folder_starts_with_its_embeddings(openphenom_run):
-  folder, workdir, out = openphenom_run
+  folder, workdir, out, source, run = openphenom_run
   assert "init_from: " in out and folder in out
-  source, run = maejax.load(folder), maejax.load(workdir, step=1)
-  for channels, pool in ((6, "mean"), (4, "channelwise")):
-    images = _images((3, 32, 32, channels), seed=channels)
-    expected = source.embed(images, pool=pool)
-    np.testing.assert_allclose(run.embed(images, pool=pool), expected, rtol=1e-6, atol=1e-6)
-  meta = _metadata(workdir, 1)["init_from"]
+  # A 4-channel subset, pooled per channel: the channel mapping is the folder's.
+  images = _images((3, 32, 32, 4))
+  expected = source.embed(images, pool="channelwise", channel_ids=[0, 2, 3, 5])
+  got = run.embed(images, pool="channelwise", channel_ids=[0, 2, 3, 5])
+  np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-6)
+  assert workdir_lib.checkpoint_steps(workdir) == [0, 1]
+  meta = _metadata(workdir, 0)["init_from"]
+  assert _metadata(workdir, 1)["init_from"] == meta
   assert meta["path"] == folder and meta["step"] is None and meta["fresh"] == []
   assert meta["source"]["format"] == "openphenom" and meta["model"] == "camae_s16"
   assert meta["loaded"] == len(jax.tree.leaves(nnx.state(source.module, nnx.Param)))
 
 
-def test_a_second_start_resumes_and_ignores_init_from(openphenom_run):
-  folder, workdir, _ = openphenom_run
-  before = maejax.load(workdir, step=1)
-  out = _train(["--config", "camae_s16", f"--workdir={workdir}", f"--config.init_from={folder}",
-                "--config.total_steps=2", *_model_flags(OP_SIZES), *RUN])
-  assert f"Resuming from step 1" in out and f"init_from {folder} ignored" in out
+def test_a_second_start_resumes_and_ignores_init_from(openphenom_run, capsys):
+  folder, workdir, _, source, first = openphenom_run
+  loop.train(_op_config(f"--config.init_from={folder}"), workdir, progress=False,
+             compiler_options=FAST)
+  out = capsys.readouterr().out
+  assert "Resuming from step 1" in out and f"init_from {folder} ignored" in out
   assert "init_from: " not in out  # Nothing was loaded.
   assert _metadata(workdir, 2)["init_from"]["path"] == folder  # Provenance carried over.
-  # The second step trained on from the first (lr > 0 now), not from the folder again.
-  after = maejax.load(workdir, step=2)
-  images = _images((2, 32, 32, 6))
-  assert not np.allclose(after.embed(images), before.embed(images))
+  # Trained on from step 1, not from the folder again.
+  before, after, source = _params(first), _params(maejax.load(workdir, step=2)), _params(source)
+  assert all(np.array_equal(before[p], source[p]) for p in source)
+  assert all(not np.array_equal(after[p], before[p]) for p in after if p[-1] == "kernel")
 
 
 def test_a_workdir_step_is_a_source(openphenom_run, tmp_path):
   """DIR/checkpoints/STEP names one checkpoint, as maejax.load does; the params placed on an
   FSDP x tensor mesh equal that checkpoint's."""
-  _, workdir, _ = openphenom_run
+  _, workdir, _, _, first = openphenom_run
   config = workdir_lib.read_config(workdir)
   config.mesh.fsdp, config.mesh.tensor = 2, 2
-  where = f"{workdir}/checkpoints/1"
-  state, spec, p = _start(config, where)
-  assert p.step == 1 and p.directory == workdir
-  expected = traverse_util.flatten_dict(nnx.to_pure_dict(
-      nnx.state(maejax.load(workdir, step=1).module, nnx.Param)))
+  state, spec, p = _start(config, f"{workdir}/checkpoints/0")
+  assert p.step == 0 and p.directory == workdir
+  expected = _params(first)
   got = traverse_util.flatten_dict(state["params"])
   shardings = traverse_util.flatten_dict(spec.shardings["params"])
   assert set(got) == set(expected)
@@ -136,7 +141,8 @@ def _start(config, where):
   spec = state_lib.make_spec(model_fn, tx, mesh, rules)
   p = init_from_lib.plan(where, config.model, spec.abstract["params"])
   loaded = init_from_lib.place(init_from_lib.read(p), spec.abstract["params"])
-  return state_lib.init_state(model_fn, tx, spec, 0, loaded=loaded), spec, p
+  state = state_lib.init_state(model_fn, tx, spec, 0, FAST, loaded)
+  return state, spec, p
 
 
 def test_a_wsl_head_on_an_mae_encoder(tmp_path):
@@ -173,9 +179,9 @@ def test_a_source_that_does_not_fit_is_one_line(tmp_path, capsys, field, value, 
   source = models.create("camae_s16", **{**OP_SIZES, field: value})
   api.save_pretrained(source, {"model": source.cfg.to_dict()}, tmp_path / "src")
   workdir = tmp_path / "run"
-  code = train_cli.main(["--config", "camae_s16", f"--workdir={workdir}",
-                         f"--config.init_from={tmp_path / 'src'}", "--config.total_steps=1",
-                         *_model_flags(OP_SIZES), *RUN])
+  code = train_cli.main(["--config", "camae_s16", f"--workdir={workdir}", "--no-progress",
+                         f"--config.init_from={tmp_path / 'src'}", *_model_flags(OP_SIZES),
+                         *RUN])
   err = capsys.readouterr().err
   assert code == 2 and err.count("\n") == 1 and "Traceback" not in err, err
   assert err.startswith(f"error: init_from {tmp_path / 'src'}: ")
