@@ -242,6 +242,8 @@ def train(config, workdir, *, resume: bool = True, progress: bool = True,
   that changes the state (checkpoint.STATE_FIELDS) or checkpoints that cannot be read stop
   with a CheckpointError (a ValueError) before anything is written. The workdir is locked
   for the run (workdir.Lock): a second run on it is a LockedError naming the first.
+  config.init_from: a run with no checkpoints starts from those weights (train.init_from),
+  saved as checkpoint 0; a resumed run ignores it and says so.
   stop_at: stop (with a checkpoint) after this step, as a pre-emption would.
   compiler_options: XLA options for the jitted init and step (tests compile faster with
   {"xla_backend_optimization_level": 0}).

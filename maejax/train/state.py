@@ -5,7 +5,9 @@
 
 Models hold parameters only (fixed tables such as sin-cos positions are computed at call
 time), so params and the graphdef rebuild the whole model. The NNX model is split once (`graphdef` kept on the host); the step merges it back inside
-`jit`. Parameters never exist on one host: `init` runs under `jit` with `out_shardings`.
+`jit`. Parameters never exist on one host: `init` runs under `jit` with `out_shardings` (a run
+started from other weights reads those on each host and places them shard by shard first:
+maejax.train.init_from).
 """
 
 import dataclasses
