@@ -114,16 +114,17 @@ def test_a_second_start_resumes_and_ignores_init_from(openphenom_run, capsys):
   assert all(not np.array_equal(after[p], before[p]) for p in after if p[-1] == "kernel")
 
 
-def test_a_workdir_step_is_a_source(openphenom_run, tmp_path):
-  """DIR/checkpoints/STEP names one checkpoint, as maejax.load does; the params placed on an
-  FSDP x tensor mesh equal that checkpoint's."""
+def test_a_workdir_step_is_a_source(openphenom_run):
+  """DIR/checkpoints/STEP names one checkpoint, as maejax.load does; its params placed on an
+  FSDP x tensor mesh keep their values and take the run's shardings."""
   _, workdir, _, _, first = openphenom_run
   config = workdir_lib.read_config(workdir)
   config.mesh.fsdp, config.mesh.tensor = 2, 2
-  state, spec, p = _start(config, f"{workdir}/checkpoints/0")
+  spec, _ = _spec(config)
+  p = init_from_lib.plan(f"{workdir}/checkpoints/0", config.model, spec.abstract["params"])
   assert p.step == 0 and p.directory == workdir
-  expected = _params(first)
-  got = traverse_util.flatten_dict(state["params"])
+  placed = init_from_lib.place(init_from_lib.read(p), spec.abstract["params"])
+  got, expected = traverse_util.flatten_dict(placed), _params(first)
   shardings = traverse_util.flatten_dict(spec.shardings["params"])
   assert set(got) == set(expected)
   for path, value in got.items():
@@ -132,17 +133,21 @@ def test_a_workdir_step_is_a_source(openphenom_run, tmp_path):
   assert any(not s.is_fully_replicated for s in shardings.values())
 
 
-def _start(config, where):
-  """The run's step-0 state from `where` on the config's mesh: (state, spec, plan)."""
-  mesh = mesh_lib.make_mesh(config.mesh)
-  rules = tuple(tuple(r) for r in config.sharding_rules)
+def _spec(config):
+  """(state spec on the config's mesh, optimizer)."""
   tx = optimizer_lib.make_optimizer(config)
-  model_fn = loop.model_fn_for(config.model)
-  spec = state_lib.make_spec(model_fn, tx, mesh, rules)
+  return state_lib.make_spec(loop.model_fn_for(config.model), tx,
+                             mesh_lib.make_mesh(config.mesh),
+                             tuple(tuple(r) for r in config.sharding_rules)), tx
+
+
+def _start(config, where):
+  """The run's step-0 state from `where` on the config's mesh: (state, plan)."""
+  spec, tx = _spec(config)
   p = init_from_lib.plan(where, config.model, spec.abstract["params"])
   loaded = init_from_lib.place(init_from_lib.read(p), spec.abstract["params"])
-  state = state_lib.init_state(model_fn, tx, spec, 0, FAST, loaded)
-  return state, spec, p
+  state = state_lib.init_state(loop.model_fn_for(config.model), tx, spec, 0, FAST, loaded)
+  return state, p
 
 
 def test_a_wsl_head_on_an_mae_encoder(tmp_path):
@@ -152,7 +157,7 @@ def test_a_wsl_head_on_an_mae_encoder(tmp_path):
   api.save_pretrained(source, {"model": source.cfg.to_dict()}, tmp_path / "mae")
   config = config_lib.experiment("wsl", "wsl_tiny_vit")
   config.mesh.fsdp = 2
-  state, _, p = _start(config, str(tmp_path / "mae"))
+  state, p = _start(config, str(tmp_path / "mae"))
   assert p.fresh == ("head",) and p.unused == ("decoder",)
   encoder = traverse_util.flatten_dict(nnx.to_pure_dict(nnx.state(source.encoder, nnx.Param)))
   got = traverse_util.flatten_dict(state["params"]["encoder"])
