@@ -12,6 +12,7 @@ import ast
 import importlib.util
 import json
 import os
+import textwrap
 from typing import Any, Sequence
 
 import ml_collections
@@ -55,6 +56,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.min_lr_frac = 0.0  # Cosine ends at lr * min_lr_frac.
   c.grad_clip_norm = 1.0  # <= 0 turns clipping off.
   c.seed = 0
+  c.init_from = ""  # A converted/pretrained folder or a workdir (FIELD_NOTES).
 
   c.log_every = 50
   c.ckpt_every = 1000
@@ -267,9 +269,21 @@ def flatten(config, prefix: str = "") -> dict[str, Any]:
   return out
 
 
+# What a field means, where its name and default do not say it (`--help` shows these).
+FIELD_NOTES = {
+    "init_from": "start from a model's parameters with a fresh optimizer (saved as checkpoint "
+                 "0): a `maejax.convert` or save_pretrained folder, or a training "
+                 "workdir (its newest checkpoint; DIR/checkpoints/STEP for one); a WSL head on "
+                 "an MAE encoder starts fresh; ignored once --workdir holds checkpoints",
+}
+
+
 def fields_help(config, prefix: str = "") -> str:
   """The `--help` epilog: every field of `config` that `--config.<field>=` can set."""
   lines = [f"  --config.{prefix}{name}={_show(value)}"
+           + ("\n" + textwrap.fill(FIELD_NOTES[prefix + name], 96, initial_indent=" " * 6,
+                                   subsequent_indent=" " * 6)
+              if prefix + name in FIELD_NOTES else "")
            for name, value in sorted(flatten(config).items())]
   return ("fields (--config.<field>=<value>, typed like the default shown; an unknown field or "
           "a value of the wrong type is an error):\n" + "\n".join(lines))

@@ -5,7 +5,9 @@ A training workdir (`python -m maejax.train`), local or on a bucket (`gs://...`)
     config.json            the config of the latest run in it
     checkpoints/<step>/    Orbax items: state (params, optimizer state, ...), data (the Grain
                            iterator of each process), config (what this checkpoint trained
-                           with), and custom metadata {"step", "train_flops", "images_seen"}
+                           with), and custom metadata {"step", "train_flops", "images_seen",
+                           "init_from" (when the run started from other weights: path, step,
+                           source, counts of loaded / fresh / unused)}
     metrics.jsonl          one JSON object per logged step
     tensorboard/, plots/
     lock.json              while a run holds the workdir: {"host", "pid", "since"} (`Lock`)
@@ -416,7 +418,7 @@ def checkpoint_config(m: ocp.CheckpointManager, step: int) -> ml_collections.Con
 
 
 def checkpoint_metadata(m: ocp.CheckpointManager, step: int) -> dict[str, Any]:
-  """{"step", "train_flops", "images_seen"} saved with a checkpoint."""
+  """{"step", "train_flops", "images_seen"[, "init_from"]} saved with a checkpoint."""
   # The step's metadata file alone: m.metadata(step) also reads each item's metadata and logs
   # 'Item "state" ... could not be restored' for every item no restore has named yet.
   step_dir = m.directory / str(int(step))

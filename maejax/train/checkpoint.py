@@ -95,6 +95,7 @@ class Checkpointer:
   def __init__(self, workdir, config, *, async_save: bool | None = None):
     self.directory = workdir_lib.checkpoints_dir(workdir)
     self.config = config
+    self.init_from = None  # The run's start (init_from.Plan.provenance), kept in every save.
     async_save = config.get("async_checkpoint", True) if async_save is None else async_save
     self.manager = workdir_lib.manager(
         workdir, keep_last=int(config.get("keep_last", 3)),
@@ -116,6 +117,8 @@ class Checkpointer:
     if data_iter is not None:
       args["data"] = grain.checkpoint.CheckpointSave(data_iter)
     meta = {"step": int(step), "train_flops": float(train_flops), "images_seen": int(images_seen)}
+    if self.init_from is not None:
+      meta["init_from"] = self.init_from
     return self.manager.save(step, args=ocp.args.Composite(**args), custom_metadata=meta,
                              force=force)
 

@@ -23,6 +23,7 @@ from maejax import models
 from maejax import workdir as workdir_lib
 from maejax.models import flops
 from maejax.train import checkpoint as checkpoint_lib
+from maejax.train import init_from as init_from_lib
 from maejax.train import mesh as mesh_lib
 from maejax.train import metrics as metrics_lib
 from maejax.train import optimizer as optimizer_lib
@@ -241,6 +242,8 @@ def train(config, workdir, *, resume: bool = True, progress: bool = True,
   that changes the state (checkpoint.STATE_FIELDS) or checkpoints that cannot be read stop
   with a CheckpointError (a ValueError) before anything is written. The workdir is locked
   for the run (workdir.Lock): a second run on it is a LockedError naming the first.
+  config.init_from: a run with no checkpoints starts from those weights (train.init_from),
+  saved as checkpoint 0; a resumed run ignores it and says so.
   stop_at: stop (with a checkpoint) after this step, as a pre-emption would.
   compiler_options: XLA options for the jitted init and step (tests compile faster with
   {"xla_backend_optimization_level": 0}).
@@ -261,6 +264,10 @@ def _train(config, workdir, mesh, *, resume, progress, stop_at, compiler_options
 
   tx = optimizer_lib.make_optimizer(config)
   spec = state_lib.make_spec(model_fn_for(config.model), tx, mesh, rules)
+  init_from = str(config.get("init_from") or "")
+  start_plan = None
+  if init_from and not workdir_lib.checkpoint_steps(workdir):  # Resuming wins.
+    start_plan = init_from_lib.plan(init_from, config.model, spec.abstract["params"])
   source = data.make_source(config.data)
   data_iter = data.train_iterator(config.data, batch_size=int(config.batch_size),
                                   seed=int(config.seed), shard_index=jax.process_index(),
@@ -271,12 +278,22 @@ def _train(config, workdir, mesh, *, resume, progress, stop_at, compiler_options
   if restored is not None:
     start, state, meta = restored
     train_flops = float(meta.get("train_flops", 0.0))
+    ckpt.init_from = meta.get("init_from")
     if is_main:
-      print(f"Resuming from step {start} ({ckpt.directory}).", flush=True)
+      ignored = f"; init_from {init_from} ignored" if init_from else ""
+      print(f"Resuming from step {start} ({ckpt.directory}){ignored}.", flush=True)
   else:
     start, train_flops = 0, 0.0
+    loaded = None
+    if start_plan is not None:
+      loaded = init_from_lib.place(init_from_lib.read(start_plan), spec.abstract["params"])
+      ckpt.init_from = start_plan.provenance()
+      if is_main:
+        print(start_plan.summary(spec.abstract["params"]), flush=True)
     state = state_lib.init_state(model_fn_for(config.model), tx, spec, int(config.seed),
-                                 compiler_options)
+                                 compiler_options, loaded)
+    if start_plan is not None:  # The imported state: a baseline for sweeps, resumable.
+      ckpt.save(0, state, data_iter)
   if is_main:
     workdir_lib.write_config(workdir, config)
 
@@ -329,7 +346,8 @@ def _train(config, workdir, mesh, *, resume, progress, stop_at, compiler_options
   summary = {"status": status, "step": step, "total_steps": total,
              "first_loss": meter.first_loss, "final_loss": meter.last_loss,
              "wall_s": round(time.time() - t0, 2), "train_flops": meter.train_flops,
-             "workdir": str(workdir_lib.path(workdir)), "checkpoint_step": ckpt.latest_step()}
+             "workdir": str(workdir_lib.path(workdir)), "checkpoint_step": ckpt.latest_step(),
+             "init_from": ckpt.init_from}
   logging.info("training summary: %s", summary)
   if is_main:
     print(f"{status} at step {step}/{total}: loss {_fmt(meter.first_loss)} -> "

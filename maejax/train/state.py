@@ -5,7 +5,9 @@
 
 Models hold parameters only (fixed tables such as sin-cos positions are computed at call
 time), so params and the graphdef rebuild the whole model. The NNX model is split once (`graphdef` kept on the host); the step merges it back inside
-`jit`. Parameters never exist on one host: `init` runs under `jit` with `out_shardings`.
+`jit`. Parameters never exist on one host: `init` runs under `jit` with `out_shardings` (a run
+started from other weights reads those on each host and places them shard by shard first:
+maejax.train.init_from).
 """
 
 import dataclasses
@@ -49,18 +51,32 @@ def make_spec(model_fn: Callable[[jax.Array], nnx.Module], tx: optax.GradientTra
   return StateSpec(graphdef, abstract, shardings)
 
 
-def _fresh_state(model_fn, tx, key):
+def _fresh_state(model_fn, tx, key, loaded=None):
   init_key, train_key = jax.random.split(key)
   params = nnx.to_pure_dict(nnx.state(model_fn(init_key), nnx.Param))
+  if loaded:  # Replaced leaves: XLA drops their random init.
+    params = _overlay(params, loaded)
   return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params),
           "key": jax.random.key_data(train_key)}
 
 
-def init_state(model_fn, tx, spec: StateSpec, seed: int, compiler_options=None) -> dict:
-  """A fresh train state, each array created on its devices (no host copy)."""
-  init = jax.jit(lambda k: _fresh_state(model_fn, tx, k), out_shardings=spec.shardings,
-                 compiler_options=compiler_options)
-  return init(jax.random.key(seed))
+def _overlay(params: dict, loaded: dict) -> dict:
+  """`params` with the leaves that the nested subset `loaded` holds replaced by its own."""
+  return {k: (_overlay(v, loaded[k]) if isinstance(v, dict) else loaded[k]) if k in loaded
+          else v for k, v in params.items()}
+
+
+def init_state(model_fn, tx, spec: StateSpec, seed: int, compiler_options=None,
+               loaded: dict | None = None) -> dict:
+  """A fresh train state, each array created on its devices (no host copy).
+
+  loaded: a pure-dict subset of the params, already on the state's shardings (from another
+  model: maejax.train.init_from), that replaces the fresh leaves; the optimizer state is
+  initialised over the result. Its buffers are donated.
+  """
+  init = jax.jit(lambda k, p: _fresh_state(model_fn, tx, k, p), out_shardings=spec.shardings,
+                 donate_argnums=1, compiler_options=compiler_options)
+  return init(jax.random.key(seed), loaded or {})
 
 
 def merge(spec: StateSpec, params) -> nnx.Module:
