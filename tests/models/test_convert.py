@@ -176,7 +176,7 @@ def test_openphenom_cli_writes_a_loadable_checkpoint(openphenom, tmp_path, capsy
   summary = json.loads(captured.out.strip().splitlines()[-1])
   loaded = maejax.load(tmp_path / "out")
   assert summary["params"] == convert.count_params(loaded.module)
-  assert loaded.config.model.pos_layout == "row_first"
+  assert summary["pos_layout"] == loaded.config.model.pos_layout == "row_first"
   assert "fc_norm" in captured.err and "decoder.placeholder" in captured.err
   images = uint8_images((3, 64, 64, 11), seed=2)  # Up to the 11 channels the encoder takes.
   for channels, pool in [(range(6), "mean"), (range(6), "channelwise"), ((1, 2, 4, 5), "mean"),
