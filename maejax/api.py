@@ -15,6 +15,7 @@ import logging
 import jax
 import jax.numpy as jnp
 import numpy as np
+import orbax.checkpoint as ocp
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
@@ -57,9 +58,33 @@ def load(directory, *, step=None):
     config = workdir_lib.read_config(d)
     module = models.create(config.model)
     abstract = jax.tree.map(_on_local_device, nnx.state(module))
-    nnx.update(module, workdir_lib.restore_pretrained_state(d, abstract))
+    try:
+      state = workdir_lib.restore_pretrained_state(d, abstract)
+    except ValueError:
+      _check_not_stored_positions(d, config)
+      raise
+    nnx.update(module, state)
     return Model(module, config)
   return _load_checkpoint(*workdir_lib.resolve(d, step))
+
+
+def _check_not_stored_positions(d, config):
+  """One line for a folder converted before maejax computed its sin-cos positions (before
+  2026-12-01): its state holds the imported table (`tokenizer.pos`), whose layout (OpenPhenom's
+  is row first) the config does not record, so only converting it again imports it exactly."""
+  try:
+    with ocp.StandardCheckpointer() as ckptr:
+      tree = ckptr.metadata(d / workdir_lib.STATE).item_metadata.tree
+  except (OSError, ValueError, KeyError, AttributeError):
+    return  # Unreadable metadata: the restore error says more.
+  if "pos" not in tree.get("encoder", {}).get("tokenizer", {}):
+    return
+  source = config.get("source") or {}
+  command = (f"`python -m maejax.convert {source['format']} --checkpoint {source['checkpoint']} "
+             f"--out {d}`" if {"format", "checkpoint"} <= set(source) else
+             "`python -m maejax.convert`")
+  raise ValueError(f"{d} was converted by an older maejax that stored its position tables; "
+                   f"convert the original weights again with {command}")
 
 
 def _load_checkpoint(workdir, step):

@@ -18,7 +18,6 @@ import maejax
 from maejax import config as config_lib
 from maejax import workdir as workdir_lib
 from maejax.cli import convert as convert_cli
-from maejax.models.tokenizers import sincos_2d
 from maejax.train import checkpoint as checkpoint_lib
 from maejax.train import loop
 from maejax.train import metrics as metrics_lib
@@ -105,11 +104,8 @@ def test_hf_vitmae_folder_names_the_convert_command_that_then_loads(tmp_path, ca
       hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
       image_size=32, patch_size=16, num_channels=3, decoder_hidden_size=16,
       decoder_num_hidden_layers=1, decoder_num_attention_heads=2, decoder_intermediate_size=32))
-  torch = pytest.importorskip("torch")
-  with torch.no_grad():  # The fixed sin-cos tables of released checkpoints (init leaves zeros).
-    hf.vit.embeddings.position_embeddings[0, 1:] = torch.from_numpy(np.asarray(sincos_2d(2, 2, 32)))
-    hf.decoder.decoder_pos_embed[0, 1:] = torch.from_numpy(np.asarray(sincos_2d(2, 2, 16)))
-    hf.decoder.decoder_pos_embed[:, 0] = 0.0
+  from maejax.cli.torch_reference import init_vitmae_positions  # Needs torch.
+  init_vitmae_positions(hf)  # transformers' own sin-cos tables (transformers 5 leaves zeros).
   hf.save_pretrained(tmp_path / "vit-mae")
   with pytest.raises(FileNotFoundError) as e:
     maejax.load(tmp_path / "vit-mae")
@@ -120,9 +116,42 @@ def test_hf_vitmae_folder_names_the_convert_command_that_then_loads(tmp_path, ca
   out = argv[argv.index("--out") + 1]
   assert f"maejax.load({out!r})" in str(e.value)
   model = maejax.load(out)
-  assert model.embed(np.zeros((1, 32, 32, 3), np.uint8)).shape == (1, 32)
+  images = np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
+  assert model.embed(images).shape == (2, 32)
   assert repr(model).startswith("Model(") and "3 channels" in repr(model)
   capsys.readouterr()
+  # A folder converted before `pos_layout` existed: its config.json lacks the field, which
+  # then means "column_first", MAE's and HF's layout: the importer of that time accepted only
+  # tables equal to it.
+  config_file = os.path.join(out, "config.json")
+  with open(config_file) as f:
+    config = json.load(f)
+  assert config["model"].pop("pos_layout") == "column_first"
+  with open(config_file, "w") as f:
+    json.dump(config, f)
+  old = maejax.load(out)
+  assert old.config.model.get("pos_layout") is None and old.module.cfg.pos_layout == "column_first"
+  np.testing.assert_array_equal(old.embed(images), model.embed(images))
+
+
+class PosTable(nnx.Variable):
+  """The variable type in which maejax stored position tables before 2026-12-01."""
+
+
+def test_folder_with_stored_position_tables_says_convert_again(tmp_path):
+  """A folder converted when maejax stored the imported table (OpenPhenom's is row first, and
+  its config.json does not say so) is refused in one line naming the convert command."""
+  module = maejax.create("camae_tiny")
+  module.encoder.tokenizer.pos = PosTable(jax.numpy.zeros((16, 64)))
+  module.decoder.pos = PosTable(jax.numpy.zeros((16, 64)))
+  source = {"format": "openphenom", "checkpoint": "/data/OpenPhenom/model.safetensors"}
+  maejax.save_pretrained(module, {"model": maejax.get_config("camae_tiny").to_dict(),
+                                  "source": source}, tmp_path / "op")
+  with pytest.raises(ValueError) as e:
+    maejax.load(tmp_path / "op")
+  assert len(str(e.value).splitlines()) == 1 and "older maejax that stored" in str(e.value)
+  assert _convert_command(e.value) == [
+      "openphenom", "--checkpoint", source["checkpoint"], "--out", str(tmp_path / "op")]
 
 
 @pytest.mark.parametrize("config", [{"model_type": "MAE", "architectures": ["MAEModel"]}, None])

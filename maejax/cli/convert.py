@@ -63,12 +63,12 @@ def convert_checkpoint(args, overrides) -> dict:
   source = str(workdir_lib.path(args.checkpoint))
   out = convert.save(model, cfg, args.out, {"format": args.format, "checkpoint": source})
   return {"format": args.format, "checkpoint": source, "out": out, "model": cfg.name,
-          "params": convert.count_params(model), "warnings": notes}
+          "params": convert.count_params(model), "pos_layout": cfg.pos_layout, "warnings": notes}
 
 
 def _show(s: dict) -> None:
-  print(f"wrote {s['out']}: model {s['model']}, {s['params']:,} parameters; "
-        f"use maejax.load({s['out']!r})")
+  print(f"wrote {s['out']}: model {s['model']}, {s['params']:,} parameters, {s['pos_layout']} "
+        f"sin-cos positions; use maejax.load({s['out']!r})")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

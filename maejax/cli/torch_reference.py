@@ -6,31 +6,22 @@ of `python -m maejax.bench {model,embed} --compare-torch`. Needs the torch extra
 parallel blocks, CA-MAE decoder, with the released checkpoint's parameter NAMES so that
 `maejax.convert.convert_openphenom` maps its `state_dict()` unchanged; attention is
 `F.scaled_dot_product_attention`, as in timm's ViT that OpenPhenom builds on. Sizes are arguments;
-tests use tiny ones. Layout is PyTorch's: pixels uint8 [batch, channels, H, W].
-`vitmae_for_pretraining`: transformers' `ViTMAEForPreTraining` of a maejax ViT-MAE config.
+tests use tiny ones. Layout is PyTorch's: pixels uint8 [batch, channels, H, W]. Its positions are
+the `pos_embed` / `pos_embeddings` tensors of its state_dict, as in Recursion's model: nothing here
+computes them (the tests load Recursion's own tables from ../shared/reference).
+`vitmae_for_pretraining`: transformers' `ViTMAEForPreTraining` of a maejax ViT-MAE config, its
+position tables filled by transformers' own init (`init_vitmae_positions`).
 """
 
 from __future__ import annotations
 
 import math
 
-import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 EPS = 1e-6
-
-
-def sincos_table(grid, dim):
-  """MAE's fixed 2-D sin-cos table [grid*grid, dim]: first half encodes the column index."""
-  def one_axis(pos, d):
-    omega = 1.0 / 10000 ** (np.arange(d // 2) / (d / 2.0))
-    out = np.outer(pos, omega)
-    return np.concatenate([np.sin(out), np.cos(out)], axis=1)
-
-  rows, cols = np.divmod(np.arange(grid * grid), grid)
-  return np.concatenate([one_axis(cols, dim // 2), one_axis(rows, dim // 2)], 1).astype(np.float32)
 
 
 class Holder(nn.Module):
@@ -164,8 +155,8 @@ class OpenPhenomReference(nn.Module):
   # -- random weights -------------------------------------------------------------------------
   @torch.no_grad()
   def randomize(self, seed=0):
-    """Random O(1)-output weights (LayerScale far from its 1e-4 init so every block counts);
-    fixed sin-cos positions, tiled per channel; a random (non-zero) CLS position."""
+    """Random O(1)-output weights (LayerScale far from its 1e-4 init so every block counts),
+    except the fixed position tables, which stay zero until a state_dict loads them."""
     g = torch.Generator().manual_seed(seed)
     rand = lambda *s: torch.randn(*s, generator=g)
     for name, p in self.named_parameters():
@@ -173,18 +164,12 @@ class OpenPhenomReference(nn.Module):
         p.copy_(1.0 + 0.2 * rand(*p.shape))
       elif name.endswith("ls.gamma"):
         p.copy_(0.5 + 0.2 * rand(*p.shape))
-      elif p.ndim >= 2 and "token" not in name and "pos" not in name and "placeholder" not in name:
+      elif "pos_embed" in name or "placeholder" in name:
+        continue
+      elif p.ndim >= 2 and "token" not in name:
         p.copy_(rand(*p.shape) / math.sqrt(p[0].numel()))
       else:
         p.copy_(0.3 * rand(*p.shape))
-    vit, dec = self.encoder.vit_backbone, self.decoder
-    enc_table = torch.from_numpy(sincos_table(int(self.n ** 0.5), vit.pos_embed.shape[-1]))
-    max_ch = (vit.pos_embed.shape[1] - 1) // self.n
-    vit.pos_embed[0, 1:] = enc_table.repeat(max_ch, 1)
-    dec_table = torch.from_numpy(sincos_table(int(self.n ** 0.5), dec.pos_embeddings.shape[-1]))
-    dec.pos_embeddings[0, 0] = 0.0
-    dec.pos_embeddings[0, 1:] = dec_table.repeat(self.channels, 1)
-    dec.placeholder.zero_()
     return self
 
   # -- computation ----------------------------------------------------------------------------
@@ -269,11 +254,27 @@ def vitmae_for_pretraining(cfg, *, image_size, channels):
       decoder_intermediate_size=cfg.decoder_mlp_dim, patch_size=cfg.patch_size,
       num_channels=channels, image_size=image_size, mask_ratio=cfg.mask_ratio,
       qkv_bias=cfg.qkv_bias, layer_norm_eps=cfg.norm_eps, norm_pix_loss=cfg.norm_pix_loss)
-  return transformers.ViTMAEForPreTraining(hf)
+  return init_vitmae_positions(transformers.ViTMAEForPreTraining(hf))
+
+
+@torch.no_grad()
+def init_vitmae_positions(model):
+  """Fills a transformers ViTMAEForPreTraining's fixed sin-cos tables by transformers' own init.
+
+  transformers 5 skips that init in a model made with ViTMAEForPreTraining(config) (the tables
+  stay zero): its embeddings' init returns early once the patch projection is marked
+  initialized, and the decoder's is not called at all. Earlier versions fill them already.
+  """
+  emb = model.vit.embeddings
+  emb.patch_embeddings.projection._is_hf_initialized = False  # pylint: disable=protected-access
+  emb.initialize_weights()
+  model.decoder.initialize_weights(emb.patch_embeddings.num_patches)
+  return model
 
 
 def openphenom_of(cfg, *, image_size, channels):
-  """`OpenPhenomReference` of the shape of maejax CA-MAE config `cfg` (random weights)."""
+  """`OpenPhenomReference` of the shape of maejax CA-MAE config `cfg` (random weights, zero
+  position tables: for timing only)."""
   return OpenPhenomReference(
       width=cfg.width, depth=cfg.depth, heads=cfg.num_heads, mlp_dim=cfg.mlp_dim,
       patch=cfg.patch_size, img=image_size, max_channels=cfg.max_channels,

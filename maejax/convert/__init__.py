@@ -8,7 +8,8 @@ reading it needs torch (`pip install 'maejax[torch]'`). A HuggingFace `ViTMAEFor
 `save_pretrained` folder (config.json + model.safetensors or pytorch_model.bin) is read directly.
 Every source tensor is mapped by a table of `Entry`s with its expected shape (from the model
 config); missing, unexpected and misshapen tensors are errors, tensors the computation does not
-use are warned about, and the fixed sin-cos position tables must equal the ones maejax computes. The output is a `maejax.load`-able directory.
+use are warned about, and the fixed sin-cos position tables must equal one of the layouts maejax
+computes (recorded as the model's pos_layout). The output is a `maejax.load`-able directory.
 """
 
 from __future__ import annotations
@@ -28,15 +29,15 @@ from flax import nnx
 
 from maejax import api
 from maejax import models
-from maejax.models.tokenizers import sincos_2d
+from maejax.models.tokenizers import POS_LAYOUTS, sincos_2d
 
 
 @dataclasses.dataclass(frozen=True)
 class Entry:
   """One source tensor: its name and shape, the maejax parameter it fills and how.
 
-  path None: a fixed table maejax computes itself (the sin-cos positions); `fn` only checks
-  that the stored one equals it.
+  path None: a fixed table maejax computes itself (the sin-cos positions); `fn` gives its
+  [n, d] spatial table, whose layout `pos_layout_of` decides.
   index: where in the target the converted tensor goes (a leading channel slot of the stacked
   per-channel decoder blocks, or the q/k/v slot of a fused projection); () = the whole target.
   """
@@ -99,24 +100,45 @@ def _spatial_table(key):
   return fn
 
 
-def _fixed_sincos(key, grid, spatial=lambda w: w[0, 1:]):
-  """Checks that a stored table is maejax's [grid*grid, d] sin-cos table.
+def pos_layout_of(tables, grid, zeros_hint=""):
+  """The one sin-cos layout (tokenizers.POS_LAYOUTS) of stored tables {key: [grid*grid, d]}.
 
-  maejax computes its positions from the image size at call time (tokenizers.sincos_2d), so a
-  checkpoint is imported exactly only if its table (`spatial(w)`, CLS row dropped) is that one.
+  maejax computes its positions from the image size at call time, so a checkpoint imports
+  exactly only if every table (CLS row dropped) equals the fixed table of one known layout, to
+  1e-5; the converted config records that layout. Folders converted before pos_layout existed
+  have no such field and mean "column_first", which is right: until then the importer accepted
+  only tables equal to the column-first one (older converters stored the table itself, and
+  maejax.load refuses those folders: api.load).
   """
-  def fn(w):
-    table = spatial(w)
-    expected = sincos_2d(grid, grid, table.shape[-1])
-    diff = np.abs(table - expected).max()
-    if diff > 1e-5:
-      raise ValueError(
-          f"{key}: the positional table is not maejax's fixed 2-D sin-cos table (MAE's layout, "
-          f"first half encoding the column) of a {grid}x{grid} grid (max difference "
-          f"{diff:.3g}); maejax computes its positions and cannot represent learned or "
-          f"differently laid out tables")
-    return table
-  return fn
+  found = {key: _layout_of(key, table, grid, zeros_hint) for key, table in tables.items()}
+  if len(set(found.values())) > 1:
+    raise ValueError(
+        "the positional tables are laid out differently ("
+        + ", ".join(f"{k}: {v}" for k, v in found.items())
+        + "); maejax uses one layout for the encoder and the decoder and cannot import this "
+        "checkpoint exactly")
+  return next(iter(found.values()))
+
+
+def _layout_of(key, table, grid, zeros_hint):
+  if not np.any(table):
+    raise ValueError(f"{key}: the positional table is all zeros, not a fixed sin-cos table"
+                     f"{zeros_hint}")
+  diffs = {layout: float(np.abs(table - sincos_2d(grid, grid, table.shape[-1], layout)).max())
+           for layout in POS_LAYOUTS}
+  best = min(diffs, key=diffs.get)
+  if diffs[best] > 1e-5:
+    raise ValueError(
+        f"{key}: the positional table is not the fixed 2-D sin-cos table of a {grid}x{grid} grid "
+        f"in any layout maejax computes (max difference "
+        + ", ".join(f"{v:.3g} to {k}" for k, v in diffs.items())
+        + "); maejax computes its positions and cannot represent learned tables")
+  return best
+
+
+def _fixed_tables(entries, state_dict):
+  """{key: spatial table} of the entries maejax computes itself (path None)."""
+  return {e.key: e.fn(state_dict[e.key]) for e in entries if e.path is None}
 
 
 # -- entry builders ---------------------------------------------------------------------------
@@ -199,8 +221,7 @@ def fill_model(model, entries, state_dict):
   variables = {".".join(map(str, p)): v for p, v in nnx.to_flat_state(state)}
   buffers, written = {}, {}
   for e in entries:
-    if e.path is None:
-      e.fn(state_dict[e.key])
+    if e.path is None:  # A fixed table: its layout is in the model config (pos_layout_of).
       continue
     if e.path not in variables:
       raise ValueError(f"internal: {e.key} maps to {e.path}, which the model does not have")
@@ -251,7 +272,7 @@ def openphenom_entries(cfg):
   out = [
       Entry(f"{v}.cls_token", (1, 1, d), "encoder.cls_token"),
       Entry(pos_key, (1, 1 + cfg.max_channels * n, d), None,
-            _fixed_sincos(pos_key, grid, _tiled_table(pos_key, n, cfg.max_channels))),
+            _tiled_table(pos_key, n, cfg.max_channels)),
       Entry(f"{v}.patch_embed.proj.weight", (d, 1, p, p), "encoder.tokenizer.proj.kernel",
             _conv_patch),
       Entry(f"{v}.patch_embed.proj.bias", (d,), "encoder.tokenizer.proj.bias"),
@@ -276,8 +297,7 @@ def openphenom_entries(cfg):
   out += [
       *_linear("encoder_decoder_proj", "decoder.embed", d, dd),
       Entry("decoder.mask_token", (1, 1, dd), "decoder.mask_token"),
-      Entry(dpos_key, (1, 1 + ch * n, dd), None,
-            _fixed_sincos(dpos_key, grid, _tiled_table(dpos_key, n, ch))),
+      Entry(dpos_key, (1, 1 + ch * n, dd), None, _tiled_table(dpos_key, n, ch)),
       *[Entry(f"decoder.modality_tokens.{c}", (1, 1, dd), "decoder.channel_tokens",
               lambda w: w.reshape(-1), (c,)) for c in range(ch)],
       *_linear("decoder.cross_attention.q", "decoder.cross_attention.q", dd, dd, bias=False,
@@ -311,6 +331,7 @@ def convert_openphenom(state_dict, model="camae_s16", **overrides):
   sd = {k: _to_numpy(v) for k, v in state_dict.items()}
   entries = openphenom_entries(cfg)
   check_keys(entries, sd, OPENPHENOM_UNUSED, source="OpenPhenom checkpoint", model_name=cfg.name)
+  cfg.pos_layout = pos_layout_of(_fixed_tables(entries, sd), cfg.img_size // cfg.patch_size)
   # timm adds pos_embed row 0 to the CLS token; maejax keeps no CLS position, so fold it in.
   v = "encoder.vit_backbone"
   sd[f"{v}.cls_token"] = sd[f"{v}.cls_token"] + sd[f"{v}.pos_embed"][:, :1]
@@ -362,6 +383,12 @@ def load_openphenom_state_dict(path):
 
 # -- HuggingFace ViTMAE -----------------------------------------------------------------------
 HF_UNUSED = {}
+HF_ZEROS_HINT = (
+    ": transformers 5 skips ViTMAE's sin-cos init in a model made with "
+    "ViTMAEForPreTraining(config) rather than from_pretrained, so its untrained save holds zeros; "
+    "fill the tables before save_pretrained (set model.vit.embeddings.patch_embeddings.projection."
+    "_is_hf_initialized = False, then call model.vit.embeddings.initialize_weights() and "
+    "model.decoder.initialize_weights(num_patches)) or convert a trained checkpoint")
 # transformers 5 writes the decoder layers as decoder.decoder_encoder.layer.{j}; earlier versions
 # (and the Hub's facebook/vit-mae-* files) as decoder.decoder_layers.{j}, the name used here.
 HF_RENAMES = ((re.compile(r"^decoder\.decoder_encoder\.layer\."), "decoder.decoder_layers."),)
@@ -447,15 +474,14 @@ def hf_vitmae_entries(cfg):
   pos_key, dpos_key = "vit.embeddings.position_embeddings", "decoder.decoder_pos_embed"
   out = [
       Entry("vit.embeddings.cls_token", (1, 1, d), "encoder.cls_token"),
-      Entry(pos_key, (1, 1 + n, d), None, _fixed_sincos(pos_key, grid)),
+      Entry(pos_key, (1, 1 + n, d), None, lambda w: w[0, 1:]),
       Entry("vit.embeddings.patch_embeddings.projection.weight", (d, c, p, p),
             "encoder.tokenizer.proj.kernel", _conv_patch),
       Entry("vit.embeddings.patch_embeddings.projection.bias", (d,), "encoder.tokenizer.proj.bias"),
       *_norm("vit.layernorm", "encoder.norm", d),
       *_linear("decoder.decoder_embed", "decoder.embed", d, dd),
       Entry("decoder.mask_token", (1, 1, dd), "decoder.mask_token"),
-      Entry(dpos_key, (1, 1 + n, dd), None,
-            _fixed_sincos(dpos_key, grid, _spatial_table(dpos_key))),
+      Entry(dpos_key, (1, 1 + n, dd), None, _spatial_table(dpos_key)),
       *_norm("decoder.decoder_norm", "decoder.norm", dd),
       *_linear("decoder.decoder_pred", "decoder.pred", dd, p * p * c),
   ]
@@ -478,6 +504,8 @@ def convert_hf_vitmae(state_dict, hf_config):
     sd[key] = _to_numpy(value)
   entries = hf_vitmae_entries(cfg)
   check_keys(entries, sd, HF_UNUSED, source="HF ViTMAE checkpoint", model_name=cfg.name)
+  cfg.pos_layout = pos_layout_of(_fixed_tables(entries, sd), cfg.img_size // cfg.patch_size,
+                                 HF_ZEROS_HINT)
   # HF adds position row 0 to the CLS token; maejax keeps no CLS position, so fold it in.
   sd["vit.embeddings.cls_token"] = (sd["vit.embeddings.cls_token"]
                                     + sd["vit.embeddings.position_embeddings"][:, :1])

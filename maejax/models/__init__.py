@@ -32,6 +32,10 @@ def base_config():
       width=384, depth=12, num_heads=6, mlp_dim=1536,
       block="prenorm", qkv_bias=False, qk_norm=True, layerscale=1e-4, drop_path=0.1,
       norm_eps=1e-6, final_norm=True,
+      # Which half of the fixed sin-cos positions encodes the column (tokenizers.POS_LAYOUTS):
+      # "row_first" for OpenPhenom's weights (set by maejax.convert). A config.json written
+      # before this field existed means "column_first": see maejax/convert's pos_layout_of.
+      pos_layout="column_first",
       decoder_width=512, decoder_depth=8, decoder_heads=16, decoder_mlp_dim=2048,
       decoder_cross_heads=8, decoder_qkv_bias=True,
       mask_ratio=0.75, norm_pix_loss=False, fourier_weight=0.0,
@@ -81,8 +85,8 @@ def _wsl_cnn(name, stage_sizes, widths, *, bottleneck, **kw):
 # The ViT-MAE fields a plain ViT encoder reads (maejax.models.vit.Encoder, check_images).
 _ENCODER_FIELDS = ("img_size", "patch_size", "channels", "channel_agnostic", "max_channels",
                    "width", "depth", "num_heads", "mlp_dim", "block", "qkv_bias", "qk_norm",
-                   "layerscale", "drop_path", "norm_eps", "final_norm", "dtype", "remat",
-                   "remat_policy", "scan_layers")
+                   "layerscale", "drop_path", "norm_eps", "final_norm", "pos_layout", "dtype",
+                   "remat", "remat_policy", "scan_layers")
 
 
 def _wsl_vit(name, size, patch, **kw):

@@ -107,12 +107,13 @@ class MAEDecoder(nnx.Module):
     self.pred = layers.dense(dd, cfg.patch_size ** 2 * cfg.channels, ("embed", None),
                              dtype=dtype, rngs=rngs)
     self.run_options = run_options(cfg)
+    self.pos_layout = cfg.pos_layout
 
   def __call__(self, x, ids_restore, grid_hw, channel_ids=None):
     """x: encoder output [b, 1 + keep, width] -> predictions [b, l, p*p*c]."""
     x = self.embed(x)
     patches = unshuffle(x[:, 1:], self.mask_token[...], ids_restore)
-    pos = positions(*grid_hw, x.shape[-1], x.dtype)
+    pos = positions(*grid_hw, x.shape[-1], x.dtype, self.pos_layout)
     x = jnp.concatenate([x[:, :1], patches + pos], axis=1)
     x = stack.run(self.blocks, x, **self.run_options)
     return self.pred(self.norm(x))[:, 1:]
@@ -166,6 +167,7 @@ class ChannelAgnosticDecoder(nnx.Module):
     self.mlp = layers.Mlp(dd, cfg.decoder_mlp_dim, dtype=dtype, rngs=rngs)
     self.stacks = ChannelStacks(cfg, dtype, rngs=rngs)
     self.pred = layers.dense(dd, cfg.patch_size ** 2, ("embed", None), dtype=dtype, rngs=rngs)
+    self.pos_layout = cfg.pos_layout
 
   def __call__(self, x, ids_restore, grid_hw, channel_ids):
     """x: encoder output [b, 1 + keep, width]; channel_ids [c] -> [b, c*n, p*p]."""
@@ -173,7 +175,8 @@ class ChannelAgnosticDecoder(nnx.Module):
     x = unshuffle(x[:, 1:], self.mask_token[...], ids_restore)
     b, l, d = x.shape
     c = channel_ids.shape[0]
-    x = x.reshape(b, c, l // c, d) + positions(*grid_hw, d, x.dtype)[None, None]
+    pos = positions(*grid_hw, d, x.dtype, self.pos_layout)
+    x = x.reshape(b, c, l // c, d) + pos[None, None]
     x = x + self.channel_tokens[...][channel_ids].astype(x.dtype)[None, :, None]
     x = x.reshape(b, l, d)
     # Each channel's queries attend to all tokens with shared weights: one attention of all

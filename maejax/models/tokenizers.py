@@ -51,8 +51,23 @@ def unpatchify_channels(x, p, H, W, c):
   return jnp.moveaxis(x.reshape(b, c, H, W), 1, -1)
 
 
-def sincos_2d(grid_h, grid_w, dim):
-  """Fixed 2-D sin-cos table [grid_h*grid_w, dim] (MAE): half the dims per axis."""
+# Layouts of the fixed 2-D sin-cos table, by which half of each row encodes the patch's column
+# (w) and which its row (h); each half is [sin(pos * omega) | cos(pos * omega)].
+#   column_first: [w | h] (Facebook MAE, HuggingFace ViTMAE, big_vision): maejax's default.
+#   row_first:    [h | w] (Recursion's OpenPhenom).
+POS_LAYOUTS = ("column_first", "row_first")
+
+
+def check_layout(layout):
+  if layout not in POS_LAYOUTS:
+    raise ValueError(f"model.pos_layout={layout!r}: one of {', '.join(POS_LAYOUTS)}")
+  return layout
+
+
+def sincos_2d(grid_h, grid_w, dim, layout):
+  """Fixed 2-D sin-cos table [grid_h*grid_w, dim], patches row-major, half the dims per axis
+  in `layout` (one of POS_LAYOUTS)."""
+  check_layout(layout)
   if dim % 4:
     raise ValueError(f"sin-cos positions need an embedding dim divisible by 4, got {dim}")
 
@@ -62,25 +77,28 @@ def sincos_2d(grid_h, grid_w, dim):
     return np.concatenate([np.sin(out), np.cos(out)], axis=1)
 
   gw, gh = np.meshgrid(np.arange(grid_w, dtype=np.float64), np.arange(grid_h, dtype=np.float64))
-  # MAE's reference orders (w, h): the first half encodes the column index.
-  table = np.concatenate([one_axis(gw, dim // 2), one_axis(gh, dim // 2)], axis=1)
-  return table.astype(np.float32)
+  halves = [one_axis(gw, dim // 2), one_axis(gh, dim // 2)]
+  if layout == "row_first":
+    halves.reverse()
+  return np.concatenate(halves, axis=1).astype(np.float32)
 
 
-def positions(grid_h, grid_w, dim, dtype):
-  """The sin-cos table [grid_h*grid_w, dim] as a constant of `dtype`.
+def positions(grid_h, grid_w, dim, dtype, layout):
+  """The sin-cos table [grid_h*grid_w, dim] in `layout` as a constant of `dtype`.
 
   Built from static shapes at call time (as big_vision does), so it is not module state and
   fits any grid size.
   """
-  return jnp.asarray(sincos_2d(grid_h, grid_w, dim)).astype(dtype)
+  return jnp.asarray(sincos_2d(grid_h, grid_w, dim, layout)).astype(dtype)
 
 
 class PatchEmbed(nnx.Module):
-  """Standard tokenizer: [b, H, W, c] float -> [b, n, embed] (+ sin-cos positions)."""
+  """Standard tokenizer: [b, H, W, c] float -> [b, n, embed] (+ sin-cos positions in
+  `pos_layout`)."""
 
-  def __init__(self, patch_size, channels, dim, *, dtype=None, rngs):
+  def __init__(self, patch_size, channels, dim, *, pos_layout, dtype=None, rngs):
     self.patch_size, self.channels = patch_size, channels
+    self.pos_layout = check_layout(pos_layout)
     self.proj = nnx.Linear(
         patch_size * patch_size * channels, dim, dtype=dtype, rngs=rngs,
         kernel_init=part(xavier, (None, "embed")), bias_init=part(zeros, ("embed",)))
@@ -88,7 +106,8 @@ class PatchEmbed(nnx.Module):
   def __call__(self, x):
     p = self.patch_size
     tokens = self.proj(patchify(x, p))
-    return tokens + positions(x.shape[1] // p, x.shape[2] // p, tokens.shape[-1], tokens.dtype)
+    return tokens + positions(x.shape[1] // p, x.shape[2] // p, tokens.shape[-1], tokens.dtype,
+                              self.pos_layout)
 
 
 class ChannelAgnosticPatchEmbed(nnx.Module):
@@ -98,8 +117,9 @@ class ChannelAgnosticPatchEmbed(nnx.Module):
   repeated for every channel (no channel embedding), so any c <= max_channels works.
   """
 
-  def __init__(self, patch_size, max_channels, dim, *, dtype=None, rngs):
+  def __init__(self, patch_size, max_channels, dim, *, pos_layout, dtype=None, rngs):
     self.patch_size, self.max_channels = patch_size, max_channels
+    self.pos_layout = check_layout(pos_layout)
     self.proj = nnx.Linear(
         patch_size * patch_size, dim, dtype=dtype, rngs=rngs,
         kernel_init=part(xavier, (None, "embed")), bias_init=part(zeros, ("embed",)))
@@ -107,5 +127,6 @@ class ChannelAgnosticPatchEmbed(nnx.Module):
   def __call__(self, x):
     p, c = self.patch_size, x.shape[-1]
     tokens = self.proj(patchify_channels(x, p))
-    pos = positions(x.shape[1] // p, x.shape[2] // p, tokens.shape[-1], tokens.dtype)
+    pos = positions(x.shape[1] // p, x.shape[2] // p, tokens.shape[-1], tokens.dtype,
+                    self.pos_layout)
     return tokens + jnp.tile(pos, (c, 1))

@@ -44,10 +44,11 @@ class Encoder(nnx.Module):
     dtype = dtype_of(cfg.dtype)
     if cfg.channel_agnostic:
       self.tokenizer = ChannelAgnosticPatchEmbed(
-          cfg.patch_size, cfg.max_channels, cfg.width, dtype=dtype, rngs=rngs)
+          cfg.patch_size, cfg.max_channels, cfg.width, pos_layout=cfg.pos_layout, dtype=dtype,
+          rngs=rngs)
     else:
-      self.tokenizer = PatchEmbed(cfg.patch_size, cfg.channels, cfg.width, dtype=dtype,
-                                  rngs=rngs)
+      self.tokenizer = PatchEmbed(cfg.patch_size, cfg.channels, cfg.width,
+                                  pos_layout=cfg.pos_layout, dtype=dtype, rngs=rngs)
     self.cls_token = nnx.Param(
         jax.random.normal(rngs.params(), (1, 1, cfg.width)) * 0.02, out_sharding=(None, None, "embed"))
     rates = [float(r) for r in np.linspace(0.0, cfg.drop_path, cfg.depth)]

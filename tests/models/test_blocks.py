@@ -31,3 +31,36 @@ def test_folded_layerscale_equals_scaling_the_branch(kind):
               + block.mlp_out(gelu(block.mlp_in(y))))
     want = x + block.ls.gamma[...] * branch
   np.testing.assert_allclose(block(x), want, atol=1e-5, rtol=1e-5)
+
+
+def np_layer_norm(x, scale, bias, eps=1e-6):
+  return (x - x.mean(-1, keepdims=True)) / np.sqrt(x.var(-1, keepdims=True) + eps) * scale + bias
+
+
+def test_prenorm_block_with_layerscale_matches_numpy():
+  """timm's pre-norm ViT block with LayerScale (CaiT), written in float64 NumPy:
+  x + g1 * proj(attn(qkv(LN1(x)))), then + g2 * fc2(gelu(fc1(LN2(x)))), exact GELU."""
+  from scipy.special import erf
+  with nnx.use_eager_sharding(False):
+    block = layers.make_block("prenorm", 64, 4, qkv_bias=True, layerscale=0.5, rngs=nnx.Rngs(0))
+  params = {".".join(map(str, k)): np.asarray(v.get_value(), np.float64)
+            for k, v in nnx.to_flat_state(nnx.state(block, nnx.Param))}
+  for i, key in enumerate(sorted(params)):  # Every parameter far from its init.
+    params[key] = params[key] + np.random.default_rng(i).normal(0, 0.3, params[key].shape)
+  nnx.update(block, nnx.from_flat_state({tuple(k.split(".")): v.astype(np.float32)
+                                         for k, v in params.items()}))
+  p = lambda name: params[name]  # noqa: E731
+  x = np.random.default_rng(9).normal(size=(2, 17, 64))
+  y = np_layer_norm(x, p("norm1.scale"), p("norm1.bias"))
+  qkv = np.einsum("bld,dthe->tbhle", y, p("attn.qkv.proj.kernel")) \
+      + p("attn.qkv.proj.bias")[:, None, :, None, :]  # [3, b, heads, l, head_dim]
+  s = np.einsum("bhqe,bhke->bhqk", qkv[0], qkv[1]) / np.sqrt(16)
+  a = np.exp(s - s.max(-1, keepdims=True))
+  o = np.einsum("bhqk,bhke->bqhe", a / a.sum(-1, keepdims=True), qkv[2])
+  attn = np.einsum("bqhe,hed->bqd", o, p("attn.out.proj.kernel")) + p("attn.out.proj.bias")
+  h = x + p("ls1.gamma") * attn
+  z = np_layer_norm(h, p("norm2.scale"), p("norm2.bias")) @ p("mlp.fc1.kernel") + p("mlp.fc1.bias")
+  gelu = 0.5 * z * (1 + erf(z / np.sqrt(2)))
+  want = h + p("ls2.gamma") * (gelu @ p("mlp.fc2.kernel") + p("mlp.fc2.bias"))
+  got = np.asarray(block(jnp.asarray(x, jnp.float32)), np.float64)
+  np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())

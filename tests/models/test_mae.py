@@ -1,5 +1,7 @@
 """ViT-MAE / CA-MAE: shapes, masking, losses and tokenizers against NumPy references."""
 
+from pathlib import Path
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -24,8 +26,50 @@ def np_sincos(grid, dim):
   return np.concatenate([one(gw, dim // 2), one(gh, dim // 2)], 1)
 
 
+def np_sincos_row_first(grid, dim):
+  """OpenPhenom's table from ../shared/reference/openphenom.md: patch (h, w) in row-major
+  order -> [sin(h w_i) | cos(h w_i) | sin(w w_i) | cos(w w_i)], w_i = 1/10000^(i/(dim/4))."""
+  w_i = 1.0 / 10000 ** (np.arange(dim // 4) / (dim / 4))
+  h, w = np.divmod(np.arange(grid * grid), grid)
+  return np.concatenate([np.sin(np.outer(h, w_i)), np.cos(np.outer(h, w_i)),
+                         np.sin(np.outer(w, w_i)), np.cos(np.outer(w, w_i))], 1)
+
+
 def test_sincos_matches_reference():
-  np.testing.assert_allclose(tokenizers.sincos_2d(4, 4, 16), np_sincos(4, 16), atol=1e-6)
+  np.testing.assert_allclose(tokenizers.sincos_2d(4, 4, 16, "column_first"), np_sincos(4, 16),
+                             atol=1e-6)
+  np.testing.assert_allclose(tokenizers.sincos_2d(5, 5, 24, "row_first"),
+                             np_sincos_row_first(5, 24), atol=1e-6)
+
+
+def test_row_first_sincos_is_openphenoms_table():
+  golden = (Path(__file__).resolve().parents[2] / ".." / "shared" / "reference"
+            / "openphenom_pos_tables.npz")
+  if not golden.is_file():
+    pytest.skip(f"OpenPhenom's golden position tables not found at {golden} "
+                "(../shared/reference beside the repository)")
+  with np.load(golden) as z:
+    enc, dec = z["encoder_pos_embed"][0], z["decoder_pos_embeddings"][0]
+  np.testing.assert_allclose(tokenizers.sincos_2d(16, 16, 384, "row_first"), enc[1:257], atol=1e-5)
+  np.testing.assert_allclose(tokenizers.sincos_2d(16, 16, 512, "row_first"), dec[1:257], atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["vit_tiny", "camae_tiny"])
+def test_pos_layout_reaches_the_tokenizer_and_the_decoder(name):
+  x = jnp.asarray(images(2, 32, 3 if name == "camae_tiny" else 6))
+  col = models.create(name, rngs=nnx.Rngs(0))
+  row = models.create(name, rngs=nnx.Rngs(0), pos_layout="row_first")
+  # Same weights: the tokens differ by exactly the difference of the two tables.
+  tokenize = nnx.jit(lambda m: m.encoder.tokenize(x))
+  diff = np.asarray(tokenize(row) - tokenize(col))[0]
+  table_diff = np_sincos_row_first(4, 64) - np_sincos(4, 64)
+  np.testing.assert_allclose(diff, np.tile(table_diff, (diff.shape[0] // 16, 1)), atol=1e-5)
+  latent = jax.random.normal(jax.random.key(0), (2, 1 + diff.shape[0], 64))
+  ids_restore = jnp.tile(jnp.arange(diff.shape[0]), (2, 1))
+  decode = nnx.jit(lambda m: m.decoder(latent, ids_restore, (4, 4), jnp.arange(x.shape[-1])))
+  assert not np.allclose(decode(row), decode(col), atol=1e-3)
+  with pytest.raises(ValueError, match=r"model\.pos_layout='rows': one of column_first, row_first"):
+    models.create(name, pos_layout="rows")
 
 
 def test_patchify_matches_reference_and_inverts():
