@@ -45,7 +45,22 @@ def _model_flags(sizes):
 
 
 def _op_config(*flags):
-  return cli.load_config("camae_s16", [*_model_flags(OP_SIZES), *RUN, *flags])
+  # OpenPhenom's weights come with row-first positions (recorded by maejax.convert).
+  return cli.load_config("camae_s16", [*_model_flags(OP_SIZES), *RUN,
+                                       "--config.model.pos_layout=row_first", *flags])
+
+
+def _row_first_table(grid, dim, copies):
+  """Recursion's fixed positions [1, 1 + copies*grid*grid, dim] from
+  ../shared/reference/openphenom.md: zero CLS row, then per patch (row h, column w, row-major)
+  [sin(h w_i) | cos(h w_i) | sin(w w_i) | cos(w w_i)], w_i = 1 / 10000^(i / (dim/4)), the
+  spatial table repeated per channel."""
+  omega = 1.0 / 10000 ** (np.arange(dim // 4) / (dim / 4))
+  h, w = np.divmod(np.arange(grid * grid), grid)
+  hw, ww = np.outer(h, omega), np.outer(w, omega)
+  table = np.concatenate([np.sin(hw), np.cos(hw), np.sin(ww), np.cos(ww)], axis=1)
+  return np.concatenate([np.zeros((1, dim)), np.tile(table, (copies, 1))])[None].astype(
+      np.float32)
 
 
 def _images(shape, seed=0):
@@ -67,8 +82,13 @@ def openphenom_run(tmp_path_factory):
   from maejax.cli import convert as convert_cli
   from maejax.cli.torch_reference import OpenPhenomReference
   root = tmp_path_factory.mktemp("init_from")
-  ref = OpenPhenomReference(**REF_SIZES).randomize(seed=0)
-  torch.save({"state_dict": ref.state_dict()}, root / "model.safetensors")
+  state_dict = OpenPhenomReference(**REF_SIZES).randomize(seed=0).state_dict()
+  grid = OP_SIZES["img_size"] // OP_SIZES["patch_size"]
+  state_dict["encoder.vit_backbone.pos_embed"] = torch.from_numpy(_row_first_table(
+      grid, OP_SIZES["width"], OP_SIZES["max_channels"]))
+  state_dict["decoder.pos_embeddings"] = torch.from_numpy(_row_first_table(
+      grid, OP_SIZES["decoder_width"], OP_SIZES["decoder_channels"]))
+  torch.save({"state_dict": state_dict}, root / "model.safetensors")
   folder, workdir = str(root / "op"), str(root / "run")
   assert convert_cli.main(["openphenom", "--checkpoint", str(root / "model.safetensors"),
                            "--out", folder, *_model_flags(OP_SIZES)]) == 0
@@ -179,6 +199,10 @@ def test_a_wsl_head_on_an_mae_encoder(tmp_path):
                      r"--config\.model\.mlp_dim=128\)"),
     ("max_channels", 8, r"the model config computes with them differently \(model\."
                         r"max_channels is 8 in the checkpoint, 11 in the config"),
+    # OpenPhenom's weights trained with row-first positions: the run must compute them so.
+    ("pos_layout", "row_first", r"model\.pos_layout is 'row_first' in the checkpoint, "
+                                r"'column_first' in the config; set "
+                                r"--config\.model\.pos_layout=row_first"),
 ])
 def test_a_source_that_does_not_fit_is_one_line(tmp_path, capsys, field, value, message):
   source = models.create("camae_s16", **{**OP_SIZES, field: value})
