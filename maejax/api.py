@@ -14,6 +14,7 @@ import logging
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
@@ -38,14 +39,26 @@ def _on_local_device(x) -> jax.ShapeDtypeStruct:
                               sharding=jax.sharding.SingleDeviceSharding(jax.local_devices()[0]))
 
 
-def load(directory, *, step=None):
+DTYPES = ("float32", "bfloat16")
+
+
+def load(directory, *, step=None, dtype=None):
   """Loads any maejax checkpoint directory -> `Model` ready to embed images.
 
   `directory` (local or `gs://...`): a `save_pretrained` / `python -m maejax.convert` folder
   (config.json + state/), or a training workdir of `python -m maejax.train` (also its
   `checkpoints/` folder or one `checkpoints/<step>` folder). step: for workdirs, which
-  checkpoint (default: the newest one that can be read).
+  checkpoint (default: the newest one that can be read). dtype: the compute precision
+  ("float32" or "bfloat16"; default: the one the model was trained with); parameters stay
+  float32 either way.
   """
+  if dtype is not None and dtype not in DTYPES:
+    raise ValueError(f"dtype={dtype!r}: use one of {', '.join(DTYPES)}")
+  model = _load(directory, step)
+  return model if dtype is None else model.with_dtype(dtype)
+
+
+def _load(directory, step):
   d = workdir_lib.path(directory)
   if not d.is_dir():
     raise FileNotFoundError(
@@ -199,7 +212,7 @@ class ShardedEmbedder:
     """Raises the model's own clear error for crops [h, w, c] it cannot take, before running."""
     self.model.check(np.zeros((1,) + tuple(crop_shape), np.uint8))
 
-  def __call__(self, images, channel_ids):
+  def _run(self, fn, images, channel_ids):
     n = images.shape[0]
     pad = self.batch_size - n
     if pad < 0:
@@ -209,9 +222,16 @@ class ShardedEmbedder:
       channel_ids = np.concatenate([channel_ids, np.repeat(channel_ids[:1], pad, 0)])
     # The mesh and rules at trace time: the batch split is what TPU attention runs per chip.
     with jax.set_mesh(self.mesh), nnx.logical_axis_rules(stack.DATA_PARALLEL_RULES):
-      out = self._embed(self.state, jax.device_put(images, self.data),
-                        jax.device_put(channel_ids.astype(np.int32), self.data))
-    return np.asarray(out, np.float32)[:n]
+      return fn(self.state, jax.device_put(images, self.data),
+                jax.device_put(channel_ids.astype(np.int32), self.data))
+
+  def __call__(self, images, channel_ids):
+    return np.asarray(self._run(self._embed, images, channel_ids), np.float32)[:images.shape[0]]
+
+  def compiled_text(self, images, channel_ids) -> str:
+    """The optimized HLO of the program that embeds a batch like `images` (for reports of
+    which kernels the backend chose)."""
+    return self._run(lambda *a: self._embed.lower(*a).compile().as_text(), images, channel_ids)
 
 
 class Model:
@@ -238,6 +258,17 @@ class Model:
     m = nnx.merge(self.graphdef, state)
     return m.reconstruct(images, key, mask_ratio=mask_ratio, channel_ids=channel_ids)
 
+  def with_dtype(self, dtype: str) -> "Model":
+    """The same weights computing in `dtype` (the model's `dtype` field: activations and
+    matmul inputs; parameters stay float32)."""
+    if dtype == self.config.model.get("dtype", "float32"):
+      return self
+    config = ml_collections.ConfigDict(self.config.to_dict())
+    config.model.dtype = dtype
+    module = nnx.eval_shape(lambda: models.create(config.model))
+    nnx.update(module, self.state)
+    return Model(module, config, step=self.step)
+
   def check(self, images):
     """Shape errors raised here, before tracing, read as one clear line."""
     check = getattr(self.module, "check_images", None)
@@ -257,14 +288,17 @@ class Model:
     n, c = images.shape[0], images.shape[-1]
     ids = np.broadcast_to(np.arange(c, dtype=np.int32) if channel_ids is None
                           else np.asarray(channel_ids, np.int32), (n, c))
-    size = min(batch_size, n)
-    if (size, pool, block) not in self._embedders:
-      self._embedders[size, pool, block] = ShardedEmbedder(self, batch_size=size, pool=pool,
-                                                           block=block)
-    embedder = self._embedders[size, pool, block]
+    embedder = self.embedder(min(batch_size, n), pool=pool, block=block)
     return np.concatenate([embedder(images[i:i + embedder.batch_size],
                                     ids[i:i + embedder.batch_size])
                            for i in range(0, n, embedder.batch_size)])
+
+  def embedder(self, batch_size: int, *, pool=None, block=None) -> ShardedEmbedder:
+    """The (cached) compiled embedding of batches of up to `batch_size` crops."""
+    key = (batch_size, pool, block)
+    if key not in self._embedders:
+      self._embedders[key] = ShardedEmbedder(self, batch_size=batch_size, pool=pool, block=block)
+    return self._embedders[key]
 
   def reconstruct(self, images, mask_ratio=0.75, seed=0, channel_ids=None):
     """Masks `mask_ratio` of the tokens and reconstructs them.

@@ -1,5 +1,5 @@
-"""Process settings for computing on the host CPU, applied when maejax is imported (before
-JAX, so that its first allocations follow them too)."""
+"""The host CPU: process settings for computing on it, applied when maejax is imported (before
+JAX, so that its first allocations follow them too), and what it is (`cpu`), for figures."""
 
 from __future__ import annotations
 
@@ -32,3 +32,28 @@ def keep_freed_memory() -> bool:
   libc = ctypes.CDLL("libc.so.6")
   m_trim_threshold, m_mmap_max = -1, -4  # <malloc.h>
   return bool(libc.mallopt(m_mmap_max, 0) & libc.mallopt(m_trim_threshold, -1))  # -1: never.
+
+
+CPU_FEATURES = ("avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16")
+
+
+def cpu(cpuinfo: str | None = None) -> dict:
+  """The host CPU as every speed figure names it: model, family/model ids, cores, and the
+  vector and matrix features that decide bf16 speed (AMX tiles: Intel Sapphire Rapids and
+  later). `cpuinfo`: the text of /proc/cpuinfo (read when None; empty off Linux)."""
+  if cpuinfo is None:
+    try:
+      with open("/proc/cpuinfo") as f:
+        cpuinfo = f.read()
+    except OSError:
+      cpuinfo = ""
+  first = {}
+  for line in cpuinfo.splitlines():
+    if not line.strip():
+      break  # The first processor's block describes them all.
+    key, _, value = line.partition(":")
+    first[key.strip()] = value.strip()
+  flags = set(first.get("flags", "").split())
+  return dict(model=first.get("model name", platform.processor() or "unknown"),
+              family=first.get("cpu family"), model_id=first.get("model"),
+              cores=os.cpu_count(), **{f: f in flags for f in CPU_FEATURES})

@@ -78,3 +78,41 @@ def test_bench_compare_torch_without_the_extra_says_to_install_it(capsys, monkey
   assert bench.main(["model", "--model", "vit_tiny", "--compare-torch", "--steps", "1"]) == 2
   err = capsys.readouterr().err
   assert "pip install -e '.[torch]'" in err and len(err.strip().splitlines()) == 1
+
+
+def test_bench_embed_bfloat16_against_torch_autocast(capsys):
+  """bf16 on both sides: each crop's cosine to its own fp32 embedding, the host CPU's
+  features, and the kernels each framework ran its products with."""
+  pytest.importorskip("torch")
+  bench.main(["embed", "--model", "camae_tiny", "--batch-size", "2", "--channels", "3",
+              "--steps", "1", "--dtype", "bfloat16", "--compare-torch", "--json"])
+  result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+  assert result["dtype"] == "bfloat16"
+  for key in ("cosine_to_float32", "torch_cosine_to_float32"):
+    assert 0.999 < result[key]["min"] <= result[key]["median"] < 1.0  # bf16, not fp32.
+  assert set(result["cpu"]) >= {"model", "avx2", "amx_bf16", "amx_tile"}
+  assert sum(result["xla_dots"]["dot_operand_dtypes"].values()) > 0
+  assert all(k.count(":") >= 1 for k in result["torch_onednn_kernels"])  # kind:implementation
+  assert result["torch_used_amx"] == any("amx" in k for k in result["torch_onednn_kernels"])
+
+
+def test_dot_kernels_reads_operand_dtypes_from_the_compiled_program():
+  import jax
+  import jax.numpy as jnp
+  f = jax.jit(lambda a, b, c: (a @ b, c @ c))
+  text = f.lower(jnp.ones((8, 16), jnp.float32), jnp.ones((16, 8), jnp.float32),
+                 jnp.ones((8, 8), jnp.int32)).compile().as_text()
+  dtypes = bench.dot_kernels(text)["dot_operand_dtypes"]
+  assert dtypes.get("f32") == 1 and dtypes.get("s32") == 1
+
+
+def test_host_cpu_names_model_and_matrix_features():
+  from maejax import host
+  sapphire = ("processor\t: 0\nvendor_id\t: GenuineIntel\ncpu family\t: 6\nmodel\t\t: 143\n"
+              "model name\t: Intel(R) Xeon(R) Platinum 8480+\n"
+              "flags\t\t: fpu avx2 avx512f avx512_bf16 amx_bf16 amx_tile\n\nprocessor\t: 1\n")
+  cpu = host.cpu(sapphire)
+  assert cpu["model"] == "Intel(R) Xeon(R) Platinum 8480+" and cpu["model_id"] == "143"
+  assert cpu["amx_bf16"] and cpu["amx_tile"] and cpu["avx512_bf16"]
+  milan = host.cpu("model name\t: AMD EPYC\ncpu family\t: 25\nflags\t\t: fpu avx2\n")
+  assert milan["avx2"] and not (milan["amx_bf16"] or milan["avx512f"])

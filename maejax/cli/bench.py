@@ -9,6 +9,8 @@ run, and for `model` the speedup over PyTorch that the machine's matmul speed al
 
 from __future__ import annotations
 
+import os
+import re
 import sys
 import tempfile
 import time
@@ -21,6 +23,7 @@ import numpy as np
 from maejax import api
 from maejax import cli
 from maejax import config as config_lib
+from maejax import host
 from maejax import models
 from maejax.data import bench as data_bench
 from maejax.models import flops
@@ -148,6 +151,9 @@ def main_embed(argv) -> int:
   p.add_argument("--channels", type=int, default=6)
   p.add_argument("--image-size", type=int, default=None, help="default: the model's img_size")
   p.add_argument("--steps", type=int, default=5, help="timed batches after the warm-up")
+  p.add_argument("--dtype", default="float32", choices=api.DTYPES,
+                 help="compute precision; bfloat16 also reports each crop's cosine to the "
+                      "float32 embedding, and PyTorch runs under torch.autocast(bfloat16)")
   p.add_argument("--compare-torch", action="store_true",
                  help="also time the PyTorch OpenPhenom architecture (CA-MAE models) of the "
                       "same shape, interleaved (needs the torch extra)")
@@ -157,38 +163,71 @@ def main_embed(argv) -> int:
     config = model_config(args.model, batch_size=args.batch_size, channels=args.channels,
                           image_size=args.image_size, dtype="float32", remat=False)
     config_lib.apply_overrides(config, overrides)
-    return bench_embed(config, steps=args.steps, compare_torch=args.compare_torch)
+    return bench_embed(config, steps=args.steps, compare_torch=args.compare_torch,
+                       dtype=args.dtype)
 
   return cli.report(args, body, print_figures)
 
 
-def bench_embed(config, *, steps: int, compare_torch: bool) -> dict:
-  """Median seconds of `Model.embed` on one batch (and of the PyTorch OpenPhenom architecture's
-  forward, alternating with it, when compare_torch)."""
+def bench_embed(config, *, steps: int, compare_torch: bool, dtype: str = "float32") -> dict:
+  """Median seconds of `Model.embed` on one batch in `dtype` (and of the PyTorch OpenPhenom
+  architecture's forward, alternating with it, when compare_torch), the host CPU and the
+  kernels each side ran its matrix products with."""
   cfg = models.resolve(config.model)
   b, size, c = int(config.batch_size), int(config.data.crop_size), len(config.data.channels)
   images = np.random.default_rng(0).integers(0, 256, (b, size, size, c), dtype=np.uint8)
-  model = api.Model(models.create(cfg), ml_collections.ConfigDict({"model": cfg.to_dict()}))
+  reference = api.Model(models.create(cfg), ml_collections.ConfigDict({"model": cfg.to_dict()}))
+  model = reference.with_dtype(dtype)
   run = lambda: model.embed(images, batch_size=b)
-  other = _torch_embed(cfg, images) if compare_torch else None
+  other = _torch_embed(cfg, images, dtype) if compare_torch else None
   t0 = time.perf_counter()
-  run()  # Compile and warm-up.
+  embeddings = run()  # Compile and warm-up.
   compile_s = time.perf_counter() - t0
   times, other_times = train_bench.alternate(run, other, steps)
   patches = (size // cfg.patch_size) ** 2 * (c if cfg.channel_agnostic else 1)
-  out = dict(bench="embed", model=cfg.name, backend=jax.default_backend(), batch_size=b,
-             image_size=size, channels=c, tokens=1 + patches, compile_s=round(compile_s, 2),
-             embed_s=float(np.median(times)), images_per_s=b / float(np.median(times)))
+  out = dict(bench="embed", model=cfg.name, backend=jax.default_backend(), dtype=dtype,
+             batch_size=b, image_size=size, channels=c, tokens=1 + patches,
+             compile_s=round(compile_s, 2), embed_s=float(np.median(times)),
+             images_per_s=b / float(np.median(times)))
+  if jax.default_backend() == "cpu":
+    out["cpu"] = host.cpu()
+  ids = np.tile(np.arange(c, dtype=np.int32), (b, 1))
+  out["xla_dots"] = dot_kernels(model.embedder(b).compiled_text(images, ids))
+  if dtype != "float32":
+    out["cosine_to_float32"] = cosine_summary(embeddings, reference.embed(images, batch_size=b))
   if other is not None:
     out.update(torch_model="OpenPhenom architecture (maejax/cli/torch_reference.py)",
-               torch_embed_s=float(np.median(other_times)))
+               torch_embed_s=float(np.median(other_times)), **other.report())
     out["speedup_vs_torch"] = out["torch_embed_s"] / out["embed_s"]
   return out
 
 
-def _torch_embed(cfg, images):
+def cosine_summary(x, reference) -> dict:
+  """Per-row cosine similarity of [n, d] `x` to `reference`: min and median."""
+  x, reference = np.asarray(x, np.float64), np.asarray(reference, np.float64)
+  cos = (x * reference).sum(1) / (np.linalg.norm(x, axis=1) * np.linalg.norm(reference, axis=1))
+  return dict(min=float(cos.min()), median=float(np.median(cos)))
+
+
+def dot_kernels(hlo_text: str) -> dict:
+  """What the compiled program does for its matrix products: the operand dtypes of its `dot`s
+  (XLA:CPU rewrites bf16 dots it has no kernel for into f32 dots between converts) and the
+  fusion kinds / custom calls they run in (e.g. `__ynn_fusion`, a oneDNN call)."""
+  dtypes = {}
+  for lhs in re.findall(r" dot\(%?([\w.\-]+)", hlo_text):
+    # Operands print as names: the dtype is that of the name's definition.
+    found = re.search(rf"%{re.escape(lhs)} = (\w+)\[", hlo_text)
+    key = found.group(1) if found else "unknown"
+    dtypes[key] = dtypes.get(key, 0) + 1
+  kinds = sorted(set(re.findall(r'"kind":"(__\w+)"', hlo_text))
+                 | set(re.findall(r'custom_call_target="([^"]+)"', hlo_text)))
+  return dict(dot_operand_dtypes=dtypes, kernels=kinds)
+
+
+def _torch_embed(cfg, images, dtype: str = "float32"):
   """The PyTorch OpenPhenom architecture's embedding of `images` (uint8 [b, H, W, c]), as a
-  callable."""
+  callable (under torch.autocast for bfloat16) with a `report()` of its kernels and, for
+  bfloat16, each crop's cosine to its float32 embedding."""
   if not cfg.channel_agnostic:
     raise ValueError(f"embed --compare-torch compares CA-MAEs (camae_*) with the PyTorch "
                      f"OpenPhenom architecture; {cfg.name} is not one")
@@ -197,11 +236,45 @@ def _torch_embed(cfg, images):
   model = ref.openphenom_of(cfg, image_size=images.shape[1], channels=images.shape[-1]).eval()
   pixels = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))
 
-  def embed():
-    with torch.inference_mode():
-      return model.embed(pixels).numpy()
+  def embed(precision=dtype):
+    with torch.inference_mode(), torch.autocast(
+        "cpu", dtype=torch.bfloat16, enabled=precision == "bfloat16"):
+      return model.embed(pixels).float().numpy()
 
+  def report():
+    lines = onednn_verbose(embed)
+    # onednn_verbose,v1,primitive,exec,cpu,<primitive>,<implementation>,...
+    impls = sorted({f"{f[5]}:{f[6]}" for f in (line.split(",") for line in lines)
+                    if len(f) > 6 and f[2:4] == ["primitive", "exec"]})
+    out = dict(torch_version=torch.__version__,
+               torch_cpu_capability=torch.backends.cpu.get_cpu_capability(),
+               torch_onednn_kernels=impls,
+               torch_used_amx=any("amx" in i for i in impls))
+    if dtype != "float32":
+      out["torch_cosine_to_float32"] = cosine_summary(embed(), embed("float32"))
+    return out
+
+  embed.report = report
   return embed
+
+
+def onednn_verbose(fn) -> list[str]:
+  """oneDNN's verbose lines (each primitive's implementation: `brg:avx512_core_amx` is an AMX
+  kernel) printed while PyTorch runs `fn` once; oneDNN writes them to fd 1."""
+  import torch
+  with tempfile.TemporaryFile() as f:
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(f.fileno(), 1)
+    try:
+      with torch.backends.mkldnn.verbose(torch.backends.mkldnn.VERBOSE_ON):
+        fn()
+    finally:
+      sys.stdout.flush()
+      os.dup2(saved, 1)
+      os.close(saved)
+    f.seek(0)
+    return f.read().decode(errors="replace").splitlines()
 
 
 def _seconds(fn) -> float:

@@ -197,14 +197,15 @@ def embed_wells(embedder, source, crop_size: int | None, *, skip_bad_images: boo
 
 
 def provenance(embedder, source, crop_size: int | None, *, checkpoint=None) -> dict:
-  """What made a well table: model, checkpoint (path, step), crop size, pooling, block,
+  """What made a well table: model, checkpoint (path, step), compute dtype, crop size, pooling, block,
   channels (ids and names) and the feature prefix (plus the maejax version, io.with_provenance)."""
   model = embedder.model
   pool = embedder.pool or (inspect.signature(model.module.embed).parameters["pool"].default
                            or model.config.model.get("pool"))
   return dict(model=str(model.config.model.name),
               checkpoint=None if checkpoint is None else os.fspath(checkpoint),
-              step=model.step, crop_size=crop_size, pool=pool, block=embedder.block,
+              step=model.step, dtype=str(model.config.model.get("dtype", "float32")),
+              crop_size=crop_size, pool=pool, block=embedder.block,
               channels=[int(c) for c in source.channel_ids],
               channel_names=[str(n) for n in source.channel_names],
               feature_prefix=io.FEATURE_PREFIX)
