@@ -158,7 +158,9 @@ def sites_to_wells(site_table: pd.DataFrame, metadata: pd.DataFrame) -> pd.DataF
   """Site embeddings [site_index, n_crops, features] + the source's site metadata -> wells.
 
   Each well's features are the mean of its sites' (each site weighs the same); metadata
-  columns constant within every well are kept as `Metadata_<name>`, plus n_sites and n_crops.
+  columns constant within every well are kept as `Metadata_<name>` (io.metadata_name: a
+  source's own `well_id`, e.g. RxRx1's, becomes `Metadata_source_well_id`), plus n_sites and
+  n_crops; the index is maejax's well id (`Metadata_well_id`).
   """
   if site_table.empty:
     raise ValueError("no site could be embedded (all skipped as bad images?)")
@@ -178,12 +180,12 @@ def sites_to_wells(site_table: pd.DataFrame, metadata: pd.DataFrame) -> pd.DataF
   constant = [c for c in sites.columns
               if c in keys or (grouped[c].nunique(dropna=False) <= 1).all()]
   wells = grouped[constant].first().reset_index(drop=True)
-  wells["n_sites"] = counts
-  wells["n_crops"] = np.bincount(codes, weights=site_table["n_crops"].to_numpy(),
-                                 minlength=n).astype(np.int64)
-  wells.index = io.well_ids(wells[keys])
-  wells = wells.rename(columns=lambda c: c if str(c).startswith(io.METADATA_PREFIX)
-                       else io.METADATA_PREFIX + str(c))
+  ids = io.well_ids(wells[keys])
+  wells = wells.rename(columns=io.metadata_name)  # Before the counts: a source's n_sites stays.
+  wells["Metadata_n_sites"] = counts
+  wells["Metadata_n_crops"] = np.bincount(codes, weights=site_table["n_crops"].to_numpy(),
+                                          minlength=n).astype(np.int64)
+  wells.index = ids
   return io.categorize(io.join_table(wells, (sums / counts[:, None]).astype(np.float32), names))
 
 
