@@ -79,11 +79,11 @@ def random_model(config, seed: int | None = None) -> api.Model:
 
 
 def make_embedder(model, source, crop_size: int | None, *, batch_size: int = 64,
-                  pool: str | None = None, block: int | None = None,
+                  pool: str | None = None, block: int | None = None, crop_stats: bool = False,
                   devices=None) -> api.ShardedEmbedder:
   """A ShardedEmbedder of `model`, its crop shape checked against the source's sites now."""
   embedder = api.ShardedEmbedder(model, batch_size=batch_size, pool=pool, block=block,
-                                 devices=devices)
+                                 crop_stats=crop_stats, devices=devices)
   shape = getattr(source, "site_shape", None)
   if shape is not None:
     if crop_size is not None and min(shape[:2]) < crop_size:
@@ -200,13 +200,14 @@ def embed_wells(embedder, source, crop_size: int | None, *, skip_bad_images: boo
 
 def provenance(embedder, source, crop_size: int | None, *, checkpoint=None) -> dict:
   """What made a well table: model, checkpoint (path, step), crop size, pooling, block,
-  channels (ids and names) and the feature prefix (plus the maejax version, io.with_provenance)."""
+  crop statistics appended or not, channels (ids and names) and the feature prefix (plus the maejax version, io.with_provenance)."""
   model = embedder.model
   pool = embedder.pool or (inspect.signature(model.module.embed).parameters["pool"].default
                            or model.config.model.get("pool"))
   return dict(model=str(model.config.model.name),
               checkpoint=None if checkpoint is None else os.fspath(checkpoint),
               step=model.step, crop_size=crop_size, pool=pool, block=embedder.block,
+              crop_stats=embedder.crop_stats,
               channels=[int(c) for c in source.channel_ids],
               channel_names=[str(n) for n in source.channel_names],
               feature_prefix=io.FEATURE_PREFIX)
