@@ -13,6 +13,8 @@ import maejax  # noqa: E402,F401
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
+from maejax.eval import embed, io, pipeline  # noqa: E402
+
 # RxRx1's metadata.csv columns, its own `well_id` (experiment_plate_well) among them.
 RXRX1_COLUMNS = ["site_id", "well_id", "cell_type", "dataset", "experiment", "plate", "well",
                  "site", "well_type", "sirna", "sirna_id"]
@@ -39,8 +41,6 @@ def assert_one_well_id(tmp_path_factory):
   own well id `column` (`values` per site, from the test's CSV) has maejax's well id as its
   index and only `Metadata_well_id`; the source's is kept as `Metadata_source_<column>` in
   every table format, and the table passes the benchmark's well check."""
-  from maejax.eval import embed, io, pipeline  # pylint: disable=g-import-not-at-top
-
   def check(src, column, values):
     out = tmp_path_factory.mktemp("wells")
     wells = embed.sites_to_wells(embed.intensity_sites(src), src.metadata)
