@@ -180,15 +180,23 @@ def _check_uint8(images):
   return images
 
 
+def crop_statistics(images):
+  """uint8 [b, h, w, c] -> float32 [b, 2c]: each channel's mean, then its std, in [0, 1]
+  units: what the models' per-crop input standardization (tokenizers.standardize) removes."""
+  x = images.astype(jnp.float32) / 255.0
+  return jnp.concatenate([x.mean(axis=(1, 2)), x.std(axis=(1, 2))], axis=-1)
+
+
 class ShardedEmbedder:
   """jit(embed) with the batch split over all local devices and the model replicated.
 
   `__call__(images uint8 [n, h, w, c], channel_ids int32 [n, c]) -> float32 [n, dim]` with
-  n <= batch_size; shorter batches are zero-padded so each crop shape compiles once.
+  n <= batch_size; shorter batches are zero-padded so each crop shape compiles once. With
+  `crop_stats`, each crop's `crop_statistics` follow its embedding: [n, dim + 2c].
   """
 
   def __init__(self, model, *, batch_size: int, pool: str | None = None,
-               block: int | None = None, devices=None):
+               block: int | None = None, crop_stats: bool = False, devices=None):
     devices = list(devices or jax.local_devices())
     self.mesh = jax.sharding.Mesh(np.asarray(devices), ("data",))
     n = len(devices)
@@ -196,6 +204,7 @@ class ShardedEmbedder:
     self.data = NamedSharding(self.mesh, P("data"))
     replicated = NamedSharding(self.mesh, P())
     self.model, self.pool, self.block = model, pool, block  # pool None: the model's own.
+    self.crop_stats = bool(crop_stats)
     self.state = jax.device_put(model.state, replicated)
     kwargs = {"block": block}
     if pool is not None:
@@ -203,7 +212,8 @@ class ShardedEmbedder:
     graphdef = model.graphdef
 
     def embed(state, images, channel_ids):
-      return nnx.merge(graphdef, state).embed(images, channel_ids, **kwargs)
+      out = nnx.merge(graphdef, state).embed(images, channel_ids, **kwargs)
+      return jnp.concatenate([out, crop_statistics(images)], -1) if crop_stats else out
 
     self._embed = jax.jit(embed, in_shardings=(replicated, self.data, self.data),
                           out_shardings=self.data)

@@ -4,6 +4,7 @@ the checkpoint and block sweeps of `python -m maejax.benchmark --sweep` on its w
 import contextlib
 import io
 import json
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -63,6 +64,36 @@ def test_table_has_every_row(run):
   for name in ("recall_curve_none.png", "recall_curve_tvn.png", "wells/demo.parquet",
                "wells/intensity_stats.parquet", "demo_random/tvn/recall.csv"):
     assert (out / name).is_file(), name
+
+
+def test_rxrx1_layout_screen_end_to_end(run, tmp_path, rxrx1_layout):
+  """The small screen in RxRx1's layout (its metadata.csv has its own well_id): embedded with
+  the demo's weights and benchmarked, every entry's figures written; the well tables keep
+  RxRx1's well_id apart from maejax's."""
+  config = compare.load_configs(["configs/demo.py"], SCREEN, steps=2)[0]
+  screen = tmp_path / "rxrx1"
+  synthetic.write_screen(synthetic.SyntheticScreen.from_config(config.data.synthetic),
+                         str(screen), workers=1)
+  meta = rxrx1_layout(screen)
+  out = tmp_path / "compare"
+  shutil.copytree(run[0] / "runs" / "demo", out / "runs" / "demo")  # Trained: reused.
+  args = ["--configs", "configs/demo.py", "--out", str(out), "--steps", "2", "--n-null", "20",
+          "--no-progress", "--relationships", str(screen / "relationships.csv"),
+          "--config.data.source=rxrx1", f"--config.data.path={screen}", "--config.batch_size=8"]
+  assert compare.main(args) == 0
+  table = pd.read_csv(out / "comparison.csv")
+  labels = ("demo", "demo_random", "intensity_stats")
+  assert len(table) == 2 * len(labels) and table.recall_5_95.between(0, 1).all()
+  for label in labels:
+    wells = pd.read_parquet(out / "wells" / f"{label}.parquet")
+    assert wells.index.name == "Metadata_well_id" and len(wells) == meta.well_id.nunique()
+    assert sorted(wells.Metadata_source_well_id.astype(str)) == sorted(meta.well_id.unique())
+    for correction in ("none", "tvn"):
+      for name in ("recall.csv", "recall_curve.png", "replicate_consistency.png"):
+        assert (out / label / correction / name).is_file(), (label, correction, name)
+  assert benchmark.main(["--embeddings", str(out / "wells" / "demo.parquet"), "--relationships",
+                         str(screen / "relationships.csv"), "--out", str(tmp_path / "bench"),
+                         "--n-null", "20"]) == 0
 
 
 def test_finished_workdirs_are_reused(run, tmp_path):

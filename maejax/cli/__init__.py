@@ -45,10 +45,13 @@ def add_json_flag(p: argparse.ArgumentParser) -> None:
 
 
 def add_embedding_flags(p: argparse.ArgumentParser, crop_help: str) -> None:
-  """--crop-size and --batch-size of every command that embeds screens."""
+  """--crop-size, --batch-size and --crop-stats of every command that embeds screens."""
   p.add_argument("--crop-size", type=int, default=None, help=crop_help)
   p.add_argument("--batch-size", type=int, default=64,
                  help="crops per embedding step, rounded up to a multiple of the device count")
+  p.add_argument("--crop-stats", action="store_true",
+                 help="append each crop's per-channel mean and std (what the model's per-crop "
+                 "input standardization removes) to its embedding")
 
 
 def parse(p: argparse.ArgumentParser, argv: Sequence[str] | None):

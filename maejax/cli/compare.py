@@ -152,8 +152,8 @@ def run(args, overrides: Sequence[str], *, compiler_options=None) -> dict:
   settings = pipeline.Settings(n_null=args.n_null, map_null_size=args.map_null_size)
   scorer = scorer_lib.Scorer(workdir_lib.path(args.out) / "wells", settings,
                              relationships=relationships, clusters=clusters,
-                             crop_size=args.crop_size, batch_size=args.batch_size,
-                             progress=args.progress)
+                             crop_size=args.crop_size, crop_stats=args.crop_stats,
+                             batch_size=args.batch_size, progress=args.progress)
   runs = train_all(configs, scorer, args.out, progress=args.progress,
                    compiler_options=compiler_options)
   result = compare_lib.compare(runs, scorer, args.out)

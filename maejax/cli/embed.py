@@ -127,6 +127,8 @@ def _open_partial(args, model: api.Model, data: ml_collections.ConfigDict) -> em
                   data=data.to_dict(), crop_size=args.crop_size, pool=args.pool,
                   dtype=str(model.config.model.get("dtype", "float32")),
                   block=args.block, sites_per_shard=args.sites_per_shard)
+  if args.crop_stats:  # Only then: a partial run of before the option still resumes.
+    settings["crop_stats"] = True
   return embed_lib.Partial(directory, settings)
 
 
@@ -186,7 +188,8 @@ def run(args, overrides: Sequence[str]) -> dict:
   source = data_lib.make_source(data)
   crop = embed_lib.crop_size_for(data, args.crop_size)
   embedder = embed_lib.make_embedder(model, source, crop, batch_size=args.batch_size,
-                                     pool=args.pool, block=args.block)
+                                     pool=args.pool, block=args.block,
+                                     crop_stats=args.crop_stats)
   with workdir.locked(workdir.output_lock_file(args.out), flag="--out"):
     return _run_locked(args, t0, model, data, source, crop, embedder)
 

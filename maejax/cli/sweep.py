@@ -72,8 +72,8 @@ def make_scorer(args, overrides: Sequence[str]) -> scorer_lib.Scorer:
   settings = pipeline.Settings(correction=args.correction, n_null=args.n_null, map_null_size=0)
   return scorer_lib.Scorer(workdir.path(args.out) / "wells", settings, overrides=overrides,
                            relationships=relationships, clusters=clusters,
-                           crop_size=args.crop_size, batch_size=args.batch_size,
-                           progress=args.progress)
+                           crop_size=args.crop_size, crop_stats=args.crop_stats,
+                           batch_size=args.batch_size, progress=args.progress)
 
 
 def _main(args, overrides) -> int:

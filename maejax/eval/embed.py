@@ -79,11 +79,11 @@ def random_model(config, seed: int | None = None) -> api.Model:
 
 
 def make_embedder(model, source, crop_size: int | None, *, batch_size: int = 64,
-                  pool: str | None = None, block: int | None = None,
+                  pool: str | None = None, block: int | None = None, crop_stats: bool = False,
                   devices=None) -> api.ShardedEmbedder:
   """A ShardedEmbedder of `model`, its crop shape checked against the source's sites now."""
   embedder = api.ShardedEmbedder(model, batch_size=batch_size, pool=pool, block=block,
-                                 devices=devices)
+                                 crop_stats=crop_stats, devices=devices)
   shape = getattr(source, "site_shape", None)
   if shape is not None:
     if crop_size is not None and min(shape[:2]) < crop_size:
@@ -158,7 +158,9 @@ def sites_to_wells(site_table: pd.DataFrame, metadata: pd.DataFrame) -> pd.DataF
   """Site embeddings [site_index, n_crops, features] + the source's site metadata -> wells.
 
   Each well's features are the mean of its sites' (each site weighs the same); metadata
-  columns constant within every well are kept as `Metadata_<name>`, plus n_sites and n_crops.
+  columns constant within every well are kept as `Metadata_<name>` (io.metadata_name: a
+  source's own `well_id`, e.g. RxRx1's, becomes `Metadata_source_well_id`), plus n_sites and
+  n_crops; the index is maejax's well id (`Metadata_well_id`).
   """
   if site_table.empty:
     raise ValueError("no site could be embedded (all skipped as bad images?)")
@@ -178,12 +180,12 @@ def sites_to_wells(site_table: pd.DataFrame, metadata: pd.DataFrame) -> pd.DataF
   constant = [c for c in sites.columns
               if c in keys or (grouped[c].nunique(dropna=False) <= 1).all()]
   wells = grouped[constant].first().reset_index(drop=True)
-  wells["n_sites"] = counts
-  wells["n_crops"] = np.bincount(codes, weights=site_table["n_crops"].to_numpy(),
-                                 minlength=n).astype(np.int64)
-  wells.index = io.well_ids(wells[keys])
-  wells = wells.rename(columns=lambda c: c if str(c).startswith(io.METADATA_PREFIX)
-                       else io.METADATA_PREFIX + str(c))
+  ids = io.well_ids(wells[keys])
+  wells = wells.rename(columns=io.metadata_name)  # Before the counts: a source's n_sites stays.
+  wells["Metadata_n_sites"] = counts
+  wells["Metadata_n_crops"] = np.bincount(codes, weights=site_table["n_crops"].to_numpy(),
+                                          minlength=n).astype(np.int64)
+  wells.index = ids
   return io.categorize(io.join_table(wells, (sums / counts[:, None]).astype(np.float32), names))
 
 
@@ -197,8 +199,9 @@ def embed_wells(embedder, source, crop_size: int | None, *, skip_bad_images: boo
 
 
 def provenance(embedder, source, crop_size: int | None, *, checkpoint=None) -> dict:
-  """What made a well table: model, checkpoint (path, step), compute dtype, crop size, pooling, block,
-  channels (ids and names) and the feature prefix (plus the maejax version, io.with_provenance)."""
+  """What made a well table: model, checkpoint (path, step), compute dtype, crop size, pooling,
+  block, crop statistics appended or not, channels (ids and names) and the feature prefix (plus
+  the maejax version, io.with_provenance)."""
   model = embedder.model
   pool = embedder.pool or (inspect.signature(model.module.embed).parameters["pool"].default
                            or model.config.model.get("pool"))
@@ -206,6 +209,7 @@ def provenance(embedder, source, crop_size: int | None, *, checkpoint=None) -> d
               checkpoint=None if checkpoint is None else os.fspath(checkpoint),
               step=model.step, dtype=str(model.config.model.get("dtype", "float32")),
               crop_size=crop_size, pool=pool, block=embedder.block,
+              crop_stats=embedder.crop_stats,
               channels=[int(c) for c in source.channel_ids],
               channel_names=[str(n) for n in source.channel_names],
               feature_prefix=io.FEATURE_PREFIX)

@@ -41,6 +41,10 @@ from maejax import workdir
 METADATA_PREFIX = "Metadata_"
 FEATURE_PREFIX = "feature_"
 WELL_ID = "Metadata_well_id"  # The index of well tables.
+# What maejax itself names in every well table (maejax.eval.embed.sites_to_wells); a source's
+# own column of the same name (RxRx1's and RxRx3-core's `well_id`) is kept as `source_<name>`.
+DERIVED = (WELL_ID, "Metadata_n_sites", "Metadata_n_crops")
+SOURCE_PREFIX = "source_"
 PROVENANCE_KEY = "maejax"     # Parquet schema metadata key, AnnData uns key, DataFrame.attrs key.
 # Metadata that names things (categories even when the values are numbers, e.g. RxRx1 plates).
 CATEGORICAL = ("experiment", "batch", "source", "plate", "well", "site", "perturbation")
@@ -66,6 +70,8 @@ def read_embeddings(path) -> pd.DataFrame:
         f"embeddings table {path}: unknown format {path.suffix!r}; expected .parquet, .csv, "
         ".tsv or .h5ad")
   table, meta = _read_h5ad(path) if name.endswith(".h5ad") else _read_file(path, name)
+  if table.index.name in table.columns:  # Written before a source's own well_id was renamed.
+    table = table.rename(columns={table.index.name: metadata_name(table.index.name)})
   table = canonical_columns(table)
   if meta:
     table.attrs[PROVENANCE_KEY] = meta
@@ -120,6 +126,17 @@ def canonical_columns(table: pd.DataFrame) -> pd.DataFrame:
       out[METADATA_PREFIX + "is_control"] = (
           table[kind].astype(str).str.lower() == NEGATIVE_CONTROL).to_numpy()
   return out
+
+
+def metadata_name(column) -> str:
+  """A source's metadata column -> its well-table name: `Metadata_<column>` (a `Metadata_`
+  name as it is), or `Metadata_source_<name>` where that would be a name maejax derives
+  (DERIVED, in any case): every well table has one well id, its index."""
+  name = str(column)
+  base = name[len(METADATA_PREFIX):] if name.startswith(METADATA_PREFIX) else name
+  if (METADATA_PREFIX + base).lower() in {d.lower() for d in DERIVED}:
+    base = SOURCE_PREFIX + base
+  return METADATA_PREFIX + base
 
 
 def metadata_columns(table: pd.DataFrame) -> list[str]:

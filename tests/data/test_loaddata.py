@@ -78,6 +78,14 @@ def test_loaddata_csv_is_read_in_column_order_with_metadata(tmp_path):
   assert not [c for c in meta.columns if c.startswith(("FileName_", "PathName_"))]
 
 
+def test_loaddata_metadata_well_id_stays_apart_from_maejax_well_id(tmp_path,
+                                                                   assert_one_well_id):
+  table = _write_loaddata(tmp_path)
+  table["Metadata_well_id"] = table.Metadata_Plate + "-" + table.Metadata_Well
+  table.to_csv(tmp_path / "load_data.csv", index=False)
+  assert_one_well_id(md.make_source(_config(tmp_path)), "well_id", table.Metadata_well_id)
+
+
 def test_loaddata_channels_field_orders_and_subsets(tmp_path):
   table = _write_loaddata(tmp_path)
   c = _config(tmp_path, loaddata_channels="RNA,dna")

@@ -51,19 +51,17 @@ def test_folder_source_reads_back_the_written_pngs(screen_dir):
   assert list(src.metadata.perturbation) == list(screen.metadata.perturbation)
 
 
-def test_rxrx1_preset(tmp_path, screen_dir):
+def test_rxrx1_preset(tmp_path, screen_dir, rxrx1_layout, assert_one_well_id):
   path, screen = screen_dir
   root = _copy_screen(path, tmp_path / "rxrx1")
-  meta = pd.read_csv(root / "metadata.csv")
-  meta = meta.rename(columns={"perturbation": "sirna"}).drop(columns=["is_control"])
-  meta["sirna_id"] = meta.perturbation_id
-  meta.to_csv(root / "metadata.csv", index=False)
+  meta = rxrx1_layout(root)
   c = md.default_config()
   c.source, c.path = "rxrx1", str(root)
   src = md.make_source(c)
   assert src.metadata.is_control.tolist() == (meta.well_type == "negative_control").tolist()
   assert src.metadata.perturbation.tolist() == meta.sirna.tolist()
   np.testing.assert_array_equal(src[2], screen[2])
+  assert_one_well_id(src, "well_id", meta.well_id)
 
 
 def test_long_form_csv_with_real_fluorescence_16bit(tmp_path):
@@ -198,6 +196,22 @@ def test_ingest_arrayrecord_round_trip(tmp_path, screen_dir, capsys):
     md.make_source(c)
 
 
+def test_folder_csv_and_its_ingest_keep_their_own_well_id(tmp_path, screen_dir,
+                                                          assert_one_well_id):
+  path, _ = screen_dir
+  root = _copy_screen(path, tmp_path / "folder")
+  meta = pd.read_csv(root / "metadata.csv")
+  meta["Well_ID"] = "plate-map-" + meta.well  # Any case: still a second well id.
+  meta.to_csv(root / "metadata.csv", index=False)
+  src = md.make_source(_folder_config(root))
+  assert_one_well_id(src, "Well_ID", meta.Well_ID)
+  assert ingest.main(["--source", "folder", "--path", str(root), "--out", str(tmp_path / "ar"),
+                      "--no-progress"]) == 0
+  c = md.default_config()
+  c.source, c.path = "arrayrecord", str(tmp_path / "ar")
+  assert_one_well_id(md.make_source(c), "Well_ID", meta.Well_ID)
+
+
 def test_ingest_synthetic_with_overrides(tmp_path, capsys):
   out = tmp_path / "syn"
   assert ingest.main(["--source", "synthetic", "--out", str(out), "--channels", "0,4"] +
@@ -213,7 +227,7 @@ def test_ingest_synthetic_with_overrides(tmp_path, capsys):
   assert "--config.data.synthetic.sitesize: no such config field" in capsys.readouterr().err
 
 
-def test_rxrx3_core_parquet_shards(tmp_path):
+def test_rxrx3_core_parquet_shards(tmp_path, assert_one_well_id):
   import imagecodecs
   import pyarrow as pa
   import pyarrow.parquet as pq
@@ -243,6 +257,7 @@ def test_rxrx3_core_parquet_shards(tmp_path):
   for i, addr in enumerate(["AA01", "AB02", "AC03"]):
     ref = np.stack([images[(addr, ch)] for ch in (1, 6, 3)], -1)
     np.testing.assert_array_equal(src[i], ref)
+  assert_one_well_id(src, "well_id", [f"{e}_{p}_{a}" for e, p, a, _ in wells[:3]])
   # A well with some channels missing is an error (or skipped).
   keep = [k for k in keys if k != "gene-002/Plate3/AC03_s1_4"]
   pq.write_table(pa.table({"__key__": keep, "jp2": [b for k, b in zip(keys, blobs) if k in keep]}),

@@ -106,6 +106,20 @@ def test_one_row_per_well_matches_numpy_reference(camae, tmp_path, capsys):
   assert adata.uns["maejax"]["model"] == "camae_tiny"
 
 
+def test_crop_stats_follow_the_embedding(camae):
+  """--crop-stats: each crop's per-channel mean and std in [0, 1] units (what the model's
+  input standardization removes) after its unchanged embedding."""
+  model, source = maejax.load(camae), _source()
+  crops = np.stack([source[i][:16, :16] for i in range(4)])
+  ids = np.tile(source.channel_ids, (4, 1))
+  plain = embed.make_embedder(model, source, 16, batch_size=8)(crops, ids)
+  both = embed.make_embedder(model, source, 16, batch_size=8, crop_stats=True)(crops, ids)
+  x = crops.reshape(4, -1, 6) / 255.0
+  np.testing.assert_allclose(both[:, :64], plain, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(both[:, 64:], np.concatenate([x.mean(1), x.std(1)], 1),
+                             rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.faults
 def test_resume_after_interruption_gives_the_same_table(camae, tmp_path, monkeypatch):
   args = ["--checkpoint", camae, "--crop-size", "16", "--batch-size", "8",

@@ -6,10 +6,11 @@ import json
 import anndata
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from maejax.eval import aggregate, io
+from maejax.eval import aggregate, io, pipeline
 
 
 def _wells():
@@ -201,3 +202,16 @@ def test_read_errors(tmp_path):
   (tmp_path / "x.npy").write_bytes(b"")
   with pytest.raises(ValueError, match="unknown format '.npy'"):
     io.read_embeddings(tmp_path / "x.npy")
+
+
+def test_table_with_a_source_well_id_beside_the_index_reads_back(tmp_path):
+  """A well table written before a source's own well_id (RxRx1's) was renamed holds
+  `Metadata_well_id` twice, as index and column: it reads back with one, and is scored."""
+  wells = _tagged_wells()
+  wells.insert(0, "Metadata_well_id", [f"rxrx1-{i}" for i in range(len(wells))])
+  pq.write_table(pa.Table.from_pandas(wells), tmp_path / "old.parquet")
+  back = io.read_embeddings(tmp_path / "old.parquet")
+  assert back.index.tolist() == wells.index.tolist() and back.index.name == "Metadata_well_id"
+  assert back.Metadata_source_well_id.tolist() == [f"rxrx1-{i}" for i in range(len(wells))]
+  assert "Metadata_well_id" not in back.columns
+  pipeline.check_wells(back)
