@@ -34,8 +34,12 @@ def _time_iterator(config, batch_size: int, seconds: float, min_batches: int = 3
               crop_shape=list(batch["image"].shape[1:]), batches=n, seconds=round(dt, 2))
 
 
+SOURCES = ("synthetic", "png_folder", "arrayrecord")
+
+
 def run(*, workdir: str, sites: int, site_size: int, crop_size: int, batch_size: int,
-        seconds: float, workers: int) -> dict:
+        seconds: float, workers: int, timed=SOURCES) -> dict:
+  """Writes the test data, then times each source named in `timed` (of SOURCES)."""
   spec = dict(site_size=site_size, n_groups=4, genes_per_group=4, n_null_genes=0,
               n_experiments=1, plates_per_experiment=1, controls_per_plate=4,
               sites_per_well=max(1, sites // 20))
@@ -58,6 +62,8 @@ def run(*, workdir: str, sites: int, site_size: int, crop_size: int, batch_size:
   results = {}
   for name, c in [("synthetic", cfg("synthetic")), ("png_folder", cfg("folder", png_dir)),
                   ("arrayrecord", cfg("arrayrecord", ar_dir))]:
+    if name not in timed:
+      continue
     results[name] = _time_iterator(c, batch_size, seconds)
     if workers:
       multi = _time_iterator(cfg(c.source, c.path, workers), batch_size, seconds)
