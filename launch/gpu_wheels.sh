@@ -63,6 +63,8 @@ resolve "$TMP/image.txt" "${IMAGE[@]}"
 mapfile -t MISSING < <(grep -v -E "^($(cut -d= -f1 "$TMP/image.txt" | paste -sd'|'))==" \
   "$TMP/maejax.txt" | grep -v -E "${SKIP%)\$}|jax-.*|nvidia-.*)==" | sort)
 
+# setuptools builds maejax there (skipped by gpu_check.sh where the image has 77 or newer).
+MISSING+=("setuptools>=77")
 echo "missing from the image (${#MISSING[@]}): ${MISSING[*]}"
 rm -rf "$DEST" && mkdir -p "$DEST"
 "$PY" -m pip download --quiet --no-deps "${TARGET[@]}" -d "$DEST" "${MISSING[@]}"

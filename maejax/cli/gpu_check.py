@@ -119,7 +119,7 @@ def attention_kernels(hlo: str) -> dict:
 
 
 def fit_batch(bench: train_bench.StepBench, state, batch_size: int, fill: float = 0.9,
-              max_compiles: int = 3) -> tuple:
+              max_compiles: int = 2) -> tuple:
   """(compiled step, batch, compile seconds, tries): compiles at `batch_size`, then rescales
   the batch by the memory the program needs against the device's free memory (XLA's
   `memory_analysis`: up to `fill` of it) and compiles again, at most `max_compiles` times.
@@ -164,7 +164,7 @@ def part_train(spec: Train, tiny: bool, batch: int | None, steps: int,
     bench = train_bench.StepBench(config, [device], FAST if tiny else None)
     state = bench.init_state()
     compiled, data, compile_s, tries = fit_batch(bench, state, int(config.batch_size),
-                                                 max_compiles=1 if batch else 3)
+                                                 max_compiles=1 if batch else 2)
     while True:
       try:
         _, metrics, times, _ = bench.run(compiled, state, data, steps)
@@ -489,8 +489,10 @@ def _check(out_dir: str, *, tiny: bool, budget_s: float, parts, isolate: bool,
       continue
     batch = (result.get("train_vitl16") or {}).get("batch_size") if name in SAME_BATCH else None
     t0 = time.monotonic()
+    cpu0 = time.process_time()
     result[name] = runner(name, tiny, batch, out_dir, min(PARTS[name], left))
     result[name]["part_s"] = round(time.monotonic() - t0, 1)
+    result[name]["part_cpu_s"] = round(time.process_time() - cpu0, 1)  # This process's only.
     error = result[name].get("error")
     log(f"{name}: {'FAILED ' + error if error else 'ok'} in {result[name]['part_s']} s")
     if error and result[name].get("stderr_tail"):
@@ -504,7 +506,8 @@ def main(argv) -> int:
   p.add_argument("--out", required=True, help="folder for gpu_check.json and gpu_check.log")
   p.add_argument("--tiny", action="store_true",
                  help="tiny models on the CPU, parts in this process: the whole flow in seconds")
-  p.add_argument("--budget-s", type=float, default=480.0, help="for all parts together")
+  p.add_argument("--budget-s", type=float, default=None,
+                 help="seconds for all parts together (default: 480, with --tiny 3600)")
   p.add_argument("--parts", default=",".join(PARTS), help="comma-separated, in this order")
   p.add_argument("--isolate", action=argparse.BooleanOptionalAction, default=None,
                  help="each part in a process of its own (default: on, off with --tiny)")
@@ -531,7 +534,8 @@ def main(argv) -> int:
         f.write(line + "\n")
 
     isolate = (not args.tiny) if args.isolate is None else args.isolate
-    result = check(args.out, tiny=args.tiny, budget_s=args.budget_s, parts=parts,
+    budget_s = args.budget_s or (3600.0 if args.tiny else 480.0)
+    result = check(args.out, tiny=args.tiny, budget_s=budget_s, parts=parts,
                    isolate=isolate, log=log)
     log(f"summary: {json.dumps(workdir_lib.jsonable(result['summary']))}")
     return result["summary"]
