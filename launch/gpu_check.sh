@@ -43,7 +43,8 @@ sys.exit(sys.argv[1] == 'setuptools' and int(v.split('.')[0]) < 77)" "$dist" 2>/
 } > "$OUT/install.log" 2>&1
 # The tree last: an installed maejax comes first; without one, the checkout's (the check
 # needs none of the installed package's extras, such as maejax.configs).
-export PYTHONPATH="$SITE:$(pwd)" XLA_PYTHON_CLIENT_MEM_FRACTION=${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.92}
+export PYTHONPATH="$SITE:$(pwd)"
+export XLA_PYTHON_CLIENT_MEM_FRACTION=${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.92}
 "$PY" -c "import jax, maejax.cli.bench; print('jax', jax.__version__, jax.devices())" \
   >> "$OUT/install.log" 2>&1
 echo "install: $(tail -1 "$OUT/install.log") (more in $OUT/install.log)"

@@ -71,6 +71,7 @@ rm -rf "$DEST" && mkdir -p "$DEST"
 size=$(du -sm "$DEST" | cut -f1)
 echo "$DEST: $(ls "$DEST" | wc -l) wheels, ${size} MiB ($(du -sb "$DEST" | cut -f1) bytes)"
 if (( size > LIMIT_MIB )); then
-  echo "error: $DEST is ${size} MiB, over ${LIMIT_MIB} MiB: the carried tree must stay under 64 MiB" >&2
+  echo "error: $DEST is ${size} MiB, over ${LIMIT_MIB} MiB: the carried tree must stay" \
+    "under 64 MiB; add the largest packages the check does not import to SKIP" >&2
   exit 1
 fi

@@ -184,10 +184,11 @@ def attention(q, k, v, qk_norm=None):
   through `qk_norm` (a QKNorm) first where given.
 
   On GPUs `jax.nn.dot_product_attention`, with cuDNN's flash kernel where it applies
-  (`gpu_attention_implementation`); on TPUs, where XLA writes its logits to HBM, the Pallas kernel `flash.flash_attention`, which also applies the
-  QK-norm (on [b, l, h, d] with head_dim under 128 lanes XLA:TPU relayouts cost more than the
-  norm); on XLA:CPU, where it runs 2-4x slower than attention computed a cache-sized group of
-  heads at a time, `chunked_attention`.
+  (`gpu_attention_implementation`); on TPUs, where XLA writes its logits to HBM, the Pallas
+  kernel `flash.flash_attention`, which also applies the QK-norm (on [b, l, h, d] with
+  head_dim under 128 lanes XLA:TPU relayouts cost more than the norm); on XLA:CPU, where it
+  runs 2-4x slower than attention computed a cache-sized group of heads at a time,
+  `chunked_attention`.
   """
   platform = stack.platform()
   if platform == "tpu":
