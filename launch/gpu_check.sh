@@ -49,4 +49,4 @@ export XLA_PYTHON_CLIENT_MEM_FRACTION=${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.92}
   >> "$OUT/install.log" 2>&1
 echo "install: $(tail -1 "$OUT/install.log") (more in $OUT/install.log)"
 
-"$PY" -m maejax.bench gpu-check --out "$OUT" --budget-s "${BUDGET_S:-480}" --json "$@"
+"$PY" -m maejax.bench gpu-check --out "$OUT" --budget-s "${BUDGET_S:-450}" --json "$@"
