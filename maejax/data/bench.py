@@ -38,15 +38,16 @@ SOURCES = ("synthetic", "png_folder", "arrayrecord")
 
 
 def run(*, workdir: str, sites: int, site_size: int, crop_size: int, batch_size: int,
-        seconds: float, workers: int, timed=SOURCES) -> dict:
-  """Writes the test data, then times each source named in `timed` (of SOURCES)."""
+        seconds: float, workers: int, timed=SOURCES, write_workers: int | None = None) -> dict:
+  """Writes the test data (with `write_workers` processes; default: up to 8), then times each
+  source named in `timed` (of SOURCES)."""
   spec = dict(site_size=site_size, n_groups=4, genes_per_group=4, n_null_genes=0,
               n_experiments=1, plates_per_experiment=1, controls_per_plate=4,
               sites_per_well=max(1, sites // 20))
   screen = synthetic.SyntheticScreen(**spec)
   png_dir, ar_dir = os.path.join(workdir, "png"), os.path.join(workdir, "arrayrecord")
   t0 = time.perf_counter()
-  synthetic.write_screen(screen, png_dir)
+  synthetic.write_screen(screen, png_dir, workers=write_workers)
   write_s = time.perf_counter() - t0
 
   def cfg(source, path="", n_workers=0):
