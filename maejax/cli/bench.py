@@ -1,10 +1,11 @@
-"""Speed figures: `python -m maejax.bench {model,embed,train,compile,data} ... [--json]`.
+"""Speed figures: `python -m maejax.bench {model,embed,train,compile,data,gpu-check} ...`.
 
 `model` times one train step (forward, backward, AdamW) of a registered model on random uint8
 images on one device; `embed` its embedding forward; `--compare-torch` times the PyTorch model
 of the same shape (transformers' ViTMAE, the OpenPhenom architecture) interleaved in the same
 run, and for `model` the speedup over PyTorch that the machine's matmul speed allows at all.
-`train` times the real sharded step of a config; `data` the input pipeline.
+`train` times the real sharded step of a config; `data` the input pipeline; `gpu-check`
+measures all of them on an accelerator in one call (maejax/cli/gpu_check.py).
 """
 
 from __future__ import annotations
@@ -25,24 +26,12 @@ from maejax import cli
 from maejax import config as config_lib
 from maejax import host
 from maejax import models
+from maejax.cli import gpu_check
 from maejax.data import bench as data_bench
 from maejax.models import flops
 from maejax.train import aot
 from maejax.train import bench as train_bench
 from maejax.train import metrics
-
-
-def model_config(name: str, *, batch_size: int, channels: int | None, image_size: int | None,
-                 dtype: str, remat: bool):
-  """A one-device AdamW run config of registry model `name` fed images of the given shape
-  (default: the model's own)."""
-  config = config_lib.experiment("bench_model", name, dtype=dtype,
-                                 **({"remat": True} if remat else {}))
-  config.data.crop_size = image_size or int(config.model.img_size)
-  config.data.channels = tuple(range(channels or int(config.model.channels)))
-  config.batch_size, config.optimizer, config.lr = batch_size, "adamw", 1e-4
-  config.mesh.data = 1
-  return config
 
 
 def print_figures(result: dict) -> None:
@@ -66,8 +55,9 @@ def main_model(argv) -> int:
   args, overrides = cli.parse(p, argv)
 
   def body():
-    config = model_config(args.model, batch_size=args.batch_size, channels=args.channels,
-                          image_size=args.image_size, dtype=args.dtype, remat=args.remat)
+    config = train_bench.model_config(args.model, batch_size=args.batch_size,
+                                      channels=args.channels, image_size=args.image_size,
+                                      dtype=args.dtype, remat=args.remat)
     config_lib.apply_overrides(config, overrides)
     torch_step = _torch_train_step(config) if args.compare_torch else None
     out = dict(train_bench.bench(config, steps=args.steps, num_devices=1,
@@ -160,8 +150,8 @@ def main_embed(argv) -> int:
   args, overrides = cli.parse(p, argv)
 
   def body():
-    config = model_config(args.model, batch_size=args.batch_size, channels=args.channels,
-                          image_size=args.image_size, dtype="float32", remat=False)
+    config = train_bench.model_config(args.model, batch_size=args.batch_size,
+                                      channels=args.channels, image_size=args.image_size)
     config_lib.apply_overrides(config, overrides)
     return bench_embed(config, steps=args.steps, compare_torch=args.compare_torch,
                        dtype=args.dtype)
@@ -419,7 +409,7 @@ def _show_data(out: dict) -> None:
 
 
 COMMANDS = {"model": main_model, "embed": main_embed, "data": main_data, "train": main_train,
-            "compile": main_compile}
+            "compile": main_compile, "gpu-check": gpu_check.main}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -433,6 +423,7 @@ def main(argv: Sequence[str] | None = None) -> int:
           "  train    speed of the sharded train step of a config\n"
           "  compile  ahead-of-time compile for a TPU slice: per-chip HBM, cost-model MFU\n"
           "  data     input-pipeline crops/s per worker for each source\n"
+          "  gpu-check  the one-call GPU check (launch/gpu_check.sh): JSON of every figure\n"
           "each takes --help", file=sys.stderr if argv and argv[0] not in ("-h", "--help")
           else sys.stdout)
     return 0 if argv and argv[0] in ("-h", "--help") else 2

@@ -37,6 +37,7 @@ def _time_iterator(config, batch_size: int, seconds: float, min_batches: int = 3
               crop_shape=list(batch["image"].shape[1:]), batches=n, seconds=round(dt, 2))
 
 
+SOURCES = ("synthetic", "png_folder", "arrayrecord")
 # Beam's pipeline options of each timed ingest (none: in this process).
 INGEST_RUNS = {
     "local": [],
@@ -78,12 +79,14 @@ def ingest_rates(*, workdir: str, sites: int, site_size: int, num_shards: int,
 
 
 def run(*, workdir: str, sites: int, site_size: int, crop_size: int, batch_size: int,
-        seconds: float, workers: int) -> dict:
+        seconds: float, workers: int, timed=SOURCES, write_workers: int | None = None) -> dict:
+  """Writes the test data (with `write_workers` processes; default: up to 8), then times each
+  source named in `timed` (of SOURCES)."""
   spec = _spec(sites, site_size)
   screen = synthetic.SyntheticScreen(**spec)
   png_dir, ar_dir = os.path.join(workdir, "png"), os.path.join(workdir, "arrayrecord")
   t0 = time.perf_counter()
-  synthetic.write_screen(screen, png_dir)
+  synthetic.write_screen(screen, png_dir, workers=write_workers)
   write_s = time.perf_counter() - t0
 
   def cfg(source, path="", n_workers=0):
@@ -99,6 +102,8 @@ def run(*, workdir: str, sites: int, site_size: int, crop_size: int, batch_size:
   results = {}
   for name, c in [("synthetic", cfg("synthetic")), ("png_folder", cfg("folder", png_dir)),
                   ("arrayrecord", cfg("arrayrecord", ar_dir))]:
+    if name not in timed:
+      continue
     results[name] = _time_iterator(c, batch_size, seconds)
     if workers:
       multi = _time_iterator(cfg(c.source, c.path, workers), batch_size, seconds)

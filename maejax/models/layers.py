@@ -7,6 +7,8 @@ Activations are `[batch, length, embed]`.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 import math
 
@@ -14,6 +16,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 from jax.ad_checkpoint import checkpoint_name
+from jax.extend import backend as jax_backend
 from jax.sharding import PartitionSpec as P
 
 from maejax.models import flash, stack
@@ -141,15 +144,51 @@ class QKNorm(nnx.Module):
             self.q_norm.epsilon)
 
 
+# jax.nn.dot_product_attention's `implementation` on GPUs: "auto" (cuDNN where it applies),
+# "cudnn" or "xla". jax's own default is XLA's attention, which writes [b, h, lq, lk] logits
+# to memory; cuDNN's flash kernel does not, and takes bf16/fp16 with head_dim a multiple of 8
+# up to 128 (jax/_src/cudnn/fused_attention_stablehlo.py: check_is_flash_attention).
+_GPU_ATTENTION = contextvars.ContextVar("gpu_attention", default="auto")
+
+
+@contextlib.contextmanager
+def gpu_attention(implementation: str):
+  """Within the block, GPU attention traces with `implementation` ("auto", "cudnn", "xla")."""
+  if implementation not in ("auto", "cudnn", "xla"):
+    raise ValueError(f"gpu attention {implementation!r}: expected auto, cudnn or xla")
+  token = _GPU_ATTENTION.set(implementation)
+  try:
+    yield
+  finally:
+    _GPU_ATTENTION.reset(token)
+
+
+def gpu_attention_implementation(dtype, head_dim: int, cuda: bool) -> str:
+  """"cudnn" or "xla": the `gpu_attention` choice, or under "auto" cuDNN's flash kernel where
+  it applies (a CUDA backend, bf16/fp16, head_dim a multiple of 8 up to 128)."""
+  choice = _GPU_ATTENTION.get()
+  if choice != "auto":
+    return choice
+  fits = jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16) and head_dim % 8 == 0 and head_dim <= 128
+  return "cudnn" if cuda and fits else "xla"
+
+
+def _cuda() -> bool:
+  """Whether the default backend is CUDA (not merely traced for GPUs, as FLOP counts are)."""
+  return (jax.default_backend() == "gpu"
+          and "cuda" in jax_backend.get_backend().platform_version.lower())
+
+
 def attention(q, k, v, qk_norm=None):
   """Softmax attention; q [b, lq, h, d], k/v [b, lk, h, d] -> [b, lq, h, d]; q and k
   through `qk_norm` (a QKNorm) first where given.
 
-  `jax.nn.dot_product_attention` picks the cuDNN flash kernel on GPUs; on TPUs, where XLA
-  writes its logits to HBM, the Pallas kernel `flash.flash_attention`, which also applies the
-  QK-norm (on [b, l, h, d] with head_dim under 128 lanes XLA:TPU relayouts cost more than the
-  norm); on XLA:CPU, where it runs 2-4x slower than attention computed a cache-sized group of
-  heads at a time, `chunked_attention`.
+  On GPUs `jax.nn.dot_product_attention`, with cuDNN's flash kernel where it applies
+  (`gpu_attention_implementation`); on TPUs, where XLA writes its logits to HBM, the Pallas
+  kernel `flash.flash_attention`, which also applies the QK-norm (on [b, l, h, d] with
+  head_dim under 128 lanes XLA:TPU relayouts cost more than the norm); on XLA:CPU, where it
+  runs 2-4x slower than attention computed a cache-sized group of heads at a time,
+  `chunked_attention`.
   """
   platform = stack.platform()
   if platform == "tpu":
@@ -159,7 +198,8 @@ def attention(q, k, v, qk_norm=None):
     q, k = qk_norm(q, k)
   if platform == "cpu":
     return chunked_attention(q, k, v)
-  return jax.nn.dot_product_attention(q, k, v)
+  return jax.nn.dot_product_attention(
+      q, k, v, implementation=gpu_attention_implementation(q.dtype, q.shape[-1], _cuda()))
 
 
 def self_attention(qkv, out, x, qk_norm=None, scale=None):

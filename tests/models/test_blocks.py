@@ -1,4 +1,5 @@
-"""Transformer blocks (models/layers.py): LayerScale folded into the residual projections."""
+"""Transformer blocks (models/layers.py): LayerScale folded into the residual projections;
+which attention kernel GPUs run."""
 
 import jax
 import jax.numpy as jnp
@@ -64,3 +65,18 @@ def test_prenorm_block_with_layerscale_matches_numpy():
   want = h + p("ls2.gamma") * (gelu @ p("mlp.fc2.kernel") + p("mlp.fc2.bias"))
   got = np.asarray(block(jnp.asarray(x, jnp.float32)), np.float64)
   np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+
+
+@pytest.mark.parametrize("dtype,head_dim,cuda,want", [
+    ("bfloat16", 64, True, "cudnn"), ("float16", 128, True, "cudnn"),
+    ("float32", 64, True, "xla"),    # cuDNN's flash kernel takes 16-bit inputs only.
+    ("bfloat16", 132, True, "xla"),  # head_dim over 128.
+    ("bfloat16", 60, True, "xla"),   # not a multiple of 8.
+    ("bfloat16", 64, False, "xla")])  # traced for GPUs on another backend (FLOP counts).
+def test_gpu_attention_takes_cudnn_where_it_applies(dtype, head_dim, cuda, want):
+  assert layers.gpu_attention_implementation(dtype, head_dim, cuda) == want
+  with layers.gpu_attention("xla"):
+    assert layers.gpu_attention_implementation(dtype, head_dim, cuda) == "xla"
+  with pytest.raises(ValueError, match="expected auto, cudnn or xla"):
+    with layers.gpu_attention("flash"):
+      pass
