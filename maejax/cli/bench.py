@@ -1,4 +1,4 @@
-"""Speed figures: `python -m maejax.bench {model,embed,train,compile,data} ... [--json]`.
+"""Speed figures: `python -m maejax.bench {model,embed,train,compile,data,benchmark} ... [--json]`.
 
 `model` times one train step (forward, backward, AdamW) of a registered model on random uint8
 images on one device; `embed` its embedding forward; `--compare-torch` times the PyTorch model
@@ -23,6 +23,7 @@ from maejax import cli
 from maejax import config as config_lib
 from maejax import models
 from maejax.data import bench as data_bench
+from maejax.eval import scale
 from maejax.models import flops
 from maejax.train import aot
 from maejax.train import bench as train_bench
@@ -323,8 +324,41 @@ def _show_data(out: dict) -> None:
           f"crop {r['crop_shape']}")
 
 
+def main_benchmark(argv) -> int:
+  p = cli.parser("python -m maejax.bench benchmark", scale.__doc__)
+  p.add_argument("--wells", type=int, default=10_000)
+  p.add_argument("--features", type=int, default=1024)
+  p.add_argument("--genes", type=int, default=17_000)
+  p.add_argument("--pairs", type=int, default=300_000, help="known gene pairs")
+  p.add_argument("--batches", type=int, default=50)
+  p.add_argument("--map-null-size", type=int, default=1000,
+                 help="copairs null size for the mAP p-values (0 skips mAP)")
+  p.add_argument("--n-null", type=int, default=1000, help="replicate-consistency null sets")
+  p.add_argument("--workdir", default="", help="where to write the table and results "
+                 "(default: a temp dir)")
+  args = p.parse_args(argv)
+
+  def body():
+    with tempfile.TemporaryDirectory() as tmp:
+      return scale.run(args.wells, args.features, args.genes, args.workdir or tmp,
+                       pairs=args.pairs, batches=args.batches,
+                       map_null_size=args.map_null_size, n_null=args.n_null)
+
+  return cli.report(args, body, _show_benchmark)
+
+
+def _show_benchmark(out: dict) -> None:
+  print(f"{out['wells']} wells x {out['features']} features, {out['genes']} genes, "
+        f"{out['pairs']} pairs")
+  for r in out["stages"]:
+    print(f"{r['stage']:>22}: {r['seconds']:8.1f} s  peak RSS {r['peak_rss_gib']:6.2f} GiB "
+          f"(from {r['rss_before_gib']:.2f})")
+  print(f"{'total (read to write)':>22}: {out['total_seconds']:8.1f} s  peak RSS "
+        f"{out['peak_rss_gib']:6.2f} GiB" + ("" if out["peak_reset"] else " (peaks cumulative)"))
+
+
 COMMANDS = {"model": main_model, "embed": main_embed, "data": main_data, "train": main_train,
-            "compile": main_compile}
+            "compile": main_compile, "benchmark": main_benchmark}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -338,6 +372,8 @@ def main(argv: Sequence[str] | None = None) -> int:
           "  train    speed of the sharded train step of a config\n"
           "  compile  ahead-of-time compile for a TPU slice: per-chip HBM, cost-model MFU\n"
           "  data     input-pipeline crops/s per worker for each source\n"
+          "  benchmark  time and peak memory of each step of maejax.benchmark on a "
+          "synthetic well table of any size\n"
           "each takes --help", file=sys.stderr if argv and argv[0] not in ("-h", "--help")
           else sys.stdout)
     return 0 if argv and argv[0] in ("-h", "--help") else 2

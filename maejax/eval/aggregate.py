@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+from scipy import sparse
 
 from maejax.eval import io
 
@@ -36,10 +37,10 @@ def aggregate(table: pd.DataFrame, by: str = "Metadata_perturbation",
   metadata, features, names = io.split_table(table)
   codes, groups = pd.factorize(metadata[by], sort=True)
   counts = np.bincount(codes, minlength=len(groups))
-  if method == "mean":
-    sums = np.zeros((len(groups), features.shape[1]))
-    np.add.at(sums, codes, features)
-    pooled = sums / counts[:, None]
+  if method == "mean":  # a sparse [groups, rows] indicator times the features: no copies
+    indicator = sparse.csr_matrix((np.ones(len(codes)), (codes, np.arange(len(codes)))),
+                                  shape=(len(groups), len(codes)))
+    pooled = (indicator @ features / counts[:, None]).astype(features.dtype)
   else:
     pooled = np.stack([np.median(features[codes == g], axis=0) for g in range(len(groups))])
   other = [c for c in metadata.columns if c not in (by, N_WELLS)]

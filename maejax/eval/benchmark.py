@@ -34,6 +34,7 @@ from scipy import stats
 
 from maejax.data import synthetic
 from maejax.eval import io
+from maejax.eval import similarity
 
 THRESHOLDS = ((5, 95), (10, 90))
 CURVE_PERCENTILES = tuple(range(1, 51))
@@ -177,11 +178,7 @@ def relationships_for(table: pd.DataFrame, sources, perturbation_col: str = "per
 
 # ----------------------------------------------------------------------------- similarity
 
-def unit_rows(features) -> np.ndarray:
-  """Rows scaled to unit L2 norm; zero rows stay zero (cosine 0 with everything)."""
-  x = np.asarray(features, dtype=np.float64)
-  norm = np.linalg.norm(x, axis=1, keepdims=True)
-  return x / np.where(norm == 0.0, 1.0, norm)
+unit_rows = similarity.unit_rows
 
 
 def cosine_similarity(features) -> np.ndarray:
@@ -198,13 +195,11 @@ def null_cosines(features, *, max_pairs: int = MAX_NULL_PAIRS, seed: int = 0) ->
     raise ValueError(f"the map has {n} perturbation(s); similarities need at least 2")
   if n * (n - 1) // 2 <= max_pairs:
     i, j = np.triu_indices(n, k=1)
-    values = (u @ u.T)[i, j]
   else:
     rng = np.random.default_rng(seed)
     i = rng.integers(0, n, size=max_pairs)
     j = (i + rng.integers(1, n, size=max_pairs)) % n  # uniform over j != i
-    values = np.einsum("pd,pd->p", u[i], u[j])
-  return np.sort(values)
+  return np.sort(similarity.pair_cosines(u, i, j))
 
 
 def _tail_counts(sorted_null, values):
@@ -245,7 +240,7 @@ def score_relationships(features, genes: Sequence[str], relationships: Mapping[s
     curve: DataFrame [database, percentile, recall, random_baseline] (database "random" too).
   """
   genes = np.asarray(genes, dtype=str)
-  features = np.asarray(features, dtype=np.float64)
+  features = np.asarray(features)
   if features.shape[0] != len(genes):
     raise ValueError(f"{features.shape[0]} feature rows but {len(genes)} gene names")
   duplicated = pd.Index(genes)[pd.Index(genes).duplicated()].unique().tolist()
@@ -279,7 +274,7 @@ def score_relationships(features, genes: Sequence[str], relationships: Mapping[s
     if len(i) == 0:
       warnings.warn(f"database {name}: none of its {len(pairs)} pairs has both genes in the "
                     f"map ({in_map} of its genes are in the map); recall is NaN", stacklevel=2)
-    le, lt = _tail_counts(null, np.einsum("pd,pd->p", u[i], u[j]))
+    le, lt = _tail_counts(null, similarity.pair_cosines(u, i, j))
 
     def recall(lower, upper):
       return float(np.mean(_in_tails(le, lt, len(null), lower, upper))) if len(i) else np.nan
@@ -312,7 +307,7 @@ def complex_recall(features, genes: Sequence[str], complexes: Mapping[str, Seque
   """
   index = pd.Index(np.asarray(genes, dtype=str))
   null = null_cosines(features, max_pairs=max_null_pairs, seed=seed)
-  u = unit_rows(np.asarray(features, dtype=np.float64))
+  u = unit_rows(features)
   rows = []
   for name, members in complexes.items():
     rows_in_map = np.unique(index.get_indexer(np.asarray(members, dtype=str)))
@@ -321,7 +316,7 @@ def complex_recall(features, genes: Sequence[str], complexes: Mapping[str, Seque
       continue
     a, b = np.triu_indices(len(rows_in_map), k=1)
     i, j = rows_in_map[a], rows_in_map[b]
-    le, lt = _tail_counts(null, np.einsum("pd,pd->p", u[i], u[j]))
+    le, lt = _tail_counts(null, similarity.pair_cosines(u, i, j))
     for lower, upper in thresholds:
       rows.append(dict(complex=name, genes_in_map=len(rows_in_map), pairs=len(i), lower=lower,
                        upper=upper,
@@ -370,9 +365,10 @@ def replicate_consistency(features, perturbation: Sequence, batch: Sequence | No
   rng = np.random.default_rng(seed)
   sums: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}  # (batch, count) -> draws
   nulls: dict[tuple, np.ndarray] = {}
+  order = np.argsort(codes, kind="stable")
+  groups = np.split(order, np.flatnonzero(np.diff(codes[order])) + 1) if len(order) else []
   rows = []
-  for g, label in enumerate(labels):
-    members = np.flatnonzero(codes == g)
+  for label, members in zip(labels, groups):
     k = len(members)
     if k < 2:
       continue

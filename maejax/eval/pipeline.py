@@ -10,9 +10,11 @@ another model's, or CellProfiler features.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import warnings
 from pathlib import Path
+from typing import Callable, ContextManager
 
 import numpy as np
 import pandas as pd
@@ -155,8 +157,15 @@ def _informative(features: np.ndarray, names: list[str], source) -> tuple[np.nda
   return features[:, ~constant], [n for n, c in zip(names, constant) if not c]
 
 
+def no_stage(name: str) -> ContextManager:
+  """run_benchmark's default `stage`: times nothing."""
+  del name
+  return contextlib.nullcontext()
+
+
 def run_benchmark(table: pd.DataFrame, relationships, settings: Settings = Settings(), *,
-                  complexes: dict | None = None, source="the well table") -> dict:
+                  complexes: dict | None = None, source="the well table",
+                  stage: Callable[[str], ContextManager] = no_stage) -> dict:
   """Correct -> aggregate -> score a well table.
 
   Args:
@@ -166,6 +175,9 @@ def run_benchmark(table: pd.DataFrame, relationships, settings: Settings = Setti
     relationships: a directory / file(s) of entity1,entity2 pairs, or load_relationships output
       ({database: pairs}).
     complexes: {complex: genes} (read_complexes) for the recall of each complex, or None.
+    stage: called with each step's name (check, correct, replicate_consistency, aggregate,
+      recall, complex_recall, mean_ap); the step runs inside the context it returns
+      (maejax.eval.scale measures time and memory so).
   Returns: dict with `recall`, `curve`, `replicates` (DataFrames), `replicate_summary` (dict),
     `map` (perturbation table), `wells` (corrected well table), `mean_ap` (None when
     settings.map_null_size is 0), `complex_recall` (benchmark.complex_recall with a
@@ -174,56 +186,65 @@ def run_benchmark(table: pd.DataFrame, relationships, settings: Settings = Setti
     is too small for is NaN (None) with its `reason` beside it (None where it is a number).
   """
   s = settings
-  table = check_wells(table, source)
-  metadata, features, feature_names = io.split_table(table, drop_nan_features=s.drop_nan_features)
-  features, feature_names = _informative(features, feature_names, source)
-  pert_column = io.resolve_column(metadata, s.perturbation_col, what="perturbation",
-                                  flag="--perturbation-col")
-  batch = _batch_labels(metadata, s.batch_col)
-  is_control = _control_flags(metadata, pert_column, s)
-  corrected = correct_lib.correct(features, is_control, batch, method=s.correction,
-                                  n_components=s.n_components, min_controls=s.min_controls)
-  if s.correction in correct_lib.PCA_METHODS:
-    feature_names = [f"PC{i + 1}" for i in range(corrected.shape[1])]
-  wells = io.join_table(metadata, corrected, feature_names)
-  treated = wells[~is_control].reset_index(drop=True)
-  if treated.empty:
-    raise ValueError("every well is a control; the map needs perturbation wells")
-  _, treated_features, _ = io.split_table(treated)
-  replicates, replicate_summary = bench.replicate_consistency(
-      treated_features, treated[pert_column].astype(str).to_numpy(),
-      None if batch is None else batch[~is_control], n_null=s.n_null, seed=s.seed)
-  replicate_summary["reason"] = (None if replicate_summary["perturbations"] else
-                                 "no perturbation has 2 or more replicate wells")
-  perturbation_map = aggregate_lib.aggregate(treated, by=pert_column)
+  with stage("check"):
+    table = check_wells(table, source)
+    metadata, features, feature_names = io.split_table(table,
+                                                       drop_nan_features=s.drop_nan_features)
+    features, feature_names = _informative(features, feature_names, source)
+    pert_column = io.resolve_column(metadata, s.perturbation_col, what="perturbation",
+                                    flag="--perturbation-col")
+    batch = _batch_labels(metadata, s.batch_col)
+    is_control = _control_flags(metadata, pert_column, s)
+  with stage("correct"):
+    corrected = correct_lib.correct(features, is_control, batch, method=s.correction,
+                                    n_components=s.n_components, min_controls=s.min_controls)
+    del features
+    if s.correction in correct_lib.PCA_METHODS:
+      feature_names = [f"PC{i + 1}" for i in range(corrected.shape[1])]
+    wells = io.join_table(metadata, corrected, feature_names)
+    treated = wells[~is_control].reset_index(drop=True)
+    if treated.empty:
+      raise ValueError("every well is a control; the map needs perturbation wells")
+  with stage("replicate_consistency"):
+    replicates, replicate_summary = bench.replicate_consistency(
+        corrected[~is_control], treated[pert_column].astype(str).to_numpy(),
+        None if batch is None else batch[~is_control], n_null=s.n_null, seed=s.seed)
+    replicate_summary["reason"] = (None if replicate_summary["perturbations"] else
+                                   "no perturbation has 2 or more replicate wells")
+  with stage("aggregate"):
+    perturbation_map = aggregate_lib.aggregate(treated, by=pert_column)
   if len(perturbation_map) < 2:
     raise ValueError(f"{source}: the map has {len(perturbation_map)} perturbation(s) "
                      f"{perturbation_map[pert_column].tolist()} besides controls; recall "
                      "needs 2 or more")
   _, map_features, _ = io.split_table(perturbation_map)
   genes = perturbation_map[pert_column].astype(str).to_numpy()
-  if not isinstance(relationships, dict):
-    relationships = bench.load_relationships(relationships)
-  recall, curve = bench.score_relationships(map_features, genes, relationships,
-                                            thresholds=s.thresholds,
-                                            max_null_pairs=s.max_null_pairs, seed=s.seed,
-                                            perturbation_col=pert_column)
-  recall.insert(1, "threshold", _threshold_labels(recall))
+  with stage("recall"):
+    if not isinstance(relationships, dict):
+      relationships = bench.load_relationships(relationships)
+    recall, curve = bench.score_relationships(map_features, genes, relationships,
+                                              thresholds=s.thresholds,
+                                              max_null_pairs=s.max_null_pairs, seed=s.seed,
+                                              perturbation_col=pert_column)
+    recall.insert(1, "threshold", _threshold_labels(recall))
+    recall["correction"] = s.correction
+    recall = _recall_reasons(recall)
   by_complex = None
   if complexes is not None:
-    by_complex = bench.complex_recall(map_features, genes, complexes, thresholds=s.thresholds,
-                                      max_null_pairs=s.max_null_pairs, seed=s.seed)
-    by_complex.insert(3, "threshold", _threshold_labels(by_complex))
-  recall["correction"] = s.correction
-  recall = _recall_reasons(recall)
+    with stage("complex_recall"):
+      by_complex = bench.complex_recall(map_features, genes, complexes,
+                                        thresholds=s.thresholds,
+                                        max_null_pairs=s.max_null_pairs, seed=s.seed)
+      by_complex.insert(3, "threshold", _threshold_labels(by_complex))
   scores = None
   if s.map_null_size:
-    scores = mean_ap.score(
-        wells, perturbation_map, relationships, perturbation_col=pert_column,
-        control_col=s.control_col, control_key=s.control_key,
-        negatives="controls" if is_control.any() else "all", null_size=s.map_null_size,
-        seed=s.seed)
-    _map_reasons(scores["summary"], "controls" if is_control.any() else "all")
+    with stage("mean_ap"):
+      scores = mean_ap.score(
+          wells, perturbation_map, relationships, perturbation_col=pert_column,
+          control_col=s.control_col, control_key=s.control_key,
+          negatives="controls" if is_control.any() else "all", null_size=s.map_null_size,
+          seed=s.seed)
+      _map_reasons(scores["summary"], "controls" if is_control.any() else "all")
   return dict(recall=recall, curve=curve, replicates=replicates,
               replicate_summary=replicate_summary, map=perturbation_map, wells=wells,
               complex_recall=by_complex, correction=s.correction, mean_ap=scores,
