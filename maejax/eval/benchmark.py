@@ -10,7 +10,8 @@ Definitions follow the EFAAR benchmark (Celik et al. 2024; Kraus et al. 2024):
   null is <= the pair's cosine; "in the top" means at least `upper`% of the null is < it
   (the empirical-CDF percentile rank, as EFAAR's compute_recall). Random pairs score
   (lower + 100 - upper) / 100, e.g. 0.10 at (5, 95); `random_baseline` gives the exact value
-  for the null at hand.
+  for the null at hand. With `tails="right"` (EFAAR's right-tail recall) only the top tail
+  counts: random pairs then score (100 - upper) / 100.
 
 Where the pairs come from (`relationships_for`): files or directories of entity1,entity2 pairs;
 `efaar`, the CORUM / HuMAP / Reactome / SIGNOR / StringDB tables shipped in Recursion's
@@ -37,6 +38,7 @@ from maejax.eval import io
 from maejax.eval import similarity
 
 THRESHOLDS = ((5, 95), (10, 90))
+TAILS = ("both", "right")
 CURVE_PERCENTILES = tuple(range(1, 51))
 MAX_NULL_PAIRS = 10_000_000
 EFAAR = "efaar"  # --relationships efaar: the tables of the efaar-benchmarking package.
@@ -208,8 +210,9 @@ def _tail_counts(sorted_null, values):
           np.searchsorted(sorted_null, values, side="left"))
 
 
-def _in_tails(le, lt, size, lower, upper):
-  return (le * 100.0 <= lower * size) | (lt * 100.0 >= upper * size)
+def _in_tails(le, lt, size, lower, upper, tails="both"):
+  top = lt * 100.0 >= upper * size
+  return top if tails == "right" else (le * 100.0 <= lower * size) | top
 
 
 def query_pairs(genes: Sequence[str], pairs: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
@@ -224,7 +227,7 @@ def query_pairs(genes: Sequence[str], pairs: pd.DataFrame) -> tuple[np.ndarray, 
 def score_relationships(features, genes: Sequence[str], relationships: Mapping[str, pd.DataFrame],
                         *, thresholds=THRESHOLDS, percentiles=CURVE_PERCENTILES,
                         max_null_pairs: int = MAX_NULL_PAIRS, seed: int = 0,
-                        perturbation_col: str = "perturbation"
+                        perturbation_col: str = "perturbation", tails: str = "both"
                         ) -> tuple[pd.DataFrame, pd.DataFrame]:
   """Known-relationship recall of a perturbation map.
 
@@ -235,10 +238,13 @@ def score_relationships(features, genes: Sequence[str], relationships: Mapping[s
     thresholds: (lower, upper) percent pairs for the recall table.
     percentiles: p values of the recall curve, each scored at (p, 100 - p).
     perturbation_col: the table column `genes` came from (named when no database has a pair).
+    tails: "both" (bottom `lower`% or top) or "right" (the top (100 - `upper`)% only).
   Returns:
     recall: DataFrame [database, lower, upper, recall, pairs, random_baseline, genes_in_map].
     curve: DataFrame [database, percentile, recall, random_baseline] (database "random" too).
   """
+  if tails not in TAILS:
+    raise ValueError(f"tails={tails!r}: expected one of {TAILS}")
   genes = np.asarray(genes, dtype=str)
   features = np.asarray(features)
   if features.shape[0] != len(genes):
@@ -255,6 +261,8 @@ def score_relationships(features, genes: Sequence[str], relationships: Mapping[s
     # _in_tails over the null itself: the lower tail is a prefix, the upper tail a suffix.
     prefix = np.searchsorted(null_le, lower * len(null) / 100.0, side="right")
     suffix = np.searchsorted(null_lt, upper * len(null) / 100.0, side="left")
+    if tails == "right":
+      return float(len(null) - suffix) / len(null)
     return float(prefix + len(null) - suffix - max(0, prefix - suffix)) / len(null)
 
   queries = {name: query_pairs(genes, undirected_pairs(pairs))
@@ -277,7 +285,8 @@ def score_relationships(features, genes: Sequence[str], relationships: Mapping[s
     le, lt = _tail_counts(null, similarity.pair_cosines(u, i, j))
 
     def recall(lower, upper):
-      return float(np.mean(_in_tails(le, lt, len(null), lower, upper))) if len(i) else np.nan
+      return (float(np.mean(_in_tails(le, lt, len(null), lower, upper, tails))) if len(i)
+              else np.nan)
 
     for lower, upper in thresholds:
       recall_rows.append(dict(database=name, lower=lower, upper=upper, recall=recall(lower, upper),
