@@ -23,6 +23,7 @@ from maejax import cli
 from maejax import config as config_lib
 from maejax import models
 from maejax.data import bench as data_bench
+from maejax.eval import mean_ap
 from maejax.eval import scale
 from maejax.models import flops
 from maejax.train import aot
@@ -331,7 +332,7 @@ def main_benchmark(argv) -> int:
   p.add_argument("--genes", type=int, default=17_000)
   p.add_argument("--pairs", type=int, default=300_000, help="known gene pairs")
   p.add_argument("--batches", type=int, default=50)
-  p.add_argument("--map-null-size", type=int, default=1000,
+  p.add_argument("--map-null-size", type=int, default=mean_ap.NULL_SIZE,
                  help="copairs null size for the mAP p-values (0 skips mAP)")
   p.add_argument("--n-null", type=int, default=1000, help="replicate-consistency null sets")
   p.add_argument("--workdir", default="", help="where to write the table and results "
@@ -342,7 +343,8 @@ def main_benchmark(argv) -> int:
     with tempfile.TemporaryDirectory() as tmp:
       return scale.run(args.wells, args.features, args.genes, args.workdir or tmp,
                        pairs=args.pairs, batches=args.batches,
-                       map_null_size=args.map_null_size, n_null=args.n_null)
+                       map_null_size=args.map_null_size, n_null=args.n_null,
+                       log=lambda line: print(line, file=sys.stderr, flush=True))
 
   return cli.report(args, body, _show_benchmark)
 
@@ -351,10 +353,10 @@ def _show_benchmark(out: dict) -> None:
   print(f"{out['wells']} wells x {out['features']} features, {out['genes']} genes, "
         f"{out['pairs']} pairs")
   for r in out["stages"]:
-    print(f"{r['stage']:>22}: {r['seconds']:8.1f} s  peak RSS {r['peak_rss_gib']:6.2f} GiB "
-          f"(from {r['rss_before_gib']:.2f})")
-  print(f"{'total (read to write)':>22}: {out['total_seconds']:8.1f} s  peak RSS "
-        f"{out['peak_rss_gib']:6.2f} GiB" + ("" if out["peak_reset"] else " (peaks cumulative)"))
+    print(scale.format_stage(r))
+  print(f"{'total (read to write)':>22}: {out['total_seconds']:8.1f} s wall "
+        f"{out['total_cpu_seconds']:8.1f} s CPU  peak RSS {out['peak_rss_gib']:6.2f} GiB"
+        + ("" if out["peak_reset"] else " (peaks cumulative)"))
 
 
 COMMANDS = {"model": main_model, "embed": main_embed, "data": main_data, "train": main_train,

@@ -18,6 +18,7 @@ import pandas as pd
 
 from maejax.eval import benchmark as bench
 from maejax.eval import io
+from maejax.eval import mean_ap
 from maejax.eval import pipeline
 
 CONTROL = "EMPTY"
@@ -81,43 +82,56 @@ def _reset_peak() -> bool:
 
 
 class Stages:
-  """`with stages("name"): ...` records the step's wall seconds, the resident set before it
-  and its peak (GiB) in `stages.rows`."""
+  """`with stages("name"): ...` records the step's wall and CPU seconds (all threads), the
+  resident set before it and its peak (GiB) in `stages.rows`; `log` gets each row's line as
+  the step ends."""
 
-  def __init__(self):
+  def __init__(self, log=None):
     self.rows: list[dict] = []
     self.peak_reset = True
+    self.log = log
 
   @contextlib.contextmanager
   def __call__(self, name: str):
     before = _status_gib("VmRSS")
     self.peak_reset &= _reset_peak()
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     yield
-    self.rows.append(dict(stage=name, seconds=time.perf_counter() - start,
-                          rss_before_gib=before, peak_rss_gib=_status_gib("VmHWM")))
+    row = dict(stage=name, seconds=time.perf_counter() - start,
+               cpu_seconds=time.process_time() - cpu, rss_before_gib=before,
+               peak_rss_gib=_status_gib("VmHWM"))
+    self.rows.append(row)
+    if self.log is not None:
+      self.log(format_stage(row))
+
+
+def format_stage(row: dict) -> str:
+  return (f"{row['stage']:>22}: {row['seconds']:8.1f} s wall {row['cpu_seconds']:8.1f} s CPU  "
+          f"peak RSS {row['peak_rss_gib']:6.2f} GiB (from {row['rss_before_gib']:.2f})")
 
 
 def run(wells: int, features: int, genes: int, out_dir, *, pairs: int = 300_000,
-        batches: int = 50, map_null_size: int = 1000, n_null: int = 1000, seed: int = 0,
-        with_plots: bool = True) -> dict:
+        batches: int = 50, map_null_size: int = mean_ap.NULL_SIZE, n_null: int = 1000,
+        seed: int = 0, with_plots: bool = True, log=None) -> dict:
   """Builds synthetic_wells, writes it as Parquet and the pairs as CSV into `out_dir`, then
   times maejax.benchmark's path on them: read, the steps of pipeline.run_benchmark, and
   write_outputs (CSVs, the map, the plots).
 
-  Returns: dict(stages=[{stage, seconds, rss_before_gib, peak_rss_gib}], total_seconds,
+  log: called with each step's line as it ends (e.g. print).
+  Returns: dict(stages=[{stage, seconds, cpu_seconds, rss_before_gib, peak_rss_gib}],
+    total_seconds, total_cpu_seconds,
     peak_rss_gib (the largest step peak), peak_reset, the benchmark's summary figures).
   """
   out_dir = Path(out_dir)
   out_dir.mkdir(parents=True, exist_ok=True)
-  stages = Stages()
+  stages = Stages(log)
   with stages("build"):
     table, pair_table = synthetic_wells(wells, features, genes, pairs=pairs, batches=batches,
                                         seed=seed)
     io.write_embeddings(table, out_dir / "wells.parquet")
     pair_table.to_csv(out_dir / "pairs.csv", index=False)
     del table, pair_table
-  start = time.perf_counter()
+  start, cpu = time.perf_counter(), time.process_time()
   with stages("read"):
     table = io.read_embeddings(out_dir / "wells.parquet")
     relationships = bench.load_relationships(out_dir / "pairs.csv")
@@ -134,6 +148,7 @@ def run(wells: int, features: int, genes: int, out_dir, *, pairs: int = 300_000,
   return dict(wells=wells, features=features, genes=genes, pairs=pairs, batches=batches,
               map_null_size=map_null_size, stages=stages.rows,
               total_seconds=time.perf_counter() - start,
+              total_cpu_seconds=time.process_time() - cpu,
               peak_rss_gib=max(r["peak_rss_gib"] for r in timed), peak_reset=stages.peak_reset,
               perturbations=summary["perturbations"], recall=summary["recall"],
               mean_average_precision=summary["mean_average_precision"])
