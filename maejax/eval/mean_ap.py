@@ -110,9 +110,10 @@ def replicate_ap(features: np.ndarray, perturbation, is_control, *, negatives: s
   members = np.split(order, np.flatnonzero(np.diff(codes[order])) + 1)
   queries = np.array([q for q in treated if len(members[codes[q]]) > 1], dtype=np.int64)
   ap, n_pos, n_total = [], [], []
+  pool_t = np.ascontiguousarray(u[pool].T)
   for rows in similarity.row_blocks(len(queries), len(pool), block_size):
     block = queries[rows]
-    sims = u[block] @ u[pool].T
+    sims = u[block] @ pool_t
     pool_sorted = np.sort(sims, axis=1)
     for r, q in enumerate(block):
       same = members[codes[q]]
