@@ -251,7 +251,7 @@ def run_benchmark(table: pd.DataFrame, relationships, settings: Settings = Setti
   if s.map_null_size:
     with stage("mean_ap"):
       scores = mean_ap.score(
-          wells[~is_compound], perturbation_map, relationships, perturbation_col=pert_column,
+          wells[~is_compound] if is_compound.any() else wells, perturbation_map, relationships, perturbation_col=pert_column,
           control_col=s.control_col, control_key=s.control_key,
           negatives="controls" if is_control.any() else "all", null_size=s.map_null_size,
           seed=s.seed)
