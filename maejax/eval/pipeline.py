@@ -190,9 +190,10 @@ def run_benchmark(table: pd.DataFrame, relationships, settings: Settings = Setti
   Returns: dict with `recall`, `curve`, `replicates` (DataFrames), `replicate_summary` (dict),
     `map` (perturbation table), `wells` (corrected well table), `mean_ap` (None when
     settings.map_null_size is 0), `complex_recall` (benchmark.complex_recall with a
-    `threshold` column; None without complexes), `correction` and `perturbation_column`. A
-    figure the input
-    is too small for is NaN (None) with its `reason` beside it (None where it is a number).
+    `threshold` column; None without complexes), `compound_gene` ((per-compound DataFrame,
+    summary) of compound.benchmark; None without compound targets), `correction` and
+    `perturbation_column`. A figure the input is too small for is NaN (None) with its
+    `reason` beside it (None where it is a number).
   """
   s = settings
   with stage("check"):
