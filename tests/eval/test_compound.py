@@ -67,6 +67,7 @@ def _reference(table, targets, seed):
   return per_compound(in_map), per_compound(shuffled.drop_duplicates())
 
 
+@pytest.mark.filterwarnings("ignore:no control flags")
 def test_compound_gene_auc_ap_equal_the_definition():
   table, targets = _screen()
   settings = pipeline.Settings(correction="none", map_null_size=0, n_null=10)
