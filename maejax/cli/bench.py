@@ -1,10 +1,12 @@
-"""Speed figures: `python -m maejax.bench {model,embed,train,compile,data,gpu-check} ...`.
+"""Speed figures: `python -m maejax.bench {model,embed,train,compile,data,benchmark,gpu-check}
+... [--json]`.
 
 `model` times one train step (forward, backward, AdamW) of a registered model on random uint8
 images on one device; `embed` its embedding forward; `--compare-torch` times the PyTorch model
 of the same shape (transformers' ViTMAE, the OpenPhenom architecture) interleaved in the same
 run, and for `model` the speedup over PyTorch that the machine's matmul speed allows at all.
-`train` times the real sharded step of a config; `data` the input pipeline; `gpu-check`
+`train` times the real sharded step of a config; `data` the input pipeline; `benchmark` each
+step of `maejax.benchmark` on a synthetic well table of any size; `gpu-check`
 measures all of them on an accelerator in one call (maejax/cli/gpu_check.py).
 """
 
@@ -28,6 +30,8 @@ from maejax import host
 from maejax import models
 from maejax.cli import gpu_check
 from maejax.data import bench as data_bench
+from maejax.eval import mean_ap
+from maejax.eval import scale
 from maejax.models import flops
 from maejax.train import aot
 from maejax.train import bench as train_bench
@@ -408,8 +412,42 @@ def _show_data(out: dict) -> None:
           f"crop {r['crop_shape']}")
 
 
+def main_benchmark(argv) -> int:
+  p = cli.parser("python -m maejax.bench benchmark", scale.__doc__)
+  p.add_argument("--wells", type=int, default=10_000)
+  p.add_argument("--features", type=int, default=1024)
+  p.add_argument("--genes", type=int, default=17_000)
+  p.add_argument("--pairs", type=int, default=300_000, help="known gene pairs")
+  p.add_argument("--batches", type=int, default=50)
+  p.add_argument("--map-null-size", type=int, default=mean_ap.NULL_SIZE,
+                 help="copairs null size for the mAP p-values (0 skips mAP)")
+  p.add_argument("--n-null", type=int, default=1000, help="replicate-consistency null sets")
+  p.add_argument("--workdir", default="", help="where to write the table and results "
+                 "(default: a temp dir)")
+  args = p.parse_args(argv)
+
+  def body():
+    with tempfile.TemporaryDirectory() as tmp:
+      return scale.run(args.wells, args.features, args.genes, args.workdir or tmp,
+                       pairs=args.pairs, batches=args.batches,
+                       map_null_size=args.map_null_size, n_null=args.n_null,
+                       log=lambda line: print(line, file=sys.stderr, flush=True))
+
+  return cli.report(args, body, _show_benchmark)
+
+
+def _show_benchmark(out: dict) -> None:
+  print(f"{out['wells']} wells x {out['features']} features, {out['genes']} genes, "
+        f"{out['pairs']} pairs")
+  for r in out["stages"]:
+    print(scale.format_stage(r))
+  print(f"{'total (read to write)':>22}: {out['total_seconds']:8.1f} s wall "
+        f"{out['total_cpu_seconds']:8.1f} s CPU  peak RSS {out['peak_rss_gib']:6.2f} GiB"
+        + ("" if out["peak_reset"] else " (peaks cumulative)"))
+
+
 COMMANDS = {"model": main_model, "embed": main_embed, "data": main_data, "train": main_train,
-            "compile": main_compile, "gpu-check": gpu_check.main}
+            "compile": main_compile, "benchmark": main_benchmark, "gpu-check": gpu_check.main}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -423,6 +461,8 @@ def main(argv: Sequence[str] | None = None) -> int:
           "  train    speed of the sharded train step of a config\n"
           "  compile  ahead-of-time compile for a TPU slice: per-chip HBM, cost-model MFU\n"
           "  data     input-pipeline crops/s per worker for each source\n"
+          "  benchmark  time and peak memory of each step of maejax.benchmark on a "
+          "synthetic well table of any size\n"
           "  gpu-check  the one-call GPU check (launch/gpu_check.sh): JSON of every figure\n"
           "each takes --help", file=sys.stderr if argv and argv[0] not in ("-h", "--help")
           else sys.stdout)

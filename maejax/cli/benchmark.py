@@ -7,8 +7,9 @@ Works on any table with `Metadata_*` columns and numeric features: this package'
 another model's, or CellProfiler features (maejax.eval.pipeline). Writes to --out: recall.csv,
 recall_curve.csv, replicate_consistency.csv, perturbation_map.parquet, recall_curve.png,
 complex_heatmap.png and complex_recall.csv (when a clusters TSV is found: the recall of each
-complex's own pairs), replicate_consistency.png, and mAP by
-copairs (maejax.eval.mean_ap): map_replicates.csv (replicate retrieval per perturbation) and
+complex's own pairs), replicate_consistency.png, compound_gene.csv and compound_auc.png (with
+--compound-targets: the compound-gene benchmark of the wells with a concentration), and mAP
+as copairs defines it (maejax.eval.mean_ap): map_replicates.csv (replicate retrieval per perturbation) and
 map_relationships.csv (known-partner retrieval per gene and database). Rows repeated whole and
 features constant over all wells are dropped with a warning; an empty table, or one well in two
 differing rows, is an error; a figure the table is too small for prints as n/a with its reason
@@ -32,6 +33,7 @@ import pandas as pd
 from maejax import cli
 from maejax.cli import sweep
 from maejax.eval import benchmark as bench
+from maejax.eval import compound
 from maejax.eval import correct as correct_lib
 from maejax.eval import io
 from maejax.eval import mean_ap
@@ -94,6 +96,17 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--drop-nan-features", action="store_true",
                  help="drop feature columns with NaN/inf instead of failing")
+  p.add_argument("--tails", default="both", choices=bench.TAILS,
+                 help="recall of pairs in both tails of the null, or the right (top) tail only "
+                 "(EFAAR's right-tail recall)")
+  p.add_argument("--compound-targets", default=None,
+                 help="compound,gene CSV of known targets: scores the compound wells (those "
+                 "with a concentration) against the gene map: per-compound AUC and AP of the "
+                 "targets, medians and a shuffled-target baseline (maejax.eval.compound; "
+                 "compound_gene.csv, compound_auc.png)")
+  p.add_argument("--concentration-col", default=compound.CONCENTRATION,
+                 help="column of compound concentrations (Metadata_ prefix optional); wells "
+                 "with a value are compound wells")
   p.add_argument("--h5ad", action="store_true",
                  help="also write the corrected wells as corrected_wells.h5ad")
   return p.parse_args(argv)
@@ -106,7 +119,8 @@ def settings(args) -> pipeline.Settings:
       n_components=args.n_components, min_controls=args.min_controls,
       thresholds=tuple(tuple(t) for t in args.thresholds), n_null=args.n_null, seed=args.seed,
       max_null_pairs=args.max_null_pairs, drop_nan_features=args.drop_nan_features,
-      map_null_size=args.map_null_size)
+      map_null_size=args.map_null_size, tails=args.tails,
+      concentration_col=args.concentration_col)
 
 
 def _fmt(value, spec=".3f"):
@@ -144,6 +158,14 @@ def _report(info: dict, out: str) -> None:
     print(f"{database} mAP: " + (f"n/a ({row['reason']})" if row["reason"] else
                                  f"{_fmt(row['mean_average_precision'])} over {row['n']} "
                                  f"genes, {_fmt(row['fraction_retrieved'])} retrieved"))
+  row = info.get("compound_gene")
+  if row:
+    print("compound-gene: " + (f"n/a ({row['reason']})" if row["reason"] else
+                               f"{row['compounds']} compounds, median AUC "
+                               f"{_fmt(row['median_auc'])} (shuffled targets "
+                               f"{_fmt(row['baseline_median_auc'])}), median AP "
+                               f"{_fmt(row['median_average_precision'])} (shuffled "
+                               f"{_fmt(row['baseline_median_average_precision'])})"))
   print(f"wrote {len(info['files'])} files to {out}")
 
 
@@ -161,9 +183,11 @@ def _main(args) -> int:
   relationships, planted = bench.relationships_for(table, args.relationships,
                                                    args.perturbation_col)
   clusters = args.clusters or planted or pipeline.find_clusters(relationships)
+  targets = (None if args.compound_targets is None
+             else compound.read_targets(args.compound_targets))
   result = pipeline.run_benchmark(table, relationships, settings(args),
                                   complexes=pipeline.read_complexes(clusters),
-                                  source=args.embeddings)
+                                  source=args.embeddings, compound_targets=targets)
   files = pipeline.write_outputs(result, args.out, clusters=clusters, h5ad=args.h5ad)
   info = pipeline.summary(result, files)
   _report(info, args.out)

@@ -16,6 +16,9 @@ std, percentiles), is scored the same way. Writes `<out>/comparison.csv`,
 
 `--config.<field>=<value>` overrides are applied to every config (training and the embedded
 screen alike), e.g. --config.data.synthetic.batch_effects=false --config.batch_size=32.
+A synthetic screen with compounds (--config.data.synthetic.compounds=12
+--config.data.synthetic.inactive_compounds=4) adds each model's compound-gene median AUC
+against its planted targets (and the shuffled-target baseline) to the table.
 """
 
 from __future__ import annotations
@@ -102,11 +105,16 @@ def train_all(configs, scorer: scorer_lib.Scorer, out: str, *, progress: bool = 
 
 
 def format_table(table: pd.DataFrame) -> str:
-  shown = table[["model", "weights", "correction", "recall_5_95", "recall_10_90",
-                 "replicate_fraction_significant", "replicate_median_cosine"]].rename(columns={
-                     "recall_5_95": "recall 5/95", "recall_10_90": "recall 10/90",
-                     "replicate_fraction_significant": "replicates signif.",
-                     "replicate_median_cosine": "replicate cos"})
+  """The printed comparison; the compound-gene median AUC when the screen has compounds."""
+  columns = ["model", "weights", "correction", "recall_5_95", "recall_10_90",
+             "replicate_fraction_significant", "replicate_median_cosine"]
+  if table.compound_median_auc.notna().any():
+    columns += ["compound_median_auc", "compound_baseline_auc"]
+  shown = table[columns].rename(columns={
+      "recall_5_95": "recall 5/95", "recall_10_90": "recall 10/90",
+      "replicate_fraction_significant": "replicates signif.",
+      "replicate_median_cosine": "replicate cos", "compound_median_auc": "compound AUC",
+      "compound_baseline_auc": "shuffled AUC"})
   return shown.to_string(index=False, float_format=lambda v: f"{v:.3f}", na_rep="-")
 
 

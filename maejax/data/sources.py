@@ -481,7 +481,11 @@ class Rxrx3CoreSource(Source):
     self._locs = locs
     meta = df.iloc[rows].reset_index(drop=True)
     meta["experiment"], meta["well"], meta["site"] = meta.experiment_name, meta.address, 1
-    meta["perturbation"] = meta.gene
+    # Compound wells name no gene: their perturbation is the compound (`treatment`), and their
+    # `concentration` (kept, with SMILES and perturbation_type) marks them for the
+    # compound-gene benchmark (maejax.eval.compound).
+    gene = meta.gene.where(meta.gene.notna() & (meta.gene.astype(str) != ""))
+    meta["perturbation"] = gene.fillna(meta["treatment"]) if "treatment" in meta else meta.gene
     meta["is_control"] = meta.gene.astype(str).str.startswith("EMPTY")
     self.metadata = meta
 

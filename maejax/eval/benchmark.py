@@ -10,7 +10,8 @@ Definitions follow the EFAAR benchmark (Celik et al. 2024; Kraus et al. 2024):
   null is <= the pair's cosine; "in the top" means at least `upper`% of the null is < it
   (the empirical-CDF percentile rank, as EFAAR's compute_recall). Random pairs score
   (lower + 100 - upper) / 100, e.g. 0.10 at (5, 95); `random_baseline` gives the exact value
-  for the null at hand.
+  for the null at hand. With `tails="right"` (EFAAR's right-tail recall) only the top tail
+  counts: random pairs then score (100 - upper) / 100.
 
 Where the pairs come from (`relationships_for`): files or directories of entity1,entity2 pairs;
 `efaar`, the CORUM / HuMAP / Reactome / SIGNOR / StringDB tables shipped in Recursion's
@@ -34,8 +35,10 @@ from scipy import stats
 
 from maejax.data import synthetic
 from maejax.eval import io
+from maejax.eval import similarity
 
 THRESHOLDS = ((5, 95), (10, 90))
+TAILS = ("both", "right")
 CURVE_PERCENTILES = tuple(range(1, 51))
 MAX_NULL_PAIRS = 10_000_000
 EFAAR = "efaar"  # --relationships efaar: the tables of the efaar-benchmarking package.
@@ -177,11 +180,7 @@ def relationships_for(table: pd.DataFrame, sources, perturbation_col: str = "per
 
 # ----------------------------------------------------------------------------- similarity
 
-def unit_rows(features) -> np.ndarray:
-  """Rows scaled to unit L2 norm; zero rows stay zero (cosine 0 with everything)."""
-  x = np.asarray(features, dtype=np.float64)
-  norm = np.linalg.norm(x, axis=1, keepdims=True)
-  return x / np.where(norm == 0.0, 1.0, norm)
+unit_rows = similarity.unit_rows
 
 
 def cosine_similarity(features) -> np.ndarray:
@@ -198,13 +197,11 @@ def null_cosines(features, *, max_pairs: int = MAX_NULL_PAIRS, seed: int = 0) ->
     raise ValueError(f"the map has {n} perturbation(s); similarities need at least 2")
   if n * (n - 1) // 2 <= max_pairs:
     i, j = np.triu_indices(n, k=1)
-    values = (u @ u.T)[i, j]
   else:
     rng = np.random.default_rng(seed)
     i = rng.integers(0, n, size=max_pairs)
     j = (i + rng.integers(1, n, size=max_pairs)) % n  # uniform over j != i
-    values = np.einsum("pd,pd->p", u[i], u[j])
-  return np.sort(values)
+  return np.sort(similarity.pair_cosines(u, i, j))
 
 
 def _tail_counts(sorted_null, values):
@@ -213,8 +210,9 @@ def _tail_counts(sorted_null, values):
           np.searchsorted(sorted_null, values, side="left"))
 
 
-def _in_tails(le, lt, size, lower, upper):
-  return (le * 100.0 <= lower * size) | (lt * 100.0 >= upper * size)
+def _in_tails(le, lt, size, lower, upper, tails="both"):
+  top = lt * 100.0 >= upper * size
+  return top if tails == "right" else (le * 100.0 <= lower * size) | top
 
 
 def query_pairs(genes: Sequence[str], pairs: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
@@ -229,7 +227,7 @@ def query_pairs(genes: Sequence[str], pairs: pd.DataFrame) -> tuple[np.ndarray, 
 def score_relationships(features, genes: Sequence[str], relationships: Mapping[str, pd.DataFrame],
                         *, thresholds=THRESHOLDS, percentiles=CURVE_PERCENTILES,
                         max_null_pairs: int = MAX_NULL_PAIRS, seed: int = 0,
-                        perturbation_col: str = "perturbation"
+                        perturbation_col: str = "perturbation", tails: str = "both"
                         ) -> tuple[pd.DataFrame, pd.DataFrame]:
   """Known-relationship recall of a perturbation map.
 
@@ -240,12 +238,15 @@ def score_relationships(features, genes: Sequence[str], relationships: Mapping[s
     thresholds: (lower, upper) percent pairs for the recall table.
     percentiles: p values of the recall curve, each scored at (p, 100 - p).
     perturbation_col: the table column `genes` came from (named when no database has a pair).
+    tails: "both" (bottom `lower`% or top) or "right" (the top (100 - `upper`)% only).
   Returns:
     recall: DataFrame [database, lower, upper, recall, pairs, random_baseline, genes_in_map].
     curve: DataFrame [database, percentile, recall, random_baseline] (database "random" too).
   """
+  if tails not in TAILS:
+    raise ValueError(f"tails={tails!r}: expected one of {TAILS}")
   genes = np.asarray(genes, dtype=str)
-  features = np.asarray(features, dtype=np.float64)
+  features = np.asarray(features)
   if features.shape[0] != len(genes):
     raise ValueError(f"{features.shape[0]} feature rows but {len(genes)} gene names")
   duplicated = pd.Index(genes)[pd.Index(genes).duplicated()].unique().tolist()
@@ -260,6 +261,8 @@ def score_relationships(features, genes: Sequence[str], relationships: Mapping[s
     # _in_tails over the null itself: the lower tail is a prefix, the upper tail a suffix.
     prefix = np.searchsorted(null_le, lower * len(null) / 100.0, side="right")
     suffix = np.searchsorted(null_lt, upper * len(null) / 100.0, side="left")
+    if tails == "right":
+      return float(len(null) - suffix) / len(null)
     return float(prefix + len(null) - suffix - max(0, prefix - suffix)) / len(null)
 
   queries = {name: query_pairs(genes, undirected_pairs(pairs))
@@ -279,10 +282,11 @@ def score_relationships(features, genes: Sequence[str], relationships: Mapping[s
     if len(i) == 0:
       warnings.warn(f"database {name}: none of its {len(pairs)} pairs has both genes in the "
                     f"map ({in_map} of its genes are in the map); recall is NaN", stacklevel=2)
-    le, lt = _tail_counts(null, np.einsum("pd,pd->p", u[i], u[j]))
+    le, lt = _tail_counts(null, similarity.pair_cosines(u, i, j))
 
     def recall(lower, upper):
-      return float(np.mean(_in_tails(le, lt, len(null), lower, upper))) if len(i) else np.nan
+      return (float(np.mean(_in_tails(le, lt, len(null), lower, upper, tails))) if len(i)
+              else np.nan)
 
     for lower, upper in thresholds:
       recall_rows.append(dict(database=name, lower=lower, upper=upper, recall=recall(lower, upper),
@@ -312,7 +316,7 @@ def complex_recall(features, genes: Sequence[str], complexes: Mapping[str, Seque
   """
   index = pd.Index(np.asarray(genes, dtype=str))
   null = null_cosines(features, max_pairs=max_null_pairs, seed=seed)
-  u = unit_rows(np.asarray(features, dtype=np.float64))
+  u = unit_rows(features)
   rows = []
   for name, members in complexes.items():
     rows_in_map = np.unique(index.get_indexer(np.asarray(members, dtype=str)))
@@ -321,7 +325,7 @@ def complex_recall(features, genes: Sequence[str], complexes: Mapping[str, Seque
       continue
     a, b = np.triu_indices(len(rows_in_map), k=1)
     i, j = rows_in_map[a], rows_in_map[b]
-    le, lt = _tail_counts(null, np.einsum("pd,pd->p", u[i], u[j]))
+    le, lt = _tail_counts(null, similarity.pair_cosines(u, i, j))
     for lower, upper in thresholds:
       rows.append(dict(complex=name, genes_in_map=len(rows_in_map), pairs=len(i), lower=lower,
                        upper=upper,
@@ -370,9 +374,10 @@ def replicate_consistency(features, perturbation: Sequence, batch: Sequence | No
   rng = np.random.default_rng(seed)
   sums: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}  # (batch, count) -> draws
   nulls: dict[tuple, np.ndarray] = {}
+  order = np.argsort(codes, kind="stable")
+  groups = np.split(order, np.flatnonzero(np.diff(codes[order])) + 1) if len(order) else []
   rows = []
-  for g, label in enumerate(labels):
-    members = np.flatnonzero(codes == g)
+  for label, members in zip(labels, groups):
     k = len(members)
     if k < 2:
       continue

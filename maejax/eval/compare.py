@@ -36,7 +36,8 @@ from maejax.eval import scorer as scorer_lib
 CORRECTIONS = ("none", "tvn")
 COLUMNS = ["model", "weights", "correction", "recall_5_95", "recall_10_90",
            "replicate_fraction_significant", "replicate_median_cosine",
-           "replicate_null_cosine", "random_baseline_5_95", "steps", "train_wall_s"]
+           "replicate_null_cosine", "random_baseline_5_95", "compound_median_auc",
+           "compound_baseline_auc", "steps", "train_wall_s"]
 INTENSITY = "intensity_stats"
 
 
@@ -85,6 +86,7 @@ def row(entry: Entry, correction: str, result: dict) -> dict:
   mean = recall.groupby(["lower", "upper"]).recall.mean()
   base = recall.groupby(["lower", "upper"]).random_baseline.mean()
   rep = result["replicate_summary"]
+  compound = (result.get("compound_gene") or (None, {}))[1]
   return dict(model=entry.model, weights=entry.weights, correction=correction,
               recall_5_95=float(mean.get((5, 95), np.nan)),
               recall_10_90=float(mean.get((10, 90), np.nan)),
@@ -92,6 +94,8 @@ def row(entry: Entry, correction: str, result: dict) -> dict:
               replicate_median_cosine=rep.get("median_cosine"),
               replicate_null_cosine=rep.get("median_null_cosine"),
               random_baseline_5_95=float(base.get((5, 95), np.nan)),
+              compound_median_auc=compound.get("median_auc"),
+              compound_baseline_auc=compound.get("baseline_median_auc"),
               steps=entry.steps, train_wall_s=entry.train_wall_s)
 
 
@@ -129,7 +133,10 @@ def compare(runs: Sequence[Run], scorer: scorer_lib.Scorer, out_dir) -> dict:
   files = [str(scorer.path(e.label)) for e in entries]
   for entry, by_correction in zip(entries, results):
     scorer.log(f"  {entry.label}: recall 5/95 " + ", ".join(
-        f"{c} {row(entry, c, r)['recall_5_95']:.3f}" for c, r in by_correction.items()))
+        f"{c} {row(entry, c, r)['recall_5_95']:.3f}" for c, r in by_correction.items())
+        + "".join(f", compound-gene median AUC ({c}) {r['compound_gene'][1]['median_auc']:.3f}"
+                  for c, r in by_correction.items()
+                  if r.get("compound_gene") and r["compound_gene"][1]["median_auc"] is not None))
     for correction, result in by_correction.items():
       files += pipeline.write_outputs(result, out / entry.label / correction,
                                       clusters=scorer.clusters_for(entry.source))

@@ -182,9 +182,11 @@ def resolve_column(table: pd.DataFrame, name: str, *, what: str, flag: str) -> s
 
 def split_table(table: pd.DataFrame, *, drop_nan_features: bool = False
                 ) -> tuple[pd.DataFrame, np.ndarray, list[str]]:
-  """Splits a table into (metadata, features float64 [rows, features], feature names)."""
+  """Splits a table into (metadata, features [rows, features], feature names); features are
+  float32 when every feature column is (half the memory of a genome-scale table), else float64."""
   names = feature_columns(table)
-  features = table[names].to_numpy(dtype=np.float64)
+  single = len(names) and (table.dtypes[names] == np.float32).all()
+  features = table[names].to_numpy(dtype=np.float32 if single else np.float64)
   bad = ~np.isfinite(features)
   if bad.any():
     bad_columns = [n for n, b in zip(names, bad.any(axis=0)) if b]

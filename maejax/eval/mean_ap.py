@@ -1,21 +1,23 @@
-"""Mean average precision (mAP) of profile retrieval, computed by copairs (cytomining).
+"""Mean average precision (mAP) of profile retrieval, as copairs (cytomining) defines it.
 
-Two questions, both answered by `copairs.map.average_precision` (AP of each query profile's
-ranked cosine similarities) and `copairs.map.mean_average_precision` (mAP per group, a p-value
-against copairs' permutation null and a Benjamini-Hochberg q-value):
+Two questions, each the average precision (AP) of a query profile's ranked cosine similarities,
+then copairs' `mean_average_precision` (mAP per group, a p-value against copairs' permutation
+null and a Benjamini-Hochberg q-value):
 
 - replicate retrieval (`replicate_map`, "phenotypic activity"): each treated well queries the
   other wells of its perturbation (positives) among the control wells (negatives; or, with
-  `negatives="all"`, among every well of another perturbation, controls included). Controls
-  get a unique `Metadata_reference_index` so they are never each other's positives: the
-  copairs recipe.
+  `negatives="all"`, among every well of another perturbation, controls included): copairs'
+  recipe with a unique `Metadata_reference_index` per control.
 - known-relationship retrieval (`relationship_map`): each gene of the perturbation map that
   has a known partner queries its partners (positives) among the other genes of the map
-  (negatives). Relationship tables are pairs, which copairs' same/different-column rules cannot
-  express for all genes at once, so each query gets its own block of rows (the map, with a
-  `related` flag) and the rules pair the query row only with rows of its block:
-  positives same (block, related) and different role, negatives same block and different
-  (related, role). AP is then exactly the AP of the query's ranked partners.
+  (negatives).
+
+The APs are computed here, exactly (not sampled), in blocks of query rows: a block's
+similarities to the negative pool are sorted once, and a positive's rank is its place among
+the positives plus the negatives above it (`negatives_above`); ties rank positives first, as
+copairs' stable sort does. Memory is one block, `block_size` similarities (copairs'
+`average_precision` materialises every pair: 230k wells against 20k controls is 4.6 billion).
+`tests/eval/test_mean_ap.py` checks the APs and mAPs against copairs' own on small tables.
 
 `fraction_retrieved` is the share of perturbations (genes) whose mAP is significant at
 q < `threshold`.
@@ -30,12 +32,13 @@ from typing import Mapping
 import numpy as np
 import pandas as pd
 from copairs import map as copairs_map
+from copairs.map import normalization
 
 from maejax.eval import io
+from maejax.eval import similarity
 
 NULL_SIZE = 10_000
 THRESHOLD = 0.05
-MAX_BLOCK_ROWS = 200_000  # rows per copairs call in relationship_map (memory bound)
 MAP_COLUMNS = ["mean_average_precision", "mean_normalized_average_precision", "p_value",
                "corrected_p_value", "below_p", "below_corrected_p"]
 
@@ -56,10 +59,79 @@ def _summary(maps: pd.DataFrame, threshold: float) -> dict:
               n=int(len(maps)), threshold=threshold)
 
 
+def negatives_above(pool_sorted: np.ndarray, positive: np.ndarray,
+                    excluded: np.ndarray | None = None) -> np.ndarray:
+  """How many negatives rank above each positive similarity of one query.
+
+  Args: pool_sorted [c] ascending similarities of the query to a pool of candidates;
+    positive [m] its positives' similarities; excluded [e] similarities of the pool's members
+    that are not negatives (its positives and itself, when they are in the pool).
+  Returns: int [m]: negatives strictly above each positive (a tie ranks the positive first).
+  """
+  above = len(pool_sorted) - np.searchsorted(pool_sorted, positive, side="right")
+  if excluded is not None and len(excluded):
+    excluded = np.sort(excluded)
+    above -= len(excluded) - np.searchsorted(excluded, positive, side="right")
+  return above
+
+
+def _ap(positive: np.ndarray, above: np.ndarray) -> float:
+  """AP of one query: mean over positives (ranked by similarity) of precision at their rank."""
+  order = np.argsort(-positive, kind="stable")
+  k = np.arange(1, len(positive) + 1)
+  return float(np.mean(k / (k + above[order])))
+
+
+def _ap_frame(meta: pd.DataFrame, ap, n_pos, n_total) -> pd.DataFrame:
+  """copairs' average_precision columns beside `meta` (one row per query)."""
+  n_pos, n_total = np.asarray(n_pos, np.int64), np.asarray(n_total, np.int64)
+  out = meta.reset_index(drop=True).copy()
+  out["average_precision"] = np.asarray(ap, np.float64)
+  out["normalized_average_precision"] = normalization.normalize_ap(
+      out.average_precision.to_numpy(), n_pos, n_total - n_pos)
+  out["n_pos_pairs"], out["n_total_pairs"] = n_pos, n_total
+  return out
+
+
+def replicate_ap(features: np.ndarray, perturbation, is_control, *, negatives: str = "controls",
+                 block_size: int = similarity.BLOCK_SIZE) -> pd.DataFrame:
+  """AP of each treated well retrieving the other wells of its perturbation.
+
+  Args: features [wells, d]; perturbation [wells] labels; is_control [wells] bools;
+    negatives "controls" (the control wells) or "all" (every well of another perturbation).
+  Returns: one row per treated well with a replicate: `row` (its index in the table),
+    average_precision, normalized_average_precision, n_pos_pairs, n_total_pairs.
+  """
+  u = similarity.unit_rows(features)
+  codes = pd.factorize(np.asarray(perturbation).astype(str))[0]
+  treated = np.flatnonzero(~is_control)
+  pool = np.flatnonzero(is_control) if negatives == "controls" else np.arange(len(u))
+  order = np.argsort(codes, kind="stable")
+  members = np.split(order, np.flatnonzero(np.diff(codes[order])) + 1)
+  queries = np.array([q for q in treated if len(members[codes[q]]) > 1], dtype=np.int64)
+  ap, n_pos, n_total = [], [], []
+  pool_t = np.ascontiguousarray(u[pool].T)
+  for rows in similarity.row_blocks(len(queries), len(pool), block_size):
+    block = queries[rows]
+    sims = u[block] @ pool_t
+    pool_sorted = np.sort(sims, axis=1)
+    for r, q in enumerate(block):
+      same = members[codes[q]]
+      others = same[same != q]
+      if negatives == "controls":  # positives are not in the pool
+        positive, excluded = u[others] @ u[q], None
+      else:  # the pool is every well: its own perturbation's wells are not negatives
+        positive, excluded = sims[r, others], sims[r, same]
+      ap.append(_ap(positive, negatives_above(pool_sorted[r], positive, excluded)))
+      n_pos.append(len(others))
+      n_total.append(len(others) + len(pool) - (0 if excluded is None else len(same)))
+  return _ap_frame(pd.DataFrame({"row": queries}), ap, n_pos, n_total)
+
+
 def replicate_map(table: pd.DataFrame, *, perturbation_col: str = "perturbation",
                   control_col: str = "is_control", control_key: str | None = None,
                   negatives: str = "controls", null_size: int = NULL_SIZE,
-                  threshold: float = THRESHOLD, seed: int = 0, distance: str = "cosine"
+                  threshold: float = THRESHOLD, seed: int = 0
                   ) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
   """Replicate-retrieval mAP of a well (or site) table.
 
@@ -67,10 +139,11 @@ def replicate_map(table: pd.DataFrame, *, perturbation_col: str = "perturbation"
     table: one row per well: Metadata_* columns and numeric features (batch-corrected).
     negatives: "controls" (treated wells vs control wells) or "all" (vs every well of
       another perturbation, controls included).
-  Returns: (ap: one row per treated well with a replicate, copairs' average_precision,
-    normalized_average_precision, n_pos_pairs, n_total_pairs; maps: one row per perturbation
-    with mean_average_precision, p_value, corrected_p_value (q), below_corrected_p, ...;
-    summary dict with mean_average_precision, fraction_retrieved, n).
+  Returns: (ap: one row per treated well with a replicate, as copairs' average_precision:
+    the perturbation, average_precision, normalized_average_precision, n_pos_pairs,
+    n_total_pairs; maps: one row per perturbation with mean_average_precision, p_value,
+    corrected_p_value (q), below_corrected_p, ...; summary dict with mean_average_precision,
+    fraction_retrieved, n).
   """
   if negatives not in ("controls", "all"):
     raise ValueError(f"negatives={negatives!r}: expected 'controls' or 'all'")
@@ -84,20 +157,19 @@ def replicate_map(table: pd.DataFrame, *, perturbation_col: str = "perturbation"
                                   perturbation_col=pert)
   else:
     is_control = np.zeros(len(metadata), bool)
-  meta = pd.DataFrame({pert: metadata[pert].astype(str).to_numpy(),
-                       "Metadata_reference_index": np.where(is_control,
-                                                            np.arange(len(metadata)), -1)})
-  keys = [pert, "Metadata_reference_index"]
-  neg_diffby = keys if negatives == "controls" else [pert]
-  counts = meta[pert][~is_control].value_counts()
+  labels = metadata[pert].astype(str).to_numpy()
+  counts = pd.Series(labels[~is_control]).value_counts()
   if not (counts > 1).any():
     raise ValueError(f"no perturbation has 2 or more treated wells in {pert}: replicate mAP "
                      "needs replicates")
-  ap = copairs_map.average_precision(meta, features, pos_sameby=keys, pos_diffby=[],
-                                    neg_sameby=[], neg_diffby=neg_diffby, distance=distance,
-                                    progress_bar=False)
-  ap = ap[~is_control & ap.average_precision.notna().to_numpy()].reset_index(drop=True)
-  ap = ap.drop(columns="Metadata_reference_index")
+  if negatives == "controls" and not is_control.any():
+    raise ValueError("replicate mAP against controls needs control wells; mark them "
+                     "(--control-col / --control-key) or use negatives='all'")
+  # Controls are each their own perturbation (copairs' reference index): never positives.
+  ap = replicate_ap(features, np.where(is_control, [f"\0control{i}" for i in range(len(labels))],
+                                      labels),
+                    is_control, negatives=negatives)
+  ap.insert(0, pert, labels[ap.pop("row").to_numpy()])
   maps = _map_per_group(ap, pert, null_size=null_size, threshold=threshold, seed=seed)
   return ap, maps, _summary(maps, threshold)
 
@@ -114,9 +186,8 @@ def _partners(pairs: pd.DataFrame, genes: np.ndarray) -> dict[str, set]:
 
 
 def relationship_ap(features: np.ndarray, genes, pairs: pd.DataFrame, *,
-                    distance: str = "cosine", max_block_rows: int = MAX_BLOCK_ROWS
-                    ) -> pd.DataFrame:
-  """copairs AP of each gene retrieving its known partners among the other genes.
+                    block_size: int = similarity.BLOCK_SIZE) -> pd.DataFrame:
+  """AP of each gene retrieving its known partners among the other genes.
 
   Args: features [genes, d] (one row per perturbation, unique names); genes [genes];
     pairs with entity1, entity2. Genes with no partner in the map, or related to every
@@ -127,37 +198,31 @@ def relationship_ap(features: np.ndarray, genes, pairs: pd.DataFrame, *,
   genes = np.asarray(genes).astype(str)
   if len(set(genes)) != len(genes):
     raise ValueError("relationship mAP needs one row per perturbation (aggregate wells first)")
-  features = np.asarray(features, np.float64)
-  partners = _partners(pairs, genes)
+  u = similarity.unit_rows(features)
+  index = pd.Index(genes)
+  partners = {g: index.get_indexer(sorted(p)) for g, p in _partners(pairs, genes).items()}
   n = len(genes)
-  queries = [i for i, g in enumerate(genes) if 0 < len(partners.get(g, ())) < n - 1]
-  if not queries:
-    return pd.DataFrame(columns=["gene", "average_precision", "normalized_average_precision",
-                                 "n_pos_pairs", "n_total_pairs"])
-  per_call = max(1, max_block_rows // n)
-  out = []
-  for start in range(0, len(queries), per_call):
-    chunk = queries[start:start + per_call]
-    rows = np.tile(np.arange(n), len(chunk))
-    block = np.repeat(np.arange(len(chunk)), n)
-    query = np.repeat(chunk, n)
-    related = np.array([genes[r] in partners[genes[q]] or r == q for r, q in zip(rows, query)])
-    meta = pd.DataFrame({"gene": genes[rows], "block": block, "related": related.astype(int),
-                         "role": (rows == query).astype(int)})
-    ap = copairs_map.average_precision(
-        meta, features[rows], pos_sameby=["block", "related"], pos_diffby=["role"],
-        neg_sameby=["block"], neg_diffby=["related", "role"], distance=distance,
-        progress_bar=False)
-    out.append(ap[ap.role == 1])
-  ap = pd.concat(out, ignore_index=True)
-  return ap[["gene", "average_precision", "normalized_average_precision", "n_pos_pairs",
-             "n_total_pairs"]]
+  queries = np.array([i for i, g in enumerate(genes) if 0 < len(partners.get(g, ())) < n - 1],
+                     dtype=np.int64)
+  ap, n_pos = [], []
+  for rows in similarity.row_blocks(len(queries), n, block_size):
+    block = queries[rows]
+    sims = u[block] @ u.T
+    pool_sorted = np.sort(sims, axis=1)
+    for r, q in enumerate(block):
+      mine = partners[genes[q]]
+      positive = sims[r, mine]
+      excluded = np.append(positive, sims[r, q])
+      ap.append(_ap(positive, negatives_above(pool_sorted[r], positive, excluded)))
+      n_pos.append(len(mine))
+  return _ap_frame(pd.DataFrame({"gene": genes[queries]}), ap, n_pos,
+                   np.full(len(queries), n - 1))
 
 
 def relationship_map(map_table: pd.DataFrame, relationships: Mapping[str, pd.DataFrame], *,
                      perturbation_col: str = "perturbation", null_size: int = NULL_SIZE,
-                     threshold: float = THRESHOLD, seed: int = 0, distance: str = "cosine",
-                     max_block_rows: int = MAX_BLOCK_ROWS) -> tuple[pd.DataFrame, dict]:
+                     threshold: float = THRESHOLD, seed: int = 0,
+                     block_size: int = similarity.BLOCK_SIZE) -> tuple[pd.DataFrame, dict]:
   """Known-relationship retrieval mAP of a perturbation map, per database.
 
   Args: map_table: one row per perturbation (maejax.eval.aggregate); relationships:
@@ -172,8 +237,7 @@ def relationship_map(map_table: pd.DataFrame, relationships: Mapping[str, pd.Dat
   genes = metadata[pert].astype(str).to_numpy()
   tables, summary = [], {}
   for database, pairs in relationships.items():
-    ap = relationship_ap(features, genes, pairs, distance=distance,
-                         max_block_rows=max_block_rows)
+    ap = relationship_ap(features, genes, pairs, block_size=block_size)
     if ap.empty:
       summary[database] = _summary(pd.DataFrame(columns=MAP_COLUMNS), threshold)
       continue

@@ -10,9 +10,11 @@ another model's, or CellProfiler features.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import warnings
 from pathlib import Path
+from typing import Callable, ContextManager
 
 import numpy as np
 import pandas as pd
@@ -20,6 +22,7 @@ import pandas as pd
 from maejax import workdir
 from maejax.eval import aggregate as aggregate_lib
 from maejax.eval import benchmark as bench
+from maejax.eval import compound
 from maejax.eval import correct as correct_lib
 from maejax.eval import io
 from maejax.eval import mean_ap
@@ -39,6 +42,9 @@ class Settings:
   n_null: random well sets per replicate count (replicate consistency).
   max_null_pairs: above this many perturbation pairs the null cosines are sampled.
   map_null_size: copairs null size for the mAP p-values; 0 skips mAP.
+  tails: recall in both tails or the right (top) tail only (benchmark.TAILS).
+  concentration_col: wells with a value there are compound wells (maejax.eval.compound): they
+    stay out of the gene map and are scored against it when compound targets are given.
   """
   correction: str = "tvn"
   perturbation_col: str = "perturbation"
@@ -53,6 +59,8 @@ class Settings:
   max_null_pairs: int = bench.MAX_NULL_PAIRS
   drop_nan_features: bool = False
   map_null_size: int = mean_ap.NULL_SIZE
+  tails: str = "both"
+  concentration_col: str = compound.CONCENTRATION
 
 
 def find_clusters(relationships) -> Path | None:
@@ -155,8 +163,16 @@ def _informative(features: np.ndarray, names: list[str], source) -> tuple[np.nda
   return features[:, ~constant], [n for n, c in zip(names, constant) if not c]
 
 
+def no_stage(name: str) -> ContextManager:
+  """run_benchmark's default `stage`: times nothing."""
+  del name
+  return contextlib.nullcontext()
+
+
 def run_benchmark(table: pd.DataFrame, relationships, settings: Settings = Settings(), *,
-                  complexes: dict | None = None, source="the well table") -> dict:
+                  complexes: dict | None = None, source="the well table",
+                  stage: Callable[[str], ContextManager] = no_stage,
+                  compound_targets: pd.DataFrame | None = None) -> dict:
   """Correct -> aggregate -> score a well table.
 
   Args:
@@ -166,69 +182,121 @@ def run_benchmark(table: pd.DataFrame, relationships, settings: Settings = Setti
     relationships: a directory / file(s) of entity1,entity2 pairs, or load_relationships output
       ({database: pairs}).
     complexes: {complex: genes} (read_complexes) for the recall of each complex, or None.
+    stage: called with each step's name (check, correct, replicate_consistency, aggregate,
+      recall, complex_recall, mean_ap, compound_gene); the step runs inside the context it
+      returns (maejax.eval.scale measures time and memory so).
+    compound_targets: (compound, gene) rows (compound.read_targets) for the compound-gene
+      benchmark of the table's compound wells, or None.
   Returns: dict with `recall`, `curve`, `replicates` (DataFrames), `replicate_summary` (dict),
     `map` (perturbation table), `wells` (corrected well table), `mean_ap` (None when
     settings.map_null_size is 0), `complex_recall` (benchmark.complex_recall with a
-    `threshold` column; None without complexes), `correction` and `perturbation_column`. A
-    figure the input
-    is too small for is NaN (None) with its `reason` beside it (None where it is a number).
+    `threshold` column; None without complexes), `compound_gene` ((per-compound DataFrame,
+    summary) of compound.benchmark; None without compound targets), `correction` and
+    `perturbation_column`. A figure the input is too small for is NaN (None) with its
+    `reason` beside it (None where it is a number).
   """
   s = settings
-  table = check_wells(table, source)
-  metadata, features, feature_names = io.split_table(table, drop_nan_features=s.drop_nan_features)
-  features, feature_names = _informative(features, feature_names, source)
-  pert_column = io.resolve_column(metadata, s.perturbation_col, what="perturbation",
-                                  flag="--perturbation-col")
-  batch = _batch_labels(metadata, s.batch_col)
-  is_control = _control_flags(metadata, pert_column, s)
-  corrected = correct_lib.correct(features, is_control, batch, method=s.correction,
-                                  n_components=s.n_components, min_controls=s.min_controls)
-  if s.correction in correct_lib.PCA_METHODS:
-    feature_names = [f"PC{i + 1}" for i in range(corrected.shape[1])]
-  wells = io.join_table(metadata, corrected, feature_names)
-  treated = wells[~is_control].reset_index(drop=True)
-  if treated.empty:
-    raise ValueError("every well is a control; the map needs perturbation wells")
-  _, treated_features, _ = io.split_table(treated)
-  replicates, replicate_summary = bench.replicate_consistency(
-      treated_features, treated[pert_column].astype(str).to_numpy(),
-      None if batch is None else batch[~is_control], n_null=s.n_null, seed=s.seed)
-  replicate_summary["reason"] = (None if replicate_summary["perturbations"] else
-                                 "no perturbation has 2 or more replicate wells")
-  perturbation_map = aggregate_lib.aggregate(treated, by=pert_column)
+  with stage("check"):
+    table = check_wells(table, source)
+    metadata, features, feature_names = io.split_table(table,
+                                                       drop_nan_features=s.drop_nan_features)
+    features, feature_names = _informative(features, feature_names, source)
+    pert_column = io.resolve_column(metadata, s.perturbation_col, what="perturbation",
+                                    flag="--perturbation-col")
+    batch = _batch_labels(metadata, s.batch_col)
+    is_control = _control_flags(metadata, pert_column, s)
+    is_compound = _compound_flags(metadata, s.concentration_col, compound_targets) & ~is_control
+  with stage("correct"):
+    corrected = correct_lib.correct(features, is_control, batch, method=s.correction,
+                                    n_components=s.n_components, min_controls=s.min_controls)
+    del features
+    if s.correction in correct_lib.PCA_METHODS:
+      feature_names = [f"PC{i + 1}" for i in range(corrected.shape[1])]
+    wells = io.join_table(metadata, corrected, feature_names)
+    is_gene = ~is_control & ~is_compound
+    treated = wells[is_gene].reset_index(drop=True)
+    if treated.empty:
+      raise ValueError("every well is a control or a compound; the map needs gene wells")
+  with stage("replicate_consistency"):
+    replicates, replicate_summary = bench.replicate_consistency(
+        corrected[is_gene], treated[pert_column].astype(str).to_numpy(),
+        None if batch is None else batch[is_gene], n_null=s.n_null, seed=s.seed)
+    replicate_summary["reason"] = (None if replicate_summary["perturbations"] else
+                                   "no perturbation has 2 or more replicate wells")
+  with stage("aggregate"):
+    perturbation_map = aggregate_lib.aggregate(treated, by=pert_column)
   if len(perturbation_map) < 2:
     raise ValueError(f"{source}: the map has {len(perturbation_map)} perturbation(s) "
                      f"{perturbation_map[pert_column].tolist()} besides controls; recall "
                      "needs 2 or more")
   _, map_features, _ = io.split_table(perturbation_map)
   genes = perturbation_map[pert_column].astype(str).to_numpy()
-  if not isinstance(relationships, dict):
-    relationships = bench.load_relationships(relationships)
-  recall, curve = bench.score_relationships(map_features, genes, relationships,
-                                            thresholds=s.thresholds,
-                                            max_null_pairs=s.max_null_pairs, seed=s.seed,
-                                            perturbation_col=pert_column)
-  recall.insert(1, "threshold", _threshold_labels(recall))
+  with stage("recall"):
+    if not isinstance(relationships, dict):
+      relationships = bench.load_relationships(relationships)
+    recall, curve = bench.score_relationships(map_features, genes, relationships,
+                                              thresholds=s.thresholds,
+                                              max_null_pairs=s.max_null_pairs, seed=s.seed,
+                                              perturbation_col=pert_column, tails=s.tails)
+    recall.insert(1, "threshold", _threshold_labels(recall))
+    recall["correction"] = s.correction
+    recall = _recall_reasons(recall)
   by_complex = None
   if complexes is not None:
-    by_complex = bench.complex_recall(map_features, genes, complexes, thresholds=s.thresholds,
-                                      max_null_pairs=s.max_null_pairs, seed=s.seed)
-    by_complex.insert(3, "threshold", _threshold_labels(by_complex))
-  recall["correction"] = s.correction
-  recall = _recall_reasons(recall)
+    with stage("complex_recall"):
+      by_complex = bench.complex_recall(map_features, genes, complexes,
+                                        thresholds=s.thresholds,
+                                        max_null_pairs=s.max_null_pairs, seed=s.seed)
+      by_complex.insert(3, "threshold", _threshold_labels(by_complex))
   scores = None
   if s.map_null_size:
-    scores = mean_ap.score(
-        wells, perturbation_map, relationships, perturbation_col=pert_column,
-        control_col=s.control_col, control_key=s.control_key,
-        negatives="controls" if is_control.any() else "all", null_size=s.map_null_size,
-        seed=s.seed)
-    _map_reasons(scores["summary"], "controls" if is_control.any() else "all")
-  return dict(recall=recall, curve=curve, replicates=replicates,
+    with stage("mean_ap"):
+      scores = mean_ap.score(
+          wells[~is_compound] if is_compound.any() else wells, perturbation_map, relationships, perturbation_col=pert_column,
+          control_col=s.control_col, control_key=s.control_key,
+          negatives="controls" if is_control.any() else "all", null_size=s.map_null_size,
+          seed=s.seed)
+      _map_reasons(scores["summary"], "controls" if is_control.any() else "all")
+  compound_gene = None
+  if compound_targets is not None:
+    with stage("compound_gene"):
+      compound_gene = _compound_gene(wells[is_compound], pert_column, s.concentration_col,
+                                     map_features, genes, compound_targets, s.seed)
+  return dict(recall=recall, curve=curve, replicates=replicates, compound_gene=compound_gene,
               replicate_summary=replicate_summary, map=perturbation_map, wells=wells,
               complex_recall=by_complex, correction=s.correction, mean_ap=scores,
               perturbation_column=pert_column,
               provenance=dict(io.provenance_of(table), correction=s.correction))
+
+
+def _compound_flags(metadata: pd.DataFrame, concentration_col: str, targets) -> np.ndarray:
+  """Wells with a concentration; a table without the column has none (an error when compound
+  targets are given)."""
+  column = next((c for c in (concentration_col, io.METADATA_PREFIX + concentration_col)
+                 if c in metadata.columns), None)
+  if column is None:
+    if targets is not None:
+      raise ValueError(
+          f"--compound-targets given but the table has no {io.METADATA_PREFIX}"
+          f"{concentration_col} column marking compound wells; name it with "
+          "--concentration-col")
+    return np.zeros(len(metadata), dtype=bool)
+  return metadata[column].notna().to_numpy()
+
+
+def _compound_gene(compound_wells: pd.DataFrame, pert_column: str, concentration_col: str,
+                   gene_features, genes, targets: pd.DataFrame, seed: int):
+  """compound.benchmark of the wells aggregated per (compound, concentration) against the
+  gene map: (per-compound DataFrame, summary dict)."""
+  if compound_wells.empty:
+    raise ValueError("--compound-targets given but no well has a concentration (no compound "
+                     "wells); check --concentration-col")
+  column = io.resolve_column(compound_wells, concentration_col, what="concentration",
+                             flag="--concentration-col")
+  doses = aggregate_lib.aggregate(compound_wells, by=[pert_column, column])
+  _, features, _ = io.split_table(doses)
+  return compound.benchmark(features, doses[pert_column].astype(str).to_numpy(), gene_features,
+                            genes, targets, seed=seed)
 
 
 def _threshold_labels(table: pd.DataFrame) -> list[str]:
@@ -272,7 +340,8 @@ def _map_reasons(summary: dict, negatives: str) -> None:
 OUTPUTS = frozenset({"recall.csv", "recall_curve.csv", "replicate_consistency.csv",
                      "perturbation_map.parquet", "map_replicates.csv", "map_relationships.csv",
                      "corrected_wells.h5ad", "recall_curve.png", "complex_heatmap.png",
-                     "complex_recall.csv", "replicate_consistency.png"})
+                     "complex_recall.csv", "replicate_consistency.png", "compound_gene.csv",
+                     "compound_auc.png"})
 
 
 def write_outputs(result: dict, out_dir, *, clusters=None, h5ad: bool = False) -> list[str]:
@@ -310,6 +379,10 @@ def write_outputs(result: dict, out_dir, *, clusters=None, h5ad: bool = False) -
         out / "replicate_consistency.png", correction=result["correction"])
     if replicate_png is not None:
       files.append(replicate_png)
+    if result.get("compound_gene") is not None:
+      files.append(io.write_embeddings(result["compound_gene"][0], out / "compound_gene.csv"))
+      auc_png = plots.plot_compound_auc(result["compound_gene"][0], out / "compound_auc.png")
+      files.extend([auc_png] if auc_png is not None else [])
   return [str(workdir.path(out_dir) / workdir.path(f).name) for f in files]
 
 
@@ -334,5 +407,6 @@ def summary(result: dict, files=()) -> dict:
       perturbations=len(result["map"]), recall=recall.to_dict("records"),
       replicate_consistency=result["replicate_summary"],
       mean_average_precision=result["mean_ap"]["summary"] if result["mean_ap"] else None,
+      compound_gene=result["compound_gene"][1] if result.get("compound_gene") else None,
       provenance=result.get("provenance"),
       files=list(files)))

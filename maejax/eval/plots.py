@@ -181,6 +181,32 @@ def replicate_figure(per_perturbation: pd.DataFrame, null_mean: float, correctio
   return fig
 
 
+def plot_compound_auc(per_compound: pd.DataFrame, path: str | Path) -> Path | None:
+  """`compound_auc_figure` as a PNG at `path`; None when no compound was scored."""
+  fig = compound_auc_figure(per_compound)
+  return None if fig is None else save_figure(fig, path)
+
+
+def compound_auc_figure(per_compound: pd.DataFrame):
+  """Histogram of per-compound AUCs of known targets (column `auc`) against the shuffled-target
+  baseline (`baseline_auc`), medians dashed (maejax.eval.compound). None when empty."""
+  if per_compound.empty:
+    return None
+  fig, ax = plt.subplots(figsize=(5, 3.5))
+  bins = np.linspace(0, 1, 21)
+  baseline = per_compound.baseline_auc.dropna()
+  ax.hist(per_compound.auc, bins=bins, color="tab:blue", alpha=0.8, label="known targets")
+  ax.hist(baseline, bins=bins, color="tab:gray", alpha=0.5, label="shuffled targets")
+  ax.axvline(per_compound.auc.median(), color="tab:blue", ls="--", lw=1)
+  if len(baseline):
+    ax.axvline(baseline.median(), color="k", ls="--", lw=1)
+  ax.set_xlabel("AUC of the compound's targets among all genes (|cosine|, max over doses)")
+  ax.set_ylabel("compounds")
+  ax.legend(fontsize=8)
+  ax.set_title("compound-gene benchmark")
+  return fig
+
+
 def save_figure(fig, path) -> Path:
   """Writes a figure as PNG (creating its folder; local or bucket) and closes it."""
   fig.tight_layout()

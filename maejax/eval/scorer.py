@@ -125,7 +125,14 @@ class Scorer:
     if correction is not None:
       settings = dataclasses.replace(settings, correction=correction)
     return pipeline.run_benchmark(table, self.relationships_for(source), settings,
-                                  complexes=self.clusters_for(source), source=name)
+                                  complexes=self.clusters_for(source), source=name,
+                                  compound_targets=compound_targets_for(source))
+
+
+def compound_targets_for(source) -> pd.DataFrame | None:
+  """The known compound targets of a synthetic screen with compounds, else None."""
+  targets = getattr(getattr(source, "screen", None), "compound_targets", None)
+  return targets if targets is not None and len(targets) else None
 
 
 def recall_columns(result: dict) -> pd.DataFrame:

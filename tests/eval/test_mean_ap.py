@@ -80,7 +80,7 @@ def test_relationship_ap_equals_sklearn_average_precision():
   table, pairs = _map_table()
   feats = table.filter(like="f").to_numpy()
   genes = table.Metadata_perturbation.to_numpy()
-  ap = mean_ap.relationship_ap(feats, genes, pairs, max_block_rows=50).set_index("gene")
+  ap = mean_ap.relationship_ap(feats, genes, pairs, block_size=50 * 26).set_index("gene")
   assert len(ap) == 20 and (ap.n_pos_pairs == 3).all() and (ap.n_total_pairs == 25).all()
   unit = feats / np.linalg.norm(feats, axis=1, keepdims=True)
   for i, gene in enumerate(genes[:20]):

@@ -27,6 +27,15 @@ illumination gradients, vignetting, noise and focus blur. Every site is a pure f
     write_screen(screen, "out/")  # images/EXP/PlateN/WELL_sS_wC.png + metadata.csv +
                                   # relationships.csv + clusters.tsv + genes.csv + spec.json
 
+Compounds are opt-in (`compounds=`, `inactive_compounds=`): each active compound phenocopies
+one or two planted genes with a dose-response over `concentrations` doses (no effect at the
+lowest third, then growing linearly to the mean of its targets' effects at the top dose);
+inactive compounds have an annotated target but no effect. They sit on one extra plate per
+experiment after the gene plates, so every gene site keeps its index, well and random draws
+and renders byte-identically with or without compounds (the default screen, and every figure
+measured on it, is unchanged). `screen.compound_targets` (compound, gene) is written as
+compound_targets.csv; compound wells carry a `concentration` (uM).
+
 Command: `python -m maejax.data.synthetic --out DIR [--site-size 256 ...] [--json]`
 (maejax/cli/synthetic.py).
 """
@@ -82,10 +91,22 @@ class ScreenSpec:
   factors_per_group: int = 3
   matched_fraction: float = 0.5    # share of complexes using MORPHOLOGY_ONLY factors only
   batch_effects: bool = True   # plate/batch acquisition and morphology shifts, edge wells
+  compounds: int = 0           # active compounds (phenocopy 1-2 planted genes), opt-in
+  inactive_compounds: int = 0  # compounds with an annotated target but no effect
+  concentrations: int = 8      # doses per compound, one well each per compound plate
 
   @property
   def genes(self) -> list[str]:
     return [f"G{i:03d}" for i in range(self.n_groups * self.genes_per_group + self.n_null_genes)]
+
+  @property
+  def compound_names(self) -> list[str]:
+    return [f"CPD{i:03d}" for i in range(self.compounds + self.inactive_compounds)]
+
+  @property
+  def doses(self) -> np.ndarray:
+    """Concentrations in uM [concentrations], half-log spaced from 0.01."""
+    return np.round(10.0 ** (-2 + 0.5 * np.arange(self.concentrations)), 4)
 
   @property
   def matched_groups(self) -> int:
@@ -121,16 +142,69 @@ def _layout(spec: ScreenSpec) -> tuple[pd.DataFrame, np.ndarray]:
         edge = r in (0, n_rows - 1) or c in (0, n_cols - 1)
         for s in range(spec.sites_per_well):
           rows.append((f"SYN-{e + 1}", p + 1, names[positions[w]], s + 1, pert, pert == CONTROL,
-                       plate_index, e, edge))
+                       plate_index, e, edge, np.nan))
+  rows += _compound_layout(spec)
   df = pd.DataFrame(rows, columns=["experiment", "plate", "well", "site", "perturbation",
-                                   "is_control", "plate_index", "experiment_index", "edge"])
+                                   "is_control", "plate_index", "experiment_index", "edge",
+                                   "concentration"])
+  if not spec.compound_names:
+    df = df.drop(columns="concentration")
   edge = df.pop("edge").to_numpy()
   df["well_index"] = df.groupby(["plate_index", "well"], sort=False).ngroup()
   df["well_type"] = np.where(df.is_control, "negative_control", "treatment")
-  df["perturbation_id"] = pd.Categorical(df.perturbation, categories=genes + [CONTROL]).codes
+  df["perturbation_id"] = pd.Categorical(
+      df.perturbation, categories=genes + [CONTROL] + spec.compound_names).codes
   df["site_id"] = (df.experiment + "_" + df.plate.astype(str) + "_" + df.well + "_"
                    + df.site.astype(str))
   return df, edge
+
+
+def _compound_layout(spec: ScreenSpec) -> list[tuple]:
+  """Site rows of the compound plates: one per experiment after its gene plates (plate
+  `plates_per_experiment + 1`, plate indices after every gene plate), each compound at every
+  dose and `controls_per_plate` controls at random positions."""
+  if not spec.compound_names:
+    return []
+  wells = [(c, d) for c in spec.compound_names for d in spec.doses]
+  wells += [(CONTROL, np.nan)] * spec.controls_per_plate
+  names, n_rows, n_cols = _plate_wells(len(wells))
+  rows = []
+  for e in range(spec.n_experiments):
+    plate_index = spec.n_experiments * spec.plates_per_experiment + e
+    rng = np.random.default_rng([spec.seed, 8, e])
+    order = rng.permutation(len(wells))
+    positions = np.sort(rng.choice(len(names), len(wells), replace=False))
+    for w in range(len(wells)):
+      pert, dose = wells[order[w]]
+      r, c = divmod(int(positions[w]), n_cols)
+      edge = r in (0, n_rows - 1) or c in (0, n_cols - 1)
+      for s in range(spec.sites_per_well):
+        rows.append((f"SYN-{e + 1}", spec.plates_per_experiment + 1, names[positions[w]], s + 1,
+                     pert, pert == CONTROL, plate_index, e, edge, dose))
+  return rows
+
+
+def _compounds(spec: ScreenSpec, genes: pd.DataFrame, effects: np.ndarray):
+  """Each compound's targets and its effect per dose.
+
+  Returns: (targets: DataFrame compound, gene (1-2 planted genes per active compound, one per
+    inactive); effects [compounds, concentrations, n_factors]: zero for the lowest third of
+    the doses, then rising linearly to the mean of the targets' effects; zero when inactive).
+  """
+  rng = np.random.default_rng([spec.seed, 7])
+  planted = np.flatnonzero(genes.has_phenotype.to_numpy())
+  k = np.arange(spec.concentrations)
+  first = spec.concentrations // 3
+  response = np.clip((k - first + 1) / max(spec.concentrations - first, 1), 0.0, 1.0)
+  rows, out = [], np.zeros((len(spec.compound_names), spec.concentrations, effects.shape[1]),
+                           np.float32)
+  for i, name in enumerate(spec.compound_names):
+    active = i < spec.compounds
+    chosen = rng.choice(planted, size=1 + int(active and rng.random() < 0.5), replace=False)
+    rows += [(name, genes.gene.iloc[g]) for g in chosen]
+    if active:
+      out[i] = response[:, None] * effects[chosen].mean(0)[None]
+  return pd.DataFrame(rows, columns=["compound", "gene"]), out
 
 
 def _group_direction(rng: np.random.Generator, spec: ScreenSpec, matched: bool) -> np.ndarray:
@@ -383,11 +457,17 @@ class SyntheticScreen:
     self.genes, self._effects = _gene_effects(spec)
     self.relationships = _relationships(self.genes)
     self.clusters = _clusters(self.genes)
+    self.compound_targets, dose_effects = _compounds(spec, self.genes, self._effects)
     self.channel_names = CHANNEL_NAMES
     self.channel_ids = np.arange(len(CHANNEL_NAMES), dtype=np.int32)
     pert = self.metadata.perturbation_id.to_numpy()
     zero = np.zeros((1, len(FACTOR_NAMES)), np.float32)
-    self._site_effect = np.concatenate([self._effects, zero])[pert]  # [sites, factors]
+    self._site_effect = np.concatenate([self._effects, zero])[np.minimum(pert, len(zero) +
+                                                                   len(self._effects) - 1)]
+    compound = pert > len(self._effects)  # [sites, factors]: genes, controls, then compounds
+    if compound.any():
+      dose = np.searchsorted(spec.doses, self.metadata.concentration.to_numpy()[compound])
+      self._site_effect[compound] = dose_effects[pert[compound] - len(self._effects) - 1, dose]
     self._cols = np.column_stack([self.metadata[["plate_index", "experiment_index", "well_index"]]
                                   .to_numpy(), edge])
     self._acq = {}
@@ -513,6 +593,8 @@ def write_screen(screen: SyntheticScreen, out_dir: str, *, fmt: str = "png",
   with open(os.path.join(out_dir, "clusters.tsv"), "w", encoding="utf-8") as f:
     f.writelines(f"{name}\t{' '.join(members)}\n" for name, members in screen.clusters.items())
   screen.genes.to_csv(os.path.join(out_dir, "genes.csv"), index=False)
+  if len(screen.compound_targets):
+    screen.compound_targets.to_csv(os.path.join(out_dir, "compound_targets.csv"), index=False)
   with open(os.path.join(out_dir, "spec.json"), "w") as f:
     json.dump(dataclasses.asdict(screen.spec), f, indent=1)
   return dict(sites=len(screen), seconds=round(time.time() - t0, 2), out=out_dir,
