@@ -20,7 +20,6 @@ import time
 from typing import Sequence
 
 import jax
-import ml_collections
 import numpy as np
 
 from maejax import api
@@ -30,6 +29,7 @@ from maejax import host
 from maejax import models
 from maejax.cli import gpu_check
 from maejax.data import bench as data_bench
+from maejax.eval import embed as embed_lib
 from maejax.eval import mean_ap
 from maejax.eval import scale
 from maejax.models import flops
@@ -170,7 +170,7 @@ def bench_embed(config, *, steps: int, compare_torch: bool, dtype: str = "float3
   cfg = models.resolve(config.model)
   b, size, c = int(config.batch_size), int(config.data.crop_size), len(config.data.channels)
   images = np.random.default_rng(0).integers(0, 256, (b, size, size, c), dtype=np.uint8)
-  reference = api.Model(models.create(cfg), ml_collections.ConfigDict({"model": cfg.to_dict()}))
+  reference = embed_lib.random_model(config)
   model = reference.with_dtype(dtype)
   run = lambda: model.embed(images, batch_size=b)
   other = _torch_embed(cfg, images, dtype) if compare_torch else None
