@@ -5,6 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from copairs import map as copairs_map
+from copairs.map import normalization
 
 from maejax.eval import mean_ap
 
@@ -41,12 +42,26 @@ def test_replicate_map_agrees_with_a_direct_copairs_call():
                                               null_size=2000, threshold=0.05, seed=3,
                                               progress_bar=False)
   np.testing.assert_allclose(ap.average_precision, direct_ap.average_precision.to_numpy())
+  np.testing.assert_allclose(ap.normalized_average_precision,
+                             direct_ap.normalized_average_precision.to_numpy())
   merged = maps.merge(direct, on="Metadata_perturbation", suffixes=("", "_direct"))
   assert len(merged) == 8 == len(maps)
-  for column in ("mean_average_precision", "p_value", "corrected_p_value"):
+  for column in ("mean_average_precision", "mean_normalized_average_precision", "p_value",
+                 "corrected_p_value"):
     np.testing.assert_allclose(merged[column], merged[f"{column}_direct"])
   assert summary["fraction_retrieved"] == pytest.approx(direct.below_corrected_p.mean())
   assert (ap.n_pos_pairs == 3).all() and (ap.n_total_pairs == 3 + 12).all()
+
+
+def test_normalized_ap_equals_copairs_normalize_ap():
+  """Once per distinct count, as copairs computes it per query: mixed counts and the edge
+  cases (every candidate positive, one candidate, no negatives)."""
+  rng = np.random.default_rng(0)
+  n_pos, n_neg = rng.integers(1, 40, 600), rng.integers(0, 3000, 600)
+  n_pos[:4], n_neg[:4] = [1, 7, 1, 3], [0, 0, 5, 20_000]
+  ap = rng.random(600)
+  np.testing.assert_array_equal(mean_ap.normalized_ap(ap, n_pos, n_neg),
+                                normalization.normalize_ap(ap, n_pos, n_neg))
 
 
 def test_planted_replicates_beat_shuffled_labels():

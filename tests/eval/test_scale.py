@@ -55,6 +55,8 @@ def test_replicate_ap_against_all_wells_equals_copairs_in_small_blocks(dtype):
   np.testing.assert_allclose(ap.average_precision, direct.average_precision, atol=tol)
   np.testing.assert_allclose(blocked.average_precision, direct.average_precision, atol=tol)
   np.testing.assert_array_equal(ap.n_total_pairs, direct.n_total_pairs)
+  np.testing.assert_allclose(ap.normalized_average_precision,
+                             direct.normalized_average_precision, atol=tol)
   direct_maps = copairs_map.mean_average_precision(direct, sameby=["Metadata_perturbation"],
                                                    null_size=500, threshold=0.05, seed=2,
                                                    progress_bar=False)
