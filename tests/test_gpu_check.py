@@ -62,6 +62,7 @@ def test_tiny_check_measures_each_kind_of_part(tmp_path):
 
 def test_isolated_part(tmp_path):
   _, result = _run(tmp_path, "--isolate", "--parts", "env")
+  assert "error" not in result["env"], result["env"]
   assert result["gpu_check"]["isolated"] and result["env"]["backend"] == "cpu"
   assert result["env"]["part_s"] > 0 and result["summary"]["failed_parts"] == []
 
