@@ -181,7 +181,7 @@ def _read_wells(path) -> pd.DataFrame:
 def _main(args) -> int:
   table = _read_wells(args.embeddings)
   relationships, planted = bench.relationships_for(table, args.relationships,
-                                                   args.perturbation_col)
+                                                   args.perturbation_col, args.concentration_col)
   clusters = args.clusters or planted or pipeline.find_clusters(relationships)
   targets = (None if args.compound_targets is None
              else compound.read_targets(args.compound_targets))

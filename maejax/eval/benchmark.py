@@ -34,6 +34,7 @@ import pandas as pd
 from scipy import stats
 
 from maejax.data import synthetic
+from maejax.eval import compound
 from maejax.eval import io
 from maejax.eval import similarity
 
@@ -152,13 +153,15 @@ def expand_sources(sources) -> list:
   return [f for s in sources for f in (efaar_files() if str(s) == EFAAR else [s])]
 
 
-def relationships_for(table: pd.DataFrame, sources, perturbation_col: str = "perturbation"):
+def relationships_for(table: pd.DataFrame, sources, perturbation_col: str = "perturbation",
+                      concentration_col: str = compound.CONCENTRATION):
   """The relationship databases (and clusters) a well table is scored against.
 
   Args:
     table: the well table (Metadata_* columns).
     sources: files / directories of entity1,entity2 pairs, `efaar` among them, or None: the
-      planted pairs of the embedded synthetic screen, when the table is one of it.
+      planted pairs of the embedded synthetic screen, when the table's gene wells (those
+      without a value in `concentration_col`; compounds are no genes) are one of it.
   Returns: (sources with `efaar` replaced by its files, or {"planted": pairs}; the planted
     complexes {name: genes} when planted, else None).
   """
@@ -168,6 +171,9 @@ def relationships_for(table: pd.DataFrame, sources, perturbation_col: str = "per
                              flag="--perturbation-col")
   experiment = next((c for c in ("experiment", io.METADATA_PREFIX + "experiment")
                      if c in table.columns), None)
+  concentration = compound.concentration_column(table, concentration_col)
+  if concentration is not None:
+    table = table[table[concentration].isna()]
   screen = _synthetic_screen(table[column].astype(str).to_numpy(),
                              None if experiment is None else table[experiment].astype(str))
   if screen is None:

@@ -25,10 +25,17 @@ import numpy as np
 import pandas as pd
 from sklearn import metrics
 
+from maejax.eval import io
 from maejax.eval import similarity
 
 CONCENTRATION = "concentration"
 SEED = 0
+
+
+def concentration_column(table: pd.DataFrame, name: str = CONCENTRATION) -> str | None:
+  """The column of concentrations, `name` with or without the `Metadata_` prefix; None when
+  the table has none (then no well is a compound well)."""
+  return next((c for c in (name, io.METADATA_PREFIX + name) if c in table.columns), None)
 
 
 def read_targets(path) -> pd.DataFrame:

@@ -14,6 +14,10 @@ table of 250k wells x 1,024 features is 1 GiB in float32), anything else float64
 `tvn_per_batch` (maejax's TVN before it followed EFAAR) standardizes per batch in steps 1 and 3.
 With `n_components=None` the PCA keeps every component with non-zero control variance (all
 of them, as sklearn's PCA(), when there are more control wells than features).
+`pooled` (bool [wells], default `is_control`) names the controls the pooled statistics (the PCA,
+TVN's standardizations) are fitted on; per-batch statistics use the batch's `is_control` wells.
+The benchmark fits both on the controls of the gene plates, so plates of compounds leave the
+gene map as it is (maejax.eval.pipeline).
 """
 
 from __future__ import annotations
@@ -110,17 +114,21 @@ def fit_pca(controls, n_components: int | float | None = None):
 
 
 def pca_on_controls(features, is_control, batch=None, *,
-                    n_components: int | float | None = None, min_controls: int = 2):
-  """Center-scale per batch, PCA fitted on (pooled) controls, center-scale per batch again.
+                    n_components: int | float | None = None, min_controls: int = 2,
+                    pooled=None):
+  """Center-scale per batch, PCA fitted on the pooled controls, center-scale per batch again.
 
-  batch None: one batch, so both center-scalings use all control wells pooled.
-
+  batch None: one batch, so both center-scalings use the pooled controls too.
+  pooled: bool [wells], the controls the PCA is fitted on (None: is_control).
   Returns: [wells, k] principal-component scores (float32 for float32 features, else float64).
   """
   features, is_control = _check_inputs(features, is_control)
+  pooled = is_control if pooled is None else _check_inputs(features, pooled)[1]
+  if batch is None:
+    is_control = pooled
   batch = _batches(batch, features.shape[0])
   x = center_scale(features, is_control, batch, min_controls=min_controls)
-  mean, components, _ = fit_pca(x[is_control], n_components)
+  mean, components, _ = fit_pca(x[pooled], n_components)
   x -= mean.astype(x.dtype)
   x = x @ components.T.astype(x.dtype)
   return center_scale(x, is_control, batch, min_controls=min_controls)
@@ -159,16 +167,17 @@ def coral_whiten(features, is_control, batch=None, *, ridge: float = CORAL_RIDGE
 
 
 def tvn(features, is_control, batch=None, *, n_components: int | float | None = None,
-        min_controls: int = 2, scale_per_batch: bool = False):
+        min_controls: int = 2, scale_per_batch: bool = False, pooled=None):
   """EFAAR's TVN: standardize, PCA, standardize (all on pooled controls), per-batch CORAL.
 
   scale_per_batch: standardize on each batch's controls instead (tvn_per_batch).
+  pooled: bool [wells], the controls of the pooled steps (None: is_control).
   Returns: [wells, k] (float32 for float32 features, else float64).
   """
   features, is_control = _check_inputs(features, is_control)
   batch = _batches(batch, features.shape[0])
   x = pca_on_controls(features, is_control, batch if scale_per_batch else None,
-                      n_components=n_components, min_controls=min_controls)
+                      n_components=n_components, min_controls=min_controls, pooled=pooled)
   return coral_whiten(x, is_control, batch, min_controls=min_controls)
 
 
@@ -178,9 +187,9 @@ def tvn_per_batch(features, is_control, batch=None, **kwargs):
 
 
 def correct(features, is_control, batch=None, *, method: str = "tvn",
-            n_components: int | float | None = None, min_controls: int = 2):
+            n_components: int | float | None = None, min_controls: int = 2, pooled=None):
   """Applies one of METHODS; returns [wells, features'] (float32 for float32 features, else
-  float64)."""
+  float64). pooled: bool [wells], the controls of the pooled steps (None: is_control)."""
   if method == "none":
     return np.asarray(features, dtype=similarity.float_dtype(features))
   if method == "center_scale":
@@ -188,4 +197,5 @@ def correct(features, is_control, batch=None, *, method: str = "tvn",
   pca = {"pca": pca_on_controls, "tvn": tvn, "tvn_per_batch": tvn_per_batch}.get(method)
   if pca is None:
     raise ValueError(f"unknown correction {method!r}; choose one of {METHODS}")
-  return pca(features, is_control, batch, n_components=n_components, min_controls=min_controls)
+  return pca(features, is_control, batch, n_components=n_components, min_controls=min_controls,
+             pooled=pooled)

@@ -308,7 +308,8 @@ def write_h5ad(table: pd.DataFrame, path, provenance: dict | None = None) -> epa
     dtype = obs[column].dtype
     if dtype == object or (isinstance(dtype, pd.CategoricalDtype)
                            and dtype.categories.dtype == object):
-      obs[column] = obs[column].astype(str).astype("category")
+      values = obs[column].astype(object)
+      obs[column] = values.where(values.isna(), values.astype(str)).astype("category")
   adata = anndata.AnnData(X=features.astype(np.float32), obs=obs,
                           var=pd.DataFrame(index=[str(n) for n in names]))
   if provenance:

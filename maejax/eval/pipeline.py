@@ -44,7 +44,8 @@ class Settings:
   map_null_size: copairs null size for the mAP p-values; 0 skips mAP.
   tails: recall in both tails or the right (top) tail only (benchmark.TAILS).
   concentration_col: wells with a value there are compound wells (maejax.eval.compound): they
-    stay out of the gene map and are scored against it when compound targets are given.
+    stay out of the gene map and are scored against it when compound targets are given; plates
+    of compounds (compound_plates) leave the gene map's correction as it is without them.
   """
   correction: str = "tvn"
   perturbation_col: str = "perturbation"
@@ -109,6 +110,7 @@ def _control_flags(metadata: pd.DataFrame, pert_column: str, settings: Settings)
 
 # Metadata naming one well (or site) of a table without a well-id index; `well` is required.
 WELL_KEYS = ("source", "batch", "experiment", "plate", "well", "site")
+PLATE_KEYS = WELL_KEYS[:4]  # Naming a plate: a table without any of them is one plate.
 
 
 def _well_ids(table: pd.DataFrame) -> tuple[list[str], pd.Series] | None:
@@ -206,17 +208,20 @@ def run_benchmark(table: pd.DataFrame, relationships, settings: Settings = Setti
     batch = _batch_labels(metadata, s.batch_col)
     is_control = _control_flags(metadata, pert_column, s)
     is_compound = _compound_flags(metadata, s.concentration_col, compound_targets) & ~is_control
+    is_gene = ~is_control & ~is_compound
+    if not is_gene.any():
+      raise ValueError("every well is a control or a compound; the map needs gene wells")
+    on_compound_plate = compound_plates(metadata, is_compound, is_gene)
+    fit_controls, pooled = _fit_controls(is_control, on_compound_plate, batch)
   with stage("correct"):
-    corrected = correct_lib.correct(features, is_control, batch, method=s.correction,
-                                    n_components=s.n_components, min_controls=s.min_controls)
+    corrected = correct_lib.correct(features, fit_controls, batch, method=s.correction,
+                                    n_components=s.n_components, min_controls=s.min_controls,
+                                    pooled=pooled)
     del features
     if s.correction in correct_lib.PCA_METHODS:
       feature_names = [f"PC{i + 1}" for i in range(corrected.shape[1])]
     wells = io.join_table(metadata, corrected, feature_names)
-    is_gene = ~is_control & ~is_compound
     treated = wells[is_gene].reset_index(drop=True)
-    if treated.empty:
-      raise ValueError("every well is a control or a compound; the map needs gene wells")
   with stage("replicate_consistency"):
     replicates, replicate_summary = bench.replicate_consistency(
         corrected[is_gene], treated[pert_column].astype(str).to_numpy(),
@@ -252,7 +257,8 @@ def run_benchmark(table: pd.DataFrame, relationships, settings: Settings = Setti
   if s.map_null_size:
     with stage("mean_ap"):
       scores = mean_ap.score(
-          wells[~is_compound] if is_compound.any() else wells, perturbation_map, relationships, perturbation_col=pert_column,
+          wells[~is_compound & ~on_compound_plate], perturbation_map, relationships,
+          perturbation_col=pert_column,
           control_col=s.control_col, control_key=s.control_key,
           negatives="controls" if is_control.any() else "all", null_size=s.map_null_size,
           seed=s.seed)
@@ -272,8 +278,7 @@ def run_benchmark(table: pd.DataFrame, relationships, settings: Settings = Setti
 def _compound_flags(metadata: pd.DataFrame, concentration_col: str, targets) -> np.ndarray:
   """Wells with a concentration; a table without the column has none (an error when compound
   targets are given)."""
-  column = next((c for c in (concentration_col, io.METADATA_PREFIX + concentration_col)
-                 if c in metadata.columns), None)
+  column = compound.concentration_column(metadata, concentration_col)
   if column is None:
     if targets is not None:
       raise ValueError(
@@ -282,6 +287,28 @@ def _compound_flags(metadata: pd.DataFrame, concentration_col: str, targets) -> 
           "--concentration-col")
     return np.zeros(len(metadata), dtype=bool)
   return metadata[column].notna().to_numpy()
+
+
+def compound_plates(metadata: pd.DataFrame, is_compound, is_gene) -> np.ndarray:
+  """bool [wells]: on a plate of compounds, one with compound wells and no gene well (a plate
+  holding both is a gene plate). Plates are named by the PLATE_KEYS columns present."""
+  keys = [c for c in (io.METADATA_PREFIX + k for k in PLATE_KEYS) if c in metadata.columns]
+  plate = (pd.factorize(pd.MultiIndex.from_frame(metadata[keys].astype(str)))[0] if keys
+           else np.zeros(len(metadata), dtype=np.int64))
+  return np.isin(plate, plate[is_compound]) & ~np.isin(plate, plate[is_gene])
+
+
+def _fit_controls(is_control, on_compound_plate, batch) -> tuple[np.ndarray, np.ndarray]:
+  """The controls the correction is fitted on: (per batch [wells], pooled [wells]).
+
+  The gene map is corrected as if plates of compounds were not there, so a screen's gene-gene
+  benchmark is the same with or without them: their controls fit no pooled statistic, nor a
+  batch's when it has gene plates (whose transform then carries its compound wells into the
+  gene map's space). A batch of compound plates only is fitted on its own controls.
+  """
+  pooled = is_control & ~on_compound_plate
+  labels = np.zeros(len(is_control)) if batch is None else batch
+  return pooled | (is_control & ~np.isin(labels, labels[pooled])), pooled
 
 
 def _compound_gene(compound_wells: pd.DataFrame, pert_column: str, concentration_col: str,

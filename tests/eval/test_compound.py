@@ -1,6 +1,8 @@
 """Compound-gene benchmark and right-tail recall against NumPy / scikit-learn written from the
 definitions here."""
 
+import functools
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -8,8 +10,11 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 from sklearn.metrics.pairwise import cosine_similarity
 
 from maejax.cli import benchmark as benchmark_cli
+from maejax.data import sources
+from maejax.data import synthetic
 from maejax.eval import benchmark
 from maejax.eval import compound
+from maejax.eval import embed
 from maejax.eval import pipeline
 
 CONCENTRATIONS = (0.1, 1.0, 10.0)
@@ -140,3 +145,60 @@ def test_right_tail_recall_equals_the_definition():
   assert both.recall[0] >= recall.recall[0]
   with pytest.raises(ValueError, match="tails"):
     benchmark.score_relationships(features, genes, {"db": pairs}, tails="left")
+
+
+# 20 genes, 4 gene plates of 28 wells (8 controls each), one site per well.
+SMALL_SCREEN = dict(site_size=32, n_groups=4, genes_per_group=3, n_null_genes=8,
+                    sites_per_well=1)
+
+
+@functools.cache
+def _statistics_wells(compounds=0, inactive_compounds=0, concentrations=8):
+  """The per-channel statistics well table of a small synthetic screen, and the screen."""
+  screen = synthetic.SyntheticScreen(**SMALL_SCREEN, compounds=compounds,
+                                     inactive_compounds=inactive_compounds,
+                                     concentrations=concentrations)
+  source = sources.SyntheticSource(screen, range(len(synthetic.CHANNEL_NAMES)))
+  return embed.sites_to_wells(embed.intensity_sites(source), source.metadata), source.screen
+
+
+@pytest.mark.filterwarnings("ignore:.*features constant over all wells")
+@pytest.mark.parametrize("correction", ["tvn", "center_scale"])
+@pytest.mark.parametrize("own_experiment", [False, True])
+def test_compound_plates_leave_the_gene_benchmark_as_it_is(correction, own_experiment):
+  """Gene wells render the same with or without compound plates, so the gene map and its
+  scores are the same: the compound plates' controls fit no correction of the gene wells (with
+  them TVN kept 47 components instead of 31) and are no negatives of their replicate mAP;
+  compound plates in experiments of their own (as RxRx3-core's) are whitened by their controls.
+  Tolerance: float32 rounding of the same products over more rows (~1e-6 of the features);
+  recall counts pairs, equal unless a pair ties a null cosine within that."""
+  genes, screen = _statistics_wells()
+  both, with_compounds = _statistics_wells(compounds=3, inactive_compounds=1, concentrations=3)
+  if own_experiment:
+    experiment = both.Metadata_experiment.astype(str)
+    both = both.assign(Metadata_experiment=experiment.where(
+        both.Metadata_plate <= screen.spec.plates_per_experiment, "CPD-" + experiment))
+  relationships = {"planted": benchmark.undirected_pairs(screen.relationships)}
+  settings = pipeline.Settings(correction=correction, n_null=20, map_null_size=100)
+  alone = pipeline.run_benchmark(genes, relationships, settings)
+  result = pipeline.run_benchmark(both, relationships, settings,
+                                  compound_targets=with_compounds.compound_targets)
+  assert result["compound_gene"][1]["compounds"] == 4
+  assert result["map"].Metadata_concentration.isna().all()  # no compound in the gene map
+  pd.testing.assert_frame_equal(result["map"].drop(columns="Metadata_concentration"),
+                                alone["map"], check_exact=False, rtol=1e-5, atol=1e-5)
+  pd.testing.assert_frame_equal(result["recall"], alone["recall"])
+  pd.testing.assert_frame_equal(result["replicates"], alone["replicates"], check_exact=False)
+  assert (result["mean_ap"]["summary"]["replicates"]["mean_average_precision"]
+          == pytest.approx(alone["mean_ap"]["summary"]["replicates"]["mean_average_precision"]))
+
+
+def test_compound_wells_do_not_hide_the_planted_pairs():
+  """A synthetic screen's table with compound wells still scores the planted pairs by default:
+  compound ids are no genes."""
+  screen = synthetic.SyntheticScreen(site_size=8, compounds=2, inactive_compounds=1)
+  table = screen.metadata.add_prefix("Metadata_")
+  sources_, clusters = benchmark.relationships_for(table, None)
+  pd.testing.assert_frame_equal(sources_["planted"],
+                                benchmark.undirected_pairs(screen.relationships))
+  assert clusters == screen.clusters

@@ -215,3 +215,18 @@ def test_table_with_a_source_well_id_beside_the_index_reads_back(tmp_path):
   assert back.Metadata_source_well_id.tolist() == [f"rxrx1-{i}" for i in range(len(wells))]
   assert "Metadata_well_id" not in back.columns
   pipeline.check_wells(back)
+
+
+@pytest.mark.parametrize("suffix", [".parquet", ".csv", ".h5ad"])
+def test_aggregated_integer_plates_are_text_in_every_row_and_write(tmp_path, suffix):
+  """A perturbation on two integer plates: its plates are joined, so the whole column is text
+  (a column of numbers and text fails to write to Parquet); missing values stay missing."""
+  wells = _wells().assign(Metadata_plate=[1, 1, 2, 3, 3],
+                          Metadata_dose=[np.nan, np.nan, np.nan, 0.5, np.nan])
+  out = aggregate.aggregate(wells)
+  back = io.plain(io.read_embeddings(io.write_embeddings(out, tmp_path / f"map{suffix}")))
+  for table in (out, back):
+    assert table.Metadata_plate.tolist() == ["3", "1;2"]
+    assert table.Metadata_dose.iloc[0] == "0.5;nan" and pd.isna(table.Metadata_dose.iloc[1])
+  assert out.Metadata_gene_id.tolist() == [4193, 7157]  # constant per gene: a number still
+  np.testing.assert_allclose(back[["f0", "f1"]], out[["f0", "f1"]])

@@ -155,3 +155,18 @@ def test_unknown_method_and_bad_shapes():
     correct.center_scale(x, is_control[:-1], batch)
   with pytest.raises(ValueError, match="n_components=50"):
     correct.pca_on_controls(x, is_control, batch, n_components=50)
+
+
+@pytest.mark.parametrize("method", ["pca", "tvn", "tvn_per_batch"])
+def test_wells_outside_the_pooled_controls_leave_the_others_as_they_are(method):
+  """Plates of compounds (maejax.eval.pipeline): a batch of its own whose controls fit no pooled
+  statistic changes nothing for the other wells."""
+  x, batch, is_control = _screen(seed=4)
+  extra, _, extra_control = _screen(seed=5, wells_per_batch=(30,), controls=10)
+  extra = extra * 3 + 7  # Other plates, other statistics: they would move the pooled fit.
+  out = correct.correct(np.r_[x, extra], np.r_[is_control, extra_control],
+                        np.r_[batch, ["compounds"] * len(extra)], method=method,
+                        pooled=np.r_[is_control, np.zeros(len(extra), bool)])
+  alone = correct.correct(x, is_control, batch, method=method)
+  np.testing.assert_allclose(out[:len(x)], alone, rtol=1e-10, atol=1e-10)
+  assert np.isfinite(out[len(x):]).all()
