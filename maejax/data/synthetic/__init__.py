@@ -36,8 +36,12 @@ and renders byte-identically with or without compounds (the default screen, and 
 measured on it, is unchanged). `screen.compound_targets` (compound, gene) is written as
 compound_targets.csv; compound wells carry a `concentration` (uM).
 
-Command: `python -m maejax.data.synthetic --out DIR [--site-size 256 ...] [--json]`
-(maejax/cli/synthetic.py).
+A second generator, drawn another way (cells as clouds of point emitters, its own phenotype
+mechanisms, RxRx1's metadata columns), shares the plate layout and the writer:
+maejax.data.synthetic.organelles.
+
+Command: `python -m maejax.data.synthetic --out DIR [--generator factors|organelles]
+[--site-size 256 ...] [--json]` (maejax/cli/synthetic.py).
 """
 
 from __future__ import annotations
