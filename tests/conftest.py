@@ -13,23 +13,17 @@ import maejax  # noqa: E402,F401
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
+from maejax.data import synthetic  # noqa: E402
 from maejax.eval import embed, io, pipeline  # noqa: E402
-
-# RxRx1's metadata.csv columns, its own `well_id` (experiment_plate_well) among them.
-RXRX1_COLUMNS = ["site_id", "well_id", "cell_type", "dataset", "experiment", "plate", "well",
-                 "site", "well_type", "sirna", "sirna_id"]
 
 
 @pytest.fixture(scope="session")
 def rxrx1_layout():
   """rewrite(root): the metadata.csv of a screen written by synthetic.write_screen, in RxRx1's
-  columns (RXRX1_COLUMNS: perturbation as sirna, no is_control); returns the table."""
+  columns (synthetic.RXRX1_COLUMNS: perturbation as sirna, no is_control, its own `well_id`,
+  experiment_plate_well); returns the table."""
   def rewrite(root):
-    meta = pd.read_csv(root / "metadata.csv").rename(
-        columns={"perturbation": "sirna", "perturbation_id": "sirna_id"})
-    meta["well_id"] = meta.experiment + "_" + meta.plate.astype(str) + "_" + meta.well
-    meta["cell_type"], meta["dataset"] = "HUVEC", "train"
-    meta = meta[RXRX1_COLUMNS]
+    meta = synthetic.rxrx1_metadata(pd.read_csv(root / "metadata.csv"), "HUVEC")
     meta.to_csv(root / "metadata.csv", index=False)
     return meta
   return rewrite

@@ -36,8 +36,12 @@ and renders byte-identically with or without compounds (the default screen, and 
 measured on it, is unchanged). `screen.compound_targets` (compound, gene) is written as
 compound_targets.csv; compound wells carry a `concentration` (uM).
 
-Command: `python -m maejax.data.synthetic --out DIR [--site-size 256 ...] [--json]`
-(maejax/cli/synthetic.py).
+A second generator, drawn another way (cells as clouds of point emitters, its own phenotype
+mechanisms, RxRx1's metadata columns), shares the plate layout and the writer:
+maejax.data.synthetic.organelles.
+
+Command: `python -m maejax.data.synthetic --out DIR [--generator factors|organelles]
+[--site-size 256 ...] [--json]` (maejax/cli/synthetic.py).
 """
 
 from __future__ import annotations
@@ -66,6 +70,9 @@ MORPHOLOGY_ONLY = ("elongation", "cell_scale", "texture_scale", "alignment", "nu
 # Factors that only act in one direction (a negative shift would look like the controls).
 ONE_SIDED = ("alignment", "nucleus_lobes", "clustering")
 CONTROL = "EMPTY"
+# The columns of RxRx1's metadata.csv (rxrx1_metadata).
+RXRX1_COLUMNS = ("site_id", "well_id", "cell_type", "dataset", "experiment", "plate", "well",
+                 "site", "well_type", "sirna", "sirna_id")
 _ROWS = "ABCDEFGHIJKLMNOP"
 _F = {name: i for i, name in enumerate(FACTOR_NAMES)}
 
@@ -123,40 +130,71 @@ def _plate_wells(n: int) -> tuple[list[str], int, int]:
   return [f"{_ROWS[i // cols]}{i % cols + 1:02d}" for i in range(rows * cols)], rows, cols
 
 
-def _layout(spec: ScreenSpec) -> tuple[pd.DataFrame, np.ndarray]:
-  """One row per site, in (experiment, plate, well, site) order, wells at random plate
-  positions; and whether each site's well is on the plate's edge (bool [sites])."""
-  genes = spec.genes
-  perts = genes + [CONTROL] * spec.controls_per_plate
-  names, n_rows, n_cols = _plate_wells(len(perts))
+def place_wells(rng: np.random.Generator, items: list, sites_per_well: int) -> list[tuple]:
+  """(well, item, site, edge) of every site of one plate: `items` (one per well) in random
+  order at random positions of the smallest plate that holds them; `edge`: the well is on the
+  plate's border."""
+  names, n_rows, n_cols = _plate_wells(len(items))
+  order = rng.permutation(len(items))
+  positions = np.sort(rng.choice(len(names), len(items), replace=False))
+  rows = []
+  for w in range(len(items)):
+    r, c = divmod(int(positions[w]), n_cols)
+    edge = r in (0, n_rows - 1) or c in (0, n_cols - 1)
+    rows += [(names[positions[w]], items[order[w]], s + 1, edge) for s in range(sites_per_well)]
+  return rows
+
+
+def gene_plates(spec, experiment: str = "SYN-{}") -> list[tuple]:
+  """Site rows (experiment, plate, well, site, perturbation, is_control, plate_index,
+  experiment_index, edge, concentration) of the gene plates: every gene and
+  `controls_per_plate` controls on each plate. `spec`: a ScreenSpec or any spec with its
+  layout fields (seed, genes, controls_per_plate, n_experiments, plates_per_experiment,
+  sites_per_well); `experiment`: the batch names' format, given the batch number from 1."""
+  perts = spec.genes + [CONTROL] * spec.controls_per_plate
   rows = []
   for e in range(spec.n_experiments):
     for p in range(spec.plates_per_experiment):
       plate_index = e * spec.plates_per_experiment + p
       rng = np.random.default_rng([spec.seed, 4, plate_index])
-      order = rng.permutation(len(perts))
-      positions = np.sort(rng.choice(len(names), len(perts), replace=False))
-      for w in range(len(perts)):
-        pert = perts[order[w]]
-        r, c = divmod(int(positions[w]), n_cols)
-        edge = r in (0, n_rows - 1) or c in (0, n_cols - 1)
-        for s in range(spec.sites_per_well):
-          rows.append((f"SYN-{e + 1}", p + 1, names[positions[w]], s + 1, pert, pert == CONTROL,
-                       plate_index, e, edge, np.nan))
-  rows += _compound_layout(spec)
+      rows += [(experiment.format(e + 1), p + 1, well, site, pert, pert == CONTROL, plate_index,
+                e, edge, np.nan) for well, pert, site, edge in
+               place_wells(rng, perts, spec.sites_per_well)]
+  return rows
+
+
+def site_table(rows: list[tuple], perturbations: list[str]) -> tuple[pd.DataFrame, np.ndarray]:
+  """Site rows (gene_plates) -> the metadata table (plus well_index, well_type,
+  perturbation_id: the index in `perturbations`, and site_id; concentration only where some
+  site has one) and whether each site's well is on the plate's edge (bool [sites])."""
   df = pd.DataFrame(rows, columns=["experiment", "plate", "well", "site", "perturbation",
                                    "is_control", "plate_index", "experiment_index", "edge",
                                    "concentration"])
-  if not spec.compound_names:
+  if df.concentration.isna().all():
     df = df.drop(columns="concentration")
   edge = df.pop("edge").to_numpy()
   df["well_index"] = df.groupby(["plate_index", "well"], sort=False).ngroup()
   df["well_type"] = np.where(df.is_control, "negative_control", "treatment")
-  df["perturbation_id"] = pd.Categorical(
-      df.perturbation, categories=genes + [CONTROL] + spec.compound_names).codes
+  df["perturbation_id"] = pd.Categorical(df.perturbation, categories=perturbations).codes
   df["site_id"] = (df.experiment + "_" + df.plate.astype(str) + "_" + df.well + "_"
                    + df.site.astype(str))
   return df, edge
+
+
+def rxrx1_metadata(metadata: pd.DataFrame, cell_type: str) -> pd.DataFrame:
+  """A site table (site_table) in RxRx1's metadata.csv columns (RXRX1_COLUMNS): the
+  perturbation as `sirna` and its index as `sirna_id`, controls only by `well_type`."""
+  meta = metadata.rename(columns={"perturbation": "sirna", "perturbation_id": "sirna_id"})
+  meta["well_id"] = meta.experiment + "_" + meta.plate.astype(str) + "_" + meta.well
+  meta["cell_type"], meta["dataset"] = cell_type, "train"
+  return meta[list(RXRX1_COLUMNS)]
+
+
+def _layout(spec: ScreenSpec) -> tuple[pd.DataFrame, np.ndarray]:
+  """One row per site, in (experiment, plate, well, site) order, wells at random plate
+  positions; and whether each site's well is on the plate's edge (bool [sites])."""
+  return site_table(gene_plates(spec) + _compound_layout(spec),
+                    spec.genes + [CONTROL] + spec.compound_names)
 
 
 def _compound_layout(spec: ScreenSpec) -> list[tuple]:
@@ -167,20 +205,13 @@ def _compound_layout(spec: ScreenSpec) -> list[tuple]:
     return []
   wells = [(c, d) for c in spec.compound_names for d in spec.doses]
   wells += [(CONTROL, np.nan)] * spec.controls_per_plate
-  names, n_rows, n_cols = _plate_wells(len(wells))
   rows = []
   for e in range(spec.n_experiments):
     plate_index = spec.n_experiments * spec.plates_per_experiment + e
     rng = np.random.default_rng([spec.seed, 8, e])
-    order = rng.permutation(len(wells))
-    positions = np.sort(rng.choice(len(names), len(wells), replace=False))
-    for w in range(len(wells)):
-      pert, dose = wells[order[w]]
-      r, c = divmod(int(positions[w]), n_cols)
-      edge = r in (0, n_rows - 1) or c in (0, n_cols - 1)
-      for s in range(spec.sites_per_well):
-        rows.append((f"SYN-{e + 1}", spec.plates_per_experiment + 1, names[positions[w]], s + 1,
-                     pert, pert == CONTROL, plate_index, e, edge, dose))
+    rows += [(f"SYN-{e + 1}", spec.plates_per_experiment + 1, well, site, pert, pert == CONTROL,
+              plate_index, e, edge, dose)
+             for well, (pert, dose), site, edge in place_wells(rng, wells, spec.sites_per_well)]
   return rows
 
 
@@ -268,14 +299,14 @@ def _gene_effects(spec: ScreenSpec) -> tuple[pd.DataFrame, np.ndarray]:
   return genes, effects
 
 
-def _relationships(genes: pd.DataFrame) -> pd.DataFrame:
+def relationships_of(genes: pd.DataFrame) -> pd.DataFrame:
   """All ordered pairs of distinct genes within one group (entity1, entity2)."""
   pairs = [(a, b) for _, grp in genes[genes.group != ""].groupby("group")
            for a in grp.gene for b in grp.gene if a != b]
   return pd.DataFrame(pairs, columns=["entity1", "entity2"])
 
 
-def _clusters(genes: pd.DataFrame) -> dict[str, list[str]]:
+def clusters_of(genes: pd.DataFrame) -> dict[str, list[str]]:
   """{complex: member genes}, the CORUM-like clusters of the planted groups."""
   return {name: list(grp.gene) for name, grp in genes[genes.group != ""].groupby("group", sort=False)}
 
@@ -455,8 +486,8 @@ class SyntheticScreen:
     self.spec = spec
     self.metadata, edge = _layout(spec)
     self.genes, self._effects = _gene_effects(spec)
-    self.relationships = _relationships(self.genes)
-    self.clusters = _clusters(self.genes)
+    self.relationships = relationships_of(self.genes)
+    self.clusters = clusters_of(self.genes)
     self.compound_targets, dose_effects = _compounds(spec, self.genes, self._effects)
     self.channel_names = CHANNEL_NAMES
     self.channel_ids = np.arange(len(CHANNEL_NAMES), dtype=np.int32)
@@ -518,6 +549,10 @@ class SyntheticScreen:
     img = _render(cells, self.spec.site_size)
     return _acquire(img, acq, rng, 1.0 + edge * acq["edge_gain"])
 
+  def metadata_table(self) -> pd.DataFrame:
+    """The rows of metadata.csv (write_screen): `metadata` without its internal indices."""
+    return self.metadata.drop(columns=["plate_index", "experiment_index", "well_index"])
+
   def __getstate__(self):
     return {"spec": self.spec}
 
@@ -541,10 +576,9 @@ def _jax_started() -> bool:
   return xla_bridge.backends_are_initialized()
 
 
-def _write_chunk(spec: ScreenSpec, image_dir: str, fmt: str, indices: list[int]) -> int:
+def _write_chunk(screen, image_dir: str, fmt: str, indices: list[int]) -> int:
   import tifffile  # pylint: disable=g-import-not-at-top
   from PIL import Image  # pylint: disable=g-import-not-at-top
-  screen = SyntheticScreen(spec)
   for i in indices:
     img = screen[i]
     for c, rel in enumerate(site_paths(screen.metadata.iloc[i], fmt)):
@@ -557,10 +591,11 @@ def _write_chunk(spec: ScreenSpec, image_dir: str, fmt: str, indices: list[int])
   return len(indices)
 
 
-def write_screen(screen: SyntheticScreen, out_dir: str, *, fmt: str = "png",
-                 workers: int | None = None, progress: bool = False) -> dict:
-  """Writes images/EXP/PlateN/WELL_sS_wC.{png,tif}, metadata.csv, relationships.csv,
-  clusters.tsv, genes.csv and spec.json.
+def write_screen(screen, out_dir: str, *, fmt: str = "png", workers: int | None = None,
+                 progress: bool = False) -> dict:
+  """Writes images/EXP/PlateN/WELL_sS_wC.{png,tif}, metadata.csv (`screen.metadata_table()`),
+  relationships.csv, clusters.tsv, genes.csv and spec.json of a SyntheticScreen or another
+  generator's screen (organelles.OrganelleScreen: its metadata.csv is RxRx1's).
 
   The layout is the RxRx1 one, so `config.data.source="folder"` with the default template reads
   it back. clusters.tsv holds one complex a line, `name<TAB>gene gene ...` (the format and name
@@ -580,20 +615,19 @@ def write_screen(screen: SyntheticScreen, out_dir: str, *, fmt: str = "png",
   with bar:
     if workers == 1:
       for chunk in chunks:
-        bar.update(_write_chunk(screen.spec, image_dir, fmt, chunk))
-    else:
+        bar.update(_write_chunk(screen, image_dir, fmt, chunk))
+    else:  # Workers get the screen as its spec (__getstate__) and build it again.
       ctx = multiprocessing.get_context("spawn" if _jax_started() else "fork")
       with concurrent.futures.ProcessPoolExecutor(workers, mp_context=ctx) as pool:
-        for done in pool.map(_write_chunk, [screen.spec] * len(chunks),
+        for done in pool.map(_write_chunk, [screen] * len(chunks),
                              [image_dir] * len(chunks), [fmt] * len(chunks), chunks):
           bar.update(done)
-  meta = screen.metadata.drop(columns=["plate_index", "experiment_index", "well_index"])
-  meta.to_csv(os.path.join(out_dir, "metadata.csv"), index=False)
+  screen.metadata_table().to_csv(os.path.join(out_dir, "metadata.csv"), index=False)
   screen.relationships.to_csv(os.path.join(out_dir, "relationships.csv"), index=False)
   with open(os.path.join(out_dir, "clusters.tsv"), "w", encoding="utf-8") as f:
     f.writelines(f"{name}\t{' '.join(members)}\n" for name, members in screen.clusters.items())
   screen.genes.to_csv(os.path.join(out_dir, "genes.csv"), index=False)
-  if len(screen.compound_targets):
+  if len(getattr(screen, "compound_targets", ())):
     screen.compound_targets.to_csv(os.path.join(out_dir, "compound_targets.csv"), index=False)
   with open(os.path.join(out_dir, "spec.json"), "w") as f:
     json.dump(dataclasses.asdict(screen.spec), f, indent=1)
