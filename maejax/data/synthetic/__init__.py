@@ -459,15 +459,21 @@ def _render(cells: dict, size: int) -> np.ndarray:
   return out.reshape(6, size, size).transpose(1, 2, 0).astype(np.float32)
 
 
+def illumination(h: int, w: int, grad: float, angle: float, vignette: float) -> np.ndarray:
+  """The microscope's illumination field [h, w]: a linear gradient along `angle` and a radial
+  vignette, 1 at the centre."""
+  yy, xx = np.meshgrid(np.linspace(-1, 1, h, dtype=np.float32),
+                       np.linspace(-1, 1, w, dtype=np.float32), indexing="ij")
+  return (1 + grad * 0.5 * (xx * np.cos(angle) + yy * np.sin(angle))
+          - vignette * 0.5 * (xx ** 2 + yy ** 2))
+
+
 def _acquire(img: np.ndarray, acq: dict, rng: np.random.Generator, gain: float = 1.0) -> np.ndarray:
   """Applies microscope/plate effects to float [H, W, 6] and quantises to uint8."""
   h, w, _ = img.shape
   if acq["blur"] > 0.05:
     img = ndimage.gaussian_filter(img, sigma=(acq["blur"], acq["blur"], 0), mode="wrap")
-  yy, xx = np.meshgrid(np.linspace(-1, 1, h, dtype=np.float32),
-                       np.linspace(-1, 1, w, dtype=np.float32), indexing="ij")
-  field = (1 + acq["grad"] * 0.5 * (xx * np.cos(acq["grad_angle"]) + yy * np.sin(acq["grad_angle"]))
-           - acq["vignette"] * 0.5 * (xx ** 2 + yy ** 2))
+  field = illumination(h, w, acq["grad"], acq["grad_angle"], acq["vignette"])
   img = img * (gain * field)[..., None] * acq["gain"] + acq["offset"]
   img += acq["noise"] * rng.standard_normal(img.shape, dtype=np.float32) * (1 + np.sqrt(np.abs(img)))
   return np.clip(img * 255.0 + 0.5, 0, 255).astype(np.uint8)

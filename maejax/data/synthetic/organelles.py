@@ -387,11 +387,7 @@ def _render(emitters: list, size: int, psf: np.ndarray) -> np.ndarray:
 
 def _acquire(img: np.ndarray, acq: dict, rng: np.random.Generator, gain: float) -> np.ndarray:
   """Illumination, channel gain and offset, shot and read noise on float [H, W, 6] -> uint8."""
-  h, w, _ = img.shape
-  yy, xx = np.meshgrid(np.linspace(-1, 1, h, dtype=np.float32),
-                       np.linspace(-1, 1, w, dtype=np.float32), indexing="ij")
-  field = (1 + acq["grad"] * 0.5 * (xx * np.cos(acq["angle"]) + yy * np.sin(acq["angle"]))
-           - acq["vignette"] * 0.5 * (xx ** 2 + yy ** 2))
+  field = synthetic.illumination(*img.shape[:2], acq["grad"], acq["angle"], acq["vignette"])
   img = img * (gain * field)[..., None] * acq["gain"]
   noise = np.sqrt(acq["read_noise"] ** 2 + 0.003 * img)  # photon shot noise grows with signal
   img = img + acq["offset"] + noise * rng.standard_normal(img.shape, dtype=np.float32)
