@@ -91,9 +91,48 @@ def test_bench_embed_bfloat16_against_torch_autocast(capsys):
   for key in ("cosine_to_float32", "torch_cosine_to_float32"):
     assert 0.999 < result[key]["min"] <= result[key]["median"] < 1.0  # bf16, not fp32.
   assert set(result["cpu"]) >= {"model", "avx2", "amx_bf16", "amx_tile"}
-  assert sum(result["xla_dots"]["dot_operand_dtypes"].values()) > 0
+  # Every product of the bf16 program multiplies bf16 operands (XLA:CPU's bf16 kernels, AMX
+  # where present); none is converted to f32 first (layers.dot_general).
+  assert set(result["xla_dots"]["dot_operand_dtypes"]) == {"bf16"}
   assert all(k.count(":") >= 1 for k in result["torch_onednn_kernels"])  # kind:implementation
-  assert result["torch_used_amx"] == any("amx" in k for k in result["torch_onednn_kernels"])
+  assert result["torch_used_amx"] == bench.used_amx(result["torch_onednn_kernels"])
+
+
+def test_used_amx_counts_matrix_products_only():
+  # oneDNN names element-wise kernels after the CPU's ISA, AMX or not.
+  assert not bench.used_amx(["eltwise:jit:avx10_1_512_amx", "reorder:jit:blk"])
+  assert bench.used_amx(["eltwise:jit:avx512_core", "matmul:brg_matmul:avx10_1_512_amx"])
+  assert bench.used_amx(["convolution:brg_conv_fwd:avx512_core_amx"])
+  assert not bench.used_amx(["matmul:brg_matmul:avx512_core"])
+
+
+@pytest.mark.parametrize("dtype,torch_dtype", [("float32", "float32"),
+                                                ("bfloat16", "bfloat16")])
+def test_torch_train_step_computes_in_the_models_precision(dtype, torch_dtype):
+  """The PyTorch step runs its forward under torch.autocast(bfloat16) exactly where maejax's
+  model computes in bf16; its weights stay fp32 either way."""
+  torch = pytest.importorskip("torch")
+  pytest.importorskip("transformers")
+  from maejax.train import bench as train_bench
+  config = train_bench.model_config("vit_tiny", batch_size=2, dtype=dtype)
+  step = bench._torch_train_step(config)
+  seen = []
+  linear = next(m for m in step.model.modules() if isinstance(m, torch.nn.Linear))
+  linear.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+  step()
+  assert seen == [getattr(torch, torch_dtype)]
+  assert all(p.dtype == torch.float32 for p in step.model.parameters())
+
+
+def test_bench_model_bfloat16_against_torch_autocast(capsys):
+  pytest.importorskip("transformers")
+  bench.main(["model", "--model", "vit_tiny", "--batch-size", "2", "--steps", "1",
+              "--dtype", "bfloat16", "--compare-torch", "--json"])
+  result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+  assert result["dtype"] == "bfloat16" and result["torch_step_s"] > 0
+  fastest = max(result["jax_matmul_tflops_per_s"], result["torch_matmul_tflops_per_s"])
+  assert result["speedup_ceiling_vs_torch"] == pytest.approx(
+      fastest / result["torch_tflops_per_s"])
 
 
 def test_dot_kernels_reads_operand_dtypes_from_the_compiled_program():

@@ -33,6 +33,7 @@ from maejax.eval import embed as embed_lib
 from maejax.eval import mean_ap
 from maejax.eval import scale
 from maejax.models import flops
+from maejax.models import layers
 from maejax.train import aot
 from maejax.train import bench as train_bench
 from maejax.train import metrics
@@ -54,8 +55,9 @@ def main_model(argv) -> int:
   p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
   p.add_argument("--remat", action="store_true")
   p.add_argument("--compare-torch", action="store_true",
-                 help="also time transformers' ViTMAEForPreTraining of the same shape (fp32, "
-                      "AdamW), interleaved with maejax's steps (needs the torch extra)")
+                 help="also time transformers' ViTMAEForPreTraining of the same shape (AdamW; "
+                      "under torch.autocast for bfloat16), interleaved with maejax's steps "
+                      "(needs the torch extra)")
   args, overrides = cli.parse(p, argv)
 
   def body():
@@ -72,23 +74,25 @@ def main_model(argv) -> int:
       out["speedup_vs_torch"] = out["torch_step_s"] / out["step_s"]
       out["torch_tflops_per_s"] = (out["gflop_per_image"] * out["batch_size"]
                                    / out["torch_step_s"] / 1e3)
-      out.update(matmul_ceiling(out["torch_tflops_per_s"]))
+      out.update(matmul_ceiling(out["torch_tflops_per_s"], dtype=args.dtype))
     return out
 
   return cli.report(args, body, print_figures)
 
 
-def matmul_ceiling(torch_tflops: float, shape=(2048, 512, 2048), reps: int = 10) -> dict:
-  """Each framework's fp32 matmul speed on one [m, k] x [k, n] product (the shape of a
-  decoder MLP layer), and the speedup over PyTorch's step that a step of the same FLOPs, all
-  at the faster of the two, would have: a ceiling for any implementation of the step."""
+def matmul_ceiling(torch_tflops: float, shape=(2048, 512, 2048), reps: int = 10,
+                   dtype: str = "float32") -> dict:
+  """Each framework's matmul speed in `dtype` on one [m, k] x [k, n] product (the shape of a
+  decoder MLP layer; maejax's as its layers multiply, `layers.dot_general`), and the speedup
+  over PyTorch's step that a step of the same FLOPs, all at the faster of the two, would have:
+  a ceiling for any implementation of the step."""
   import torch
   m, k, n = shape
   x, y = (np.random.default_rng(i).standard_normal(s, dtype=np.float32)
           for i, s in enumerate(((m, k), (k, n))))
-  jx, jy = jax.device_put(x), jax.device_put(y)
-  matmul = jax.jit(lambda p, q: p @ q)
-  tx, ty = torch.from_numpy(x), torch.from_numpy(y)
+  jx, jy = (jax.device_put(a).astype(dtype) for a in (x, y))
+  matmul = jax.jit(lambda p, q: layers.dot_general(p, q, (((1,), (0,)), ((), ()))))
+  tx, ty = (torch.from_numpy(a).to(getattr(torch, dtype)) for a in (x, y))
   runs = {"jax": lambda: matmul(jx, jy).block_until_ready(), "torch": lambda: tx @ ty}
   out = {}
   for name, fn in runs.items():
@@ -111,14 +115,15 @@ def _require_torch():
 
 
 def _torch_train_step(config):
-  """One fp32 train step (forward, backward, AdamW) of transformers' ViTMAEForPreTraining of
-  the shape of `config.model`, as a callable on a fixed random batch."""
+  """One train step (forward, backward, AdamW on fp32 weights) of transformers'
+  ViTMAEForPreTraining of the shape of `config.model`, as a callable on a fixed random batch;
+  its forward pass and loss under torch.autocast(bfloat16) where the model computes in bf16,
+  as maejax's `dtype="bfloat16"` does (fp32 parameters, bf16 products)."""
   cfg = models.resolve(config.model)
   if cfg.kind != "mae" or cfg.channel_agnostic:
     raise ValueError(f"--compare-torch compares ViT-MAEs (vits16, vitb16, ...) with "
                      f"transformers' ViTMAE; {cfg.name} is not one")
-  if config.model.get("dtype", "float32") != "float32":
-    raise ValueError("--compare-torch compares fp32 steps: drop --dtype")
+  bf16 = config.model.get("dtype", "float32") == "bfloat16"
   ref = _require_torch()
   import torch
   size, channels = int(config.data.crop_size), len(config.data.channels)
@@ -129,9 +134,12 @@ def _torch_train_step(config):
 
   def step():
     opt.zero_grad(set_to_none=True)
-    model(pixel_values=pixels).loss.backward()
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+      loss = model(pixel_values=pixels).loss
+    loss.backward()
     opt.step()
 
+  step.model = model
   return step
 
 
@@ -243,13 +251,21 @@ def _torch_embed(cfg, images, dtype: str = "float32"):
     out = dict(torch_version=torch.__version__,
                torch_cpu_capability=torch.backends.cpu.get_cpu_capability(),
                torch_onednn_kernels=impls,
-               torch_used_amx=any("amx" in i for i in impls))
+               torch_used_amx=used_amx(impls))
     if dtype != "float32":
       out["torch_cosine_to_float32"] = cosine_summary(embed(), embed("float32"))
     return out
 
   embed.report = report
   return embed
+
+
+def used_amx(kernels) -> bool:
+  """Whether oneDNN ran a matrix product (matmul, inner product, convolution) on AMX tiles:
+  its implementation names an AMX ISA. Element-wise kernels name the CPU's ISA (`avx10_1_512_amx`)
+  whatever they compute, so they do not count."""
+  products = ("matmul", "inner_product", "convolution", "deconvolution")
+  return any(k.split(":")[0] in products and "amx" in k for k in kernels)
 
 
 def onednn_verbose(fn) -> list[str]:

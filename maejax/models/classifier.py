@@ -75,9 +75,8 @@ class _Classifier(nnx.Module):
 
   def _head(self, dim, dtype, rngs):
     # Zero-initialized head (big_vision): the initial loss is exactly log(num_classes).
-    return nnx.Linear(dim, self.cfg.num_classes, dtype=dtype, rngs=rngs,
-                      kernel_init=layers.part(layers.zeros, ("embed", "vocab")),
-                      bias_init=layers.part(layers.zeros, ("vocab",)))
+    return layers.dense(dim, self.cfg.num_classes, ("embed", "vocab"), dtype=dtype, rngs=rngs,
+                        init=layers.zeros)
 
   def logits(self, images, key=None):
     """uint8 [b, H, W, c] -> float32 logits [b, num_classes]."""

@@ -37,11 +37,39 @@ def layer_norm(dim, eps, dtype=None, *, rngs, name="embed"):
       scale_init=part(ones, (name,)), bias_init=part(zeros, (name,)))
 
 
-def dense(din, dout, names, *, use_bias=True, dtype=None, rngs):
+def dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None,
+                **kwargs):
+  """`jax.lax.dot_general`, except that a bf16 x bf16 product traced for XLA:CPU asks for an
+  f32 result and rounds it to bf16. XLA:CPU (jaxlib 0.10) has a bf16 matmul kernel only in
+  that form (YNNPACK's, on AMX where the CPU has it: 1.7 TFLOP/s against 0.26 on a 2-core
+  Xeon); a bf16 result makes it convert both operands to f32 and run an f32 product.
+  Every dense layer of the models (`dense`, `linear_general`, `project`) multiplies with it."""
+  if (preferred_element_type is None and lhs.dtype == rhs.dtype == jnp.bfloat16
+      and stack.platform() == "cpu"):
+    out = jax.lax.dot_general(lhs, rhs, dimension_numbers, precision,
+                              preferred_element_type=jnp.float32, **kwargs)
+    return out.astype(jnp.bfloat16)
+  return jax.lax.dot_general(lhs, rhs, dimension_numbers, precision,
+                             preferred_element_type=preferred_element_type, **kwargs)
+
+
+def dense(din, dout, names, *, use_bias=True, dtype=None, rngs, init=xavier):
   """Linear layer [..., din] -> [..., dout] with kernel axes `names`."""
   return nnx.Linear(
-      din, dout, use_bias=use_bias, dtype=dtype, rngs=rngs,
-      kernel_init=part(xavier, names), bias_init=part(zeros, names[1:]))
+      din, dout, use_bias=use_bias, dtype=dtype, rngs=rngs, dot_general=dot_general,
+      kernel_init=part(init, names), bias_init=part(zeros, names[1:]))
+
+
+def linear_general(din, dout, names, *, axis=-1, use_bias=True, dtype=None, rngs, init=None):
+  """LinearGeneral [..., *din] -> [..., *dout] (`din` in x's `axis` axes), kernel axes `names`
+  (bias axes: the output's), initialised by `init` (default Xavier over the flat fan-in and
+  fan-out)."""
+  size = lambda d: math.prod(d) if isinstance(d, tuple) else d  # noqa: E731
+  init = init or _fan_xavier(size(din), size(dout))
+  n_out = len(dout) if isinstance(dout, tuple) else 1
+  return nnx.LinearGeneral(
+      din, dout, axis=axis, use_bias=use_bias, dtype=dtype, rngs=rngs, dot_general=dot_general,
+      kernel_init=part(init, names), bias_init=part(zeros, names[-n_out:]))
 
 
 def drop_path(x, rate, key):
@@ -77,10 +105,9 @@ class QKVProjection(nnx.Module):
 
   def __init__(self, dim, num_heads, *, use_bias, dtype, rngs):
     self.num_heads, self.head_dim = num_heads, dim // num_heads
-    self.proj = nnx.LinearGeneral(
-        dim, (3, num_heads, self.head_dim), use_bias=use_bias, dtype=dtype, rngs=rngs,
-        kernel_init=part(_fan_xavier(dim, 3 * dim), ("embed", None, "heads", "kv")),
-        bias_init=part(zeros, (None, "heads", "kv")))
+    self.proj = linear_general(dim, (3, num_heads, self.head_dim),
+                               ("embed", None, "heads", "kv"), use_bias=use_bias, dtype=dtype,
+                               rngs=rngs)
 
   def __call__(self, x):
     qkv = self.proj(x)
@@ -103,10 +130,8 @@ class OutProjection(nnx.Module):
   """[b, l, heads, head_dim] or [b, l, heads * head_dim] -> [b, l, embed]."""
 
   def __init__(self, num_heads, head_dim, dim, *, dtype, rngs):
-    self.proj = nnx.LinearGeneral(
-        (num_heads, head_dim), dim, axis=(-2, -1), dtype=dtype, rngs=rngs,
-        kernel_init=part(_fan_xavier(num_heads * head_dim, dim), ("heads", "kv", "embed")),
-        bias_init=part(zeros, ("embed",)))
+    self.proj = linear_general((num_heads, head_dim), dim, ("heads", "kv", "embed"),
+                               axis=(-2, -1), dtype=dtype, rngs=rngs)
 
   def __call__(self, x, scale=None):
     """scale: an [embed] LayerScale gamma folded into the product, or None."""
@@ -123,7 +148,8 @@ def project(proj, x, in_axes, scale=None):
   if scale is not None:
     kernel, bias = kernel * scale, None if bias is None else bias * scale
   dtype = proj.dtype or jnp.result_type(x, kernel)
-  y = jnp.tensordot(x.astype(dtype), kernel.astype(dtype), axes=in_axes)
+  contract = (tuple(range(x.ndim - in_axes, x.ndim)), tuple(range(in_axes)))
+  y = dot_general(x.astype(dtype), kernel.astype(dtype), (contract, ((), ())))
   return y if bias is None else y + bias.astype(dtype)
 
 
@@ -423,12 +449,10 @@ class CrossAttention(nnx.Module):
 
   def __init__(self, dim, num_heads, *, dtype, rngs):
     hd = dim // num_heads
-    self.q = nnx.LinearGeneral(
-        dim, (num_heads, hd), use_bias=False, dtype=dtype, rngs=rngs,
-        kernel_init=part(_fan_xavier(dim, dim), ("embed", "heads", "kv")))
-    self.kv = nnx.LinearGeneral(
-        dim, (2, num_heads, hd), use_bias=False, dtype=dtype, rngs=rngs,
-        kernel_init=part(_fan_xavier(dim, 2 * dim), ("embed", None, "heads", "kv")))
+    self.q = linear_general(dim, (num_heads, hd), ("embed", "heads", "kv"), use_bias=False,
+                            dtype=dtype, rngs=rngs)
+    self.kv = linear_general(dim, (2, num_heads, hd), ("embed", None, "heads", "kv"),
+                             use_bias=False, dtype=dtype, rngs=rngs)
     self.out = OutProjection(num_heads, hd, dim, dtype=dtype, rngs=rngs)
 
   def __call__(self, x, context):

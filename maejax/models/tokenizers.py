@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from maejax.models.layers import part, xavier, zeros
+from maejax.models.layers import dense
 
 
 def standardize(images, eps=1e-5):
@@ -99,9 +99,8 @@ class PatchEmbed(nnx.Module):
   def __init__(self, patch_size, channels, dim, *, pos_layout, dtype=None, rngs):
     self.patch_size, self.channels = patch_size, channels
     self.pos_layout = check_layout(pos_layout)
-    self.proj = nnx.Linear(
-        patch_size * patch_size * channels, dim, dtype=dtype, rngs=rngs,
-        kernel_init=part(xavier, (None, "embed")), bias_init=part(zeros, ("embed",)))
+    self.proj = dense(patch_size * patch_size * channels, dim, (None, "embed"), dtype=dtype,
+                      rngs=rngs)
 
   def __call__(self, x):
     p = self.patch_size
@@ -120,9 +119,7 @@ class ChannelAgnosticPatchEmbed(nnx.Module):
   def __init__(self, patch_size, max_channels, dim, *, pos_layout, dtype=None, rngs):
     self.patch_size, self.max_channels = patch_size, max_channels
     self.pos_layout = check_layout(pos_layout)
-    self.proj = nnx.Linear(
-        patch_size * patch_size, dim, dtype=dtype, rngs=rngs,
-        kernel_init=part(xavier, (None, "embed")), bias_init=part(zeros, ("embed",)))
+    self.proj = dense(patch_size * patch_size, dim, (None, "embed"), dtype=dtype, rngs=rngs)
 
   def __call__(self, x):
     p, c = self.patch_size, x.shape[-1]

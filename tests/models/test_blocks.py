@@ -80,3 +80,33 @@ def test_gpu_attention_takes_cudnn_where_it_applies(dtype, head_dim, cuda, want)
   with pytest.raises(ValueError, match="expected auto, cudnn or xla"):
     with layers.gpu_attention("flash"):
       pass
+
+
+def test_bf16_product_on_cpu_is_the_rounded_exact_product():
+  """`layers.dot_general` in bf16 on XLA:CPU: f32 accumulation of the bf16 operands, rounded
+  once to bf16 (NumPy float64 reference); fp32 products are jax.lax.dot_general's own."""
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.standard_normal((3, 5, 64)), jnp.bfloat16)
+  w = jnp.asarray(rng.standard_normal((64, 7)), jnp.bfloat16)
+  dims = (((2,), (0,)), ((), ()))
+  y = jax.jit(lambda a, b: layers.dot_general(a, b, dims))(x, w)
+  assert y.dtype == jnp.bfloat16
+  exact = np.asarray(x, np.float64) @ np.asarray(w, np.float64)
+  np.testing.assert_allclose(np.asarray(y, np.float64), exact, rtol=2 ** -8, atol=1e-6)
+  x32, w32 = x.astype(jnp.float32), w.astype(jnp.float32)
+  np.testing.assert_array_equal(layers.dot_general(x32, w32, dims),
+                                jax.lax.dot_general(x32, w32, dims))
+
+
+@pytest.mark.parametrize("dtype,want", [("float32", {"f32"}), ("bfloat16", {"bf16"})])
+def test_cpu_program_multiplies_in_the_models_precision(dtype, want):
+  """Every product of a ViT's compiled CPU embedding takes operands of the model's dtype: in
+  bf16 none is converted to f32 before it (XLA:CPU does that to bf16 x bf16 -> bf16 dots,
+  which leaves AMX and YNNPACK's bf16 kernels unused)."""
+  from maejax import models
+  from maejax.cli import bench
+  model = models.create("vit_tiny", rngs=nnx.Rngs(0), dtype=dtype)
+  x = jnp.asarray(np.random.default_rng(0).integers(0, 256, (2, 32, 32, 6), np.uint8))
+  graph, state = nnx.split(model)
+  text = jax.jit(lambda s: nnx.merge(graph, s).embed(x)).lower(state).compile().as_text()
+  assert set(bench.dot_kernels(text)["dot_operand_dtypes"]) == want
