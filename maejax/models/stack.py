@@ -21,18 +21,27 @@ from jax.sharding import PartitionSpec as P
 # The checkpoint name of what attention keeps for its backward pass (output, log-sum-exp).
 ATTENTION = "attention"
 
+# The checkpoint name of a weight matmul's output where it is not a dot to remat policies: the
+# custom-gradient bf16 product on CPUs (layers.dot_general).
+DENSE = "dense"
+
+
+def _with_names(policy, *names):
+  return jax.checkpoint_policies.save_from_both_policies(
+      policy, jax.checkpoint_policies.save_only_these_names(*names))
+
+
 # What the backward pass keeps from the forward pass of a rematerialised block.
 REMAT_POLICIES = {
     "full": None,  # Nothing: recompute the whole block (least memory).
-    "dots": jax.checkpoint_policies.checkpoint_dots,  # Every matmul output.
+    "dots": _with_names(jax.checkpoint_policies.checkpoint_dots, DENSE),  # Every matmul output.
     # Matmuls against weights (not attention's batched q.k / p.v): most of the speed of
     # "dots" for a fraction of its memory at long sequence lengths.
-    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    "dots_no_batch": _with_names(jax.checkpoint_policies.dots_with_no_batch_dims_saveable, DENSE),
     # "dots_no_batch" plus the outputs of CPU attention (named ATTENTION), so the backward
     # pass does not run attention's forward again: the CPU default for scanned stacks.
-    "dots_attention": jax.checkpoint_policies.save_from_both_policies(
-        jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
-        jax.checkpoint_policies.save_only_these_names(ATTENTION)),
+    "dots_attention": _with_names(jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+                                  DENSE, ATTENTION),
 }
 
 

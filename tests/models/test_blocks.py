@@ -98,6 +98,28 @@ def test_bf16_product_on_cpu_is_the_rounded_exact_product():
                                 jax.lax.dot_general(x32, w32, dims))
 
 
+@pytest.mark.parametrize("n", [1, 2])
+def test_bf16_product_gradients_on_cpu(n):
+  """The gradients of a bf16 product (n contracted axes, as Linear and LinearGeneral take
+  them) are bf16 products too, within bf16 rounding of the float64 ones: for
+  loss = sum(c * x.w), dx = c.w^T and dw = x^T.c."""
+  rng = np.random.default_rng(1)
+  x = jnp.asarray(rng.standard_normal((4, 3, 48) if n == 1 else (4, 3, 8, 6)), jnp.bfloat16)
+  k = x.shape[x.ndim - n:]
+  w = jnp.asarray(rng.standard_normal(k + (5,)), jnp.bfloat16)
+  c = jnp.asarray(rng.standard_normal(x.shape[:x.ndim - n] + (5,)), jnp.bfloat16)
+  dims = ((tuple(range(x.ndim - n, x.ndim)), tuple(range(n))), ((), ()))
+  loss = lambda a, b: (layers.dot_general(a, b, dims).astype(jnp.float32) * c).sum()  # noqa
+  dx, dw = jax.jit(jax.grad(loss, argnums=(0, 1)))(x, w)
+  assert dx.dtype == dw.dtype == jnp.bfloat16
+  x64, w64, c64 = (np.asarray(t, np.float64) for t in (x, w, c))
+  lead = x.ndim - n
+  want_dx = np.tensordot(c64, w64, axes=([c.ndim - 1], [w.ndim - 1]))
+  want_dw = np.tensordot(x64, c64, axes=(list(range(lead)), list(range(lead))))
+  np.testing.assert_allclose(np.asarray(dx, np.float64), want_dx, rtol=2 ** -7, atol=1e-2)
+  np.testing.assert_allclose(np.asarray(dw, np.float64), want_dw, rtol=2 ** -7, atol=1e-2)
+
+
 @pytest.mark.parametrize("dtype,want", [("float32", {"f32"}), ("bfloat16", {"bf16"})])
 def test_cpu_program_multiplies_in_the_models_precision(dtype, want):
   """Every product of a ViT's compiled CPU embedding takes operands of the model's dtype: in
