@@ -30,12 +30,8 @@ PARTS = ("env", "train_vitl16", "numerics", "train_vits16", "embed_camae_s16", "
          "profile_vitl16")
 
 
-def test_tiny_check_measures_each_kind_of_part(tmp_path, capsys):
-  # In this process (as `python -m maejax.bench gpu-check` runs it: test_isolated_part).
-  assert gpu_check.main(["--tiny", "--out", str(tmp_path), "--json", "--parts",
-                         ",".join(PARTS)]) == 0
-  last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-  result = json.loads((tmp_path / "gpu_check.json").read_text())
+def test_tiny_check_measures_each_kind_of_part(tmp_path):
+  last, result = _run(tmp_path, "--parts", ",".join(PARTS))
   assert last == result["summary"] and result["summary"]["failed_parts"] == []
   assert result["gpu_check"]["tiny"] and not result["gpu_check"]["isolated"]
   assert set(PARTS) <= set(result)
