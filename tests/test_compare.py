@@ -2,6 +2,7 @@
 the checkpoint and block sweeps of `python -m maejax.benchmark --sweep` on its workdirs."""
 
 import contextlib
+import functools
 import io
 import json
 import shutil
@@ -25,13 +26,16 @@ SCREEN = ["--config.data.synthetic.site_size=64", "--config.data.synthetic.n_gro
           "--config.data.synthetic.sites_per_well=1", "--config.batch_size=8",
           "--config.ckpt_every=1"]
 CONFIGS = "configs/demo.py,configs/munet_demo.py,configs/wsl_demo.py"
+FAST = {"xla_backend_optimization_level": 0}  # Compile time matters more than run time here.
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
   out = tmp_path_factory.mktemp("compare")
   stdout = io.StringIO()
-  with contextlib.redirect_stdout(stdout):
+  # The whole command (compare.main), its training steps compiled as the training tests do.
+  with contextlib.redirect_stdout(stdout), pytest.MonkeyPatch.context() as mp:
+    mp.setattr(compare, "run", functools.partial(compare.run, compiler_options=FAST))
     rc = compare.main(["--configs", CONFIGS, "--out", str(out), "--steps", "2", "--n-null", "20",
                        "--no-progress", "--json"] + SCREEN)
   return out, rc, stdout.getvalue()
@@ -39,6 +43,7 @@ def run(tmp_path_factory):
 
 def test_table_has_every_row(run):
   out, rc, stdout = run
+  assert rc == 0
   summary = json.loads(stdout.strip().splitlines()[-1])
   table = pd.read_csv(out / "comparison.csv")
   expected = {(m, w, c) for m in ("demo", "munet_demo", "wsl_demo") for w in ("trained", "random")
