@@ -24,8 +24,9 @@ from maejax.train import metrics as metrics_lib
 from maejax.train import mesh as mesh_lib
 from maejax.train import optimizer as optimizer_lib
 from maejax.train import state as state_lib
+from maejax.train import step as step_lib
 
-FAST = {"xla_backend_optimization_level": 0}
+FAST = step_lib.FAST_COMPILE
 
 
 def _tiny_config():

@@ -17,6 +17,7 @@ from maejax.cli import compare
 from maejax.cli import sweep
 from maejax.data import synthetic
 from maejax.train import loop
+from maejax.train import step as step_lib
 
 SCREEN = ["--config.data.synthetic.site_size=64", "--config.data.synthetic.n_groups=3",
           "--config.data.synthetic.genes_per_group=3", "--config.data.synthetic.n_null_genes=1",
@@ -26,7 +27,7 @@ SCREEN = ["--config.data.synthetic.site_size=64", "--config.data.synthetic.n_gro
           "--config.data.synthetic.sites_per_well=1", "--config.batch_size=8",
           "--config.ckpt_every=1"]
 CONFIGS = "configs/demo.py,configs/munet_demo.py,configs/wsl_demo.py"
-FAST = {"xla_backend_optimization_level": 0}  # Compile time matters more than run time here.
+FAST = step_lib.FAST_COMPILE
 
 
 @pytest.fixture(scope="module")

@@ -144,3 +144,27 @@ def test_fit_batch_keeps_the_batch_without_a_memory_limit():
   bench = _Bench(free=100_000, per_example=300, fixed=10_000)
   bench.devices = [types.SimpleNamespace(memory_stats=lambda: None)]  # XLA:CPU
   assert gpu_check.fit_batch(bench, None, 64)[1] == 64 and bench.compiled == [64]
+
+
+
+def test_each_compilation_cache_context_caches_in_its_own_folder(tmp_path):
+  # A process of its own: JAX opens one cache per process, at the first compile.
+  script = f"""
+import os
+import jax, jax.numpy as jnp
+from maejax.cli import gpu_check
+first, second = {str(tmp_path / "first")!r}, {str(tmp_path / "second")!r}
+with gpu_check.compilation_cache(first):
+  jax.jit(lambda x: x * 3.0)(jnp.ones(4)).block_until_ready()
+n_first = len(os.listdir(first))
+assert n_first, "nothing cached in the first context"
+with gpu_check.compilation_cache(second):
+  jax.jit(lambda x: x + 5.0)(jnp.ones(4)).block_until_ready()
+assert len(os.listdir(first)) == n_first, "the second context cached in the first's folder"
+assert os.listdir(second), "nothing cached in the second context"
+assert "JAX_COMPILATION_CACHE_DIR" not in os.environ
+"""
+  env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_COMPILATION")}
+  p = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                     env={**env, "JAX_PLATFORMS": "cpu"}, cwd=ROOT, timeout=300)
+  assert p.returncode == 0, p.stderr[-3000:]

@@ -34,6 +34,7 @@ import traceback
 from typing import Callable, NamedTuple
 
 import jax
+from jax.experimental.compilation_cache import compilation_cache as cc
 import numpy as np
 from jax.extend import backend as jax_backend
 
@@ -43,10 +44,9 @@ from maejax.data import bench as data_bench
 from maejax.eval import embed as embed_lib
 from maejax.models import layers
 from maejax.train import bench as train_bench
+from maejax.train import step as step_lib
 
 GIB = 2**30
-# XLA options of --tiny's programs: compile time matters more than run time on a CPU.
-FAST = {"xla_backend_optimization_level": 0}
 # The MFU the ViT-L/16 step should reach on an H100 (issue 30; MaxText reports about 50%).
 MFU_GOAL = 0.55
 
@@ -170,7 +170,7 @@ def part_train(spec: Train, tiny: bool, batch: int | None, steps: int,
   config = train_config(spec, tiny, batch)
   device = jax.devices()[0]
   with _gpu_attention(spec.attention):
-    bench = train_bench.StepBench(config, [device], FAST if tiny else None)
+    bench = train_bench.StepBench(config, [device], step_lib.FAST_COMPILE if tiny else None)
     state = bench.init_state()
     compiled, data, compile_s, tries = fit_batch(bench, state, int(config.batch_size),
                                                  max_compiles=1 if batch else 2)
@@ -260,7 +260,7 @@ def part_numerics(tiny: bool) -> dict:
   the same step, from the same state and batch, on the host's CPU: loss, gradient norm and the
   parameter update, for each of NUMERICS."""
   accel, cpu = jax.devices()[0], jax.devices("cpu")[0]
-  options = FAST if tiny else None
+  options = step_lib.FAST_COMPILE if tiny else None
   out = {"device": accel.device_kind, "reference": cpu.device_kind, "cases": []}
   # --tiny: one case (every case runs the same code), CPU against itself.
   for dtype, precision, tol in (NUMERICS[:1] if tiny else NUMERICS):
@@ -299,7 +299,7 @@ def part_profile(tiny: bool, batch: int | None, steps: int = 3, top: int = 20) -
   """The ViT-L/16 step (as train_vitl16, at its batch) under `jax.profiler`: the `top` device
   ops by total time, read from the Perfetto trace (host ops where no device track exists)."""
   config = train_config(TRAIN["train_vitl16"], tiny, batch)
-  bench = train_bench.StepBench(config, [jax.devices()[0]], FAST if tiny else None)
+  bench = train_bench.StepBench(config, [jax.devices()[0]], step_lib.FAST_COMPILE if tiny else None)
   state, data = bench.init_state(), bench.batch()
   compiled, _ = bench.compile(state, data)
   state, _ = bench.step(compiled, state, data)
@@ -450,11 +450,15 @@ def compilation_cache(path: str):
   for k, v in settings.items():
     jax.config.update(k, v)
     os.environ[k.upper()] = str(v)
+  # JAX opens its cache once per process: reset it so it opens `path` now and, after, the
+  # restored setting instead of a deleted folder.
+  cc.reset_cache()
   try:
     yield
   finally:
     for k, v in before.items():
       jax.config.update(k, v)
+    cc.reset_cache()
     for k, v in env.items():
       if v is None:
         os.environ.pop(k, None)

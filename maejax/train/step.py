@@ -67,12 +67,17 @@ def _split_micro(x, n):
   return jnp.swapaxes(x.reshape((x.shape[0] // n, n) + x.shape[1:]), 0, 1)
 
 
+# XLA options for programs whose compile time matters more than their run time (tests,
+# `gpu_check --tiny` on a CPU).
+FAST_COMPILE = {"xla_backend_optimization_level": 0}
+
+
 def jit_train_step(train_step: Callable, spec: state_lib.StateSpec,
                    mesh: jax.sharding.Mesh, rules, compiler_options=None) -> Callable:
   """jit with the state's shardings in and out, the batch sharded over its mesh axes,
   metrics replicated, and the old state's buffers donated to the new one.
 
-  compiler_options: XLA options (tests use {"xla_backend_optimization_level": 0}).
+  compiler_options: XLA options (tests use FAST_COMPILE).
   """
   batch_sh = NamedSharding(mesh, sharding_lib.batch_spec(rules, 1))
   return jax.jit(train_step, in_shardings=(spec.shardings, batch_sh),

@@ -10,6 +10,7 @@ import sys
 def main(process_id, port, workdir, out):
   from maejax import config as config_lib
   from maejax.train import loop
+  from maejax.train import step as step_lib
 
   config = config_lib.load_config("configs/demo.py")
   config.model.depth = 1
@@ -19,8 +20,7 @@ def main(process_id, port, workdir, out):
   config.distributed.coordinator_address = f"127.0.0.1:{port}"
   config.distributed.num_processes = 2
   config.distributed.process_id = process_id
-  fast = {"xla_backend_optimization_level": 0}
-  first = loop.train(config, workdir, progress=False, compiler_options=fast)
+  first = loop.train(config, workdir, progress=False, compiler_options=step_lib.FAST_COMPILE)
 
   import jax
   import numpy as np
@@ -34,7 +34,7 @@ def main(process_id, port, workdir, out):
                       out_shardings=sharding_lib.replicated(mesh))(glob))
 
   config.total_steps = 6
-  second = loop.train(config, workdir, progress=False, compiler_options=fast)
+  second = loop.train(config, workdir, progress=False, compiler_options=step_lib.FAST_COMPILE)
   with open(out, "w") as f:
     json.dump({"process_count": jax.process_count(), "devices": jax.device_count(),
                "global_shape": list(glob.shape), "global_sum": total,

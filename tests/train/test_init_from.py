@@ -24,6 +24,7 @@ from maejax.train import loop
 from maejax.train import mesh as mesh_lib
 from maejax.train import optimizer as optimizer_lib
 from maejax.train import state as state_lib
+from maejax.train import step as step_lib
 
 # OpenPhenom's family at tiny size (16x16 patches on 32 px crops, 4 patches per channel).
 OP_SIZES = dict(img_size=32, patch_size=16, width=64, depth=2, num_heads=4, mlp_dim=256,
@@ -36,7 +37,7 @@ REF_SIZES = dict(width=64, depth=2, heads=4, mlp_dim=256, patch=16, img=32, max_
 RUN = ["--config.model.dtype=float32", "--config.batch_size=8", "--config.total_steps=2",
        "--config.data.crop_size=32", "--config.data.synthetic.site_size=64",
        "--config.plot_every=0", "--config.log_every=1", "--config.ckpt_every=1"]
-FAST = {"xla_backend_optimization_level": 0}
+FAST = step_lib.FAST_COMPILE
 pytestmark = pytest.mark.usefixtures("compilation_cache")
 
 

@@ -26,8 +26,9 @@ from maejax.cli import train as train_cli
 from maejax.train import checkpoint as checkpoint_lib
 from maejax.train import loop
 from maejax.train import metrics as metrics_lib
+from maejax.train import step as step_lib
 
-FAST = {"xla_backend_optimization_level": 0}
+FAST = step_lib.FAST_COMPILE
 STEPS = 30
 
 

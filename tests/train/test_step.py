@@ -17,7 +17,7 @@ from maejax.train import step as step_lib
 from tests.train.tiny_model import TinyMAE
 
 RULES = config_lib.DEFAULT_SHARDING_RULES
-FAST = {"xla_backend_optimization_level": 0}  # Compile time matters more than run time here.
+FAST = step_lib.FAST_COMPILE
 
 
 def _config(**kw):
