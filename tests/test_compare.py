@@ -102,6 +102,32 @@ def test_rxrx1_layout_screen_end_to_end(run, tmp_path, rxrx1_layout):
                          "--n-null", "20"]) == 0
 
 
+
+def test_crop_stats_rows_come_with_and_without_the_columns(run, tmp_path):
+  out = tmp_path / "compare"
+  shutil.copytree(run[0] / "runs" / "demo", out / "runs" / "demo")  # Trained: reused.
+  args = ["--configs", "configs/demo.py", "--out", str(out), "--steps", "2", "--n-null", "20",
+          "--no-progress", "--crop-stats", "--json"] + SCREEN
+  stdout = io.StringIO()
+  with contextlib.redirect_stdout(stdout):
+    assert compare.main(args) == 0
+  table = pd.read_csv(out / "comparison.csv")
+  expected = {(m, w, c) for m in ("demo", "demo (plain)") for w in ("trained", "random")
+              for c in ("none", "tvn")} | {("intensity_stats", "none", c) for c in ("none", "tvn")}
+  assert set(zip(table.model, table.weights, table.correction)) == expected
+  assert set(json.loads(stdout.getvalue().strip().splitlines()[-1])["checks"]) == {
+      "demo", "demo (plain)"}
+  for label in ("demo", "demo_random"):
+    full = pd.read_parquet(out / "wells" / f"{label}.parquet")
+    plain = pd.read_parquet(out / "wells" / f"{label}_plain.parquet")
+    features = [c for c in full.columns if c.startswith("feature_")]
+    assert len(features) == 64 + 12  # vit_tiny's width + mean and std of 6 channels.
+    pd.testing.assert_frame_equal(plain, full.drop(columns=features[64:]))
+    # The appended columns are each crop's per-channel means (in [0, 1]) and stds.
+    means = full[features[64:70]].to_numpy()
+    assert ((means > 0) & (means < 1)).all()
+
+
 def test_finished_workdirs_are_reused(run, tmp_path):
   out, _, _ = run
   for steps in (1, 2):  # Checkpoints 1 and 2 are kept.

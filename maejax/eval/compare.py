@@ -6,7 +6,9 @@ the same architecture's random initial weights embed every well of the config's 
 (scorer.wells), and each table is scored (scorer.score) with no correction and with TVN
 against the screen's known relationships (the synthetic screen's planted pairs, or the
 scorer's). A classical baseline, per-channel intensity statistics of each site (mean, std,
-percentiles), is scored the same way. Writes `<out>/comparison.csv`,
+percentiles), is scored the same way. With the scorer's `crop_stats`, each model's tables are
+also scored without the appended columns (model "<name> (plain)"): what the model adds to them.
+Writes `<out>/comparison.csv`,
 `<out>/recall_curve_<correction>.png` (one line per model), `<out>/complex_recall.csv` (the
 recall of each planted or given complex, per model: which complexes a model finds), each row's
 benchmark outputs in `<out>/<label>/<correction>/`; the well tables are the scorer's
@@ -39,6 +41,7 @@ COLUMNS = ["model", "weights", "correction", "recall_5_95", "recall_10_90",
            "replicate_null_cosine", "random_baseline_5_95", "compound_median_auc",
            "compound_baseline_auc", "steps", "train_wall_s"]
 INTENSITY = "intensity_stats"
+PLAIN = " (plain)"  # Model name suffix of the rows without the crop statistics (--crop-stats).
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,8 +72,22 @@ def run_entries(run: Run, scorer: scorer_lib.Scorer) -> list[Entry]:
                          functools.partial(api.load, run.workdir, step=steps))
   random = scorer.wells(f"{config.name}_random", config, 0,
                         functools.partial(embed_lib.random_model, config))
-  return [Entry(config.name, config.name, "trained", trained, source, steps, run.train_wall_s),
-          Entry(f"{config.name}_random", config.name, "random", random, source, 0)]
+  entries = [Entry(config.name, config.name, "trained", trained, source, steps, run.train_wall_s),
+             Entry(f"{config.name}_random", config.name, "random", random, source, 0)]
+  if scorer.crop_stats:  # What the model adds: the same tables without the appended columns.
+    n_stats = 2 * len(source.channel_ids)
+    entries += [dataclasses.replace(e, label=f"{e.label}_plain", model=f"{e.model}{PLAIN}",
+                                    table=without_crop_stats(e.table, n_stats))
+                for e in entries]
+    for e in entries[2:]:
+      io.write_embeddings(e.table, scorer.path(e.label))
+  return entries
+
+
+def without_crop_stats(table: pd.DataFrame, n_stats: int) -> pd.DataFrame:
+  """A well table embedded with crop statistics, without them (its last `n_stats` features)."""
+  features = io.feature_columns(table)
+  return table.drop(columns=features[len(features) - n_stats:])
 
 
 def intensity_entry(source, wells_dir) -> Entry:
