@@ -102,7 +102,6 @@ def test_rxrx1_layout_screen_end_to_end(run, tmp_path, rxrx1_layout):
                          "--n-null", "20"]) == 0
 
 
-
 def test_crop_stats_rows_come_with_and_without_the_columns(run, tmp_path):
   out = tmp_path / "compare"
   shutil.copytree(run[0] / "runs" / "demo", out / "runs" / "demo")  # Trained: reused.

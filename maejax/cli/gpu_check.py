@@ -34,8 +34,8 @@ import traceback
 from typing import Callable, NamedTuple
 
 import jax
-from jax.experimental.compilation_cache import compilation_cache as cc
 import numpy as np
+from jax.experimental.compilation_cache import compilation_cache as cc
 from jax.extend import backend as jax_backend
 
 from maejax import cli
