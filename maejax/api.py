@@ -180,6 +180,9 @@ def _check_uint8(images):
   return images
 
 
+CROP_STATISTICS = ("mean", "std")  # Per channel, in this order: [b, len(CROP_STATISTICS) * c].
+
+
 def crop_statistics(images):
   """uint8 [b, h, w, c] -> float32 [b, 2c]: each channel's mean, then its std, in [0, 1]
   units: what the models' per-crop input standardization (tokenizers.standardize) removes."""

@@ -75,7 +75,7 @@ def run_entries(run: Run, scorer: scorer_lib.Scorer) -> list[Entry]:
   entries = [Entry(config.name, config.name, "trained", trained, source, steps, run.train_wall_s),
              Entry(f"{config.name}_random", config.name, "random", random, source, 0)]
   if scorer.crop_stats:  # What the model adds: the same tables without the appended columns.
-    n_stats = 2 * len(source.channel_ids)
+    n_stats = len(api.CROP_STATISTICS) * len(source.channel_ids)
     entries += [dataclasses.replace(e, label=f"{e.label}_plain", model=f"{e.model}{PLAIN}",
                                     table=without_crop_stats(e.table, n_stats))
                 for e in entries]
