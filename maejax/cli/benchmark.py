@@ -2,6 +2,7 @@
 
   python -m maejax.benchmark --embeddings wells.parquet --out results/ [--correction tvn] --json
   python -m maejax.benchmark --embeddings wells.parquet --relationships efaar --out results/
+  python -m maejax.benchmark --embeddings wells.parquet --join cellprofiler.csv --out results/
 
 Works on any table with `Metadata_*` columns and numeric features: this package's embeddings,
 another model's, or CellProfiler features (maejax.eval.pipeline). Writes to --out: recall.csv,
@@ -13,7 +14,8 @@ as copairs defines it (maejax.eval.mean_ap): map_replicates.csv (replicate retri
 map_relationships.csv (known-partner retrieval per gene and database). Rows repeated whole and
 features constant over all wells are dropped with a warning; an empty table, or one well in two
 differing rows, is an error; a figure the table is too small for prints as n/a with its reason
-(null in --json).
+(null in --json). With --join, the feature sets of several tables of the same wells are
+corrected each on its own and weigh the same (maejax.eval.correct.correct_parts).
 
   python -m maejax.benchmark --sweep runs/demo [runs/other ...] --out results/sweep [--blocks all]
 
@@ -64,6 +66,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                  f"'{bench.EFAAR}': CORUM, HuMAP, Reactome, SIGNOR, StringDB from an installed "
                  f"efaar-benchmarking ({bench.EFAAR_INSTALL}; {bench.EFAAR_LICENCES}). "
                  "Default: the planted pairs, for tables of the embedded synthetic screen")
+  p.add_argument("--join", nargs="+", default=None, metavar="TABLE",
+                 help="well tables of other feature sets of the same wells (CellProfiler "
+                 "features, maejax's intensity_stats.parquet, another model's embedding), "
+                 f"matched on {io.WELL_ID}: each set, --embeddings' included, is corrected on "
+                 "its own and scaled to the same norm, so each weighs the same in the map "
+                 "(maejax.eval.correct.correct_parts)")
   p.add_argument("--out", required=True, help="output directory")
   p.add_argument("--correction", default="tvn", choices=correct_lib.METHODS,
                  help="tvn: EFAAR's tvn_on_controls (standardize and PCA on pooled controls, "
@@ -138,6 +146,9 @@ def _report(info: dict, out: str) -> None:
   """The printed report: figures from summary(), `n/a (reason)` where the input is too small."""
   print(f"{info['wells']} wells -> {info['perturbations']} perturbations, "
         f"correction {info['correction']}")
+  if info["parts"]:
+    print(f"{len(info['parts'])} feature sets joined at equal weight, each corrected on its "
+          f"own ({' + '.join(map(str, info['parts']))} features)")
   print(_recall_lines(info["recall"]))
   rep = info["replicate_consistency"]
   if rep["reason"]:
@@ -179,7 +190,10 @@ def _read_wells(path) -> pd.DataFrame:
 
 
 def _main(args) -> int:
-  table = _read_wells(args.embeddings)
+  table, parts = _read_wells(args.embeddings), None
+  if args.join:
+    table, parts = pipeline.join_tables(
+        [(args.embeddings, table)] + [(path, _read_wells(path)) for path in args.join])
   relationships, planted = bench.relationships_for(table, args.relationships,
                                                    args.perturbation_col, args.concentration_col)
   clusters = args.clusters or planted or pipeline.find_clusters(relationships)
@@ -187,7 +201,8 @@ def _main(args) -> int:
              else compound.read_targets(args.compound_targets))
   result = pipeline.run_benchmark(table, relationships, settings(args),
                                   complexes=pipeline.read_complexes(clusters),
-                                  source=args.embeddings, compound_targets=targets)
+                                  source=args.embeddings, compound_targets=targets,
+                                  parts=parts)
   files = pipeline.write_outputs(result, args.out, clusters=clusters, h5ad=args.h5ad)
   info = pipeline.summary(result, files)
   _report(info, args.out)

@@ -12,6 +12,9 @@ table of 250k wells x 1,024 features is 1 GiB in float32), anything else float64
   control covariance: x <- x @ (cov(controls of the batch, ddof=1) + 0.5 I)^(-1/2) (CORAL
   without re-coloring).
 `tvn_per_batch` (maejax's TVN before it followed EFAAR) standardizes per batch in steps 1 and 3.
+`correct_parts` corrects feature sets side by side (a model's embedding and CellProfiler-style
+statistics): each on its own, then scaled to the same root-mean-square norm over wells, so that
+each weighs the same in cosines whatever its width or units.
 With `n_components=None` the PCA keeps every component with non-zero control variance (all
 of them, as sklearn's PCA(), when there are more control wells than features).
 `pooled` (bool [wells], default `is_control`) names the controls the pooled statistics (the PCA,
@@ -199,3 +202,24 @@ def correct(features, is_control, batch=None, *, method: str = "tvn",
     raise ValueError(f"unknown correction {method!r}; choose one of {METHODS}")
   return pca(features, is_control, batch, n_components=n_components, min_controls=min_controls,
              pooled=pooled)
+
+
+def correct_parts(features, parts, is_control, batch=None, **kwargs):
+  """`correct` applied to each part of the features on its own, each result scaled to unit
+  root-mean-square norm over all wells, joined: every part weighs the same in the cosines of
+  the joined features (plain concatenation lets the widest part dominate them).
+
+  features [wells, d]; parts: column indices of each part (together: each column once).
+  Returns [wells, d'] (the parts' corrected features in order) and the width of each part.
+  """
+  features = np.asarray(features)
+  columns = np.concatenate([np.asarray(p, dtype=np.int64) for p in parts])
+  if len(parts) < 2 or sorted(columns.tolist()) != list(range(features.shape[1])):
+    raise ValueError(f"parts must split the {features.shape[1]} features into 2 or more sets, "
+                     f"each column once; got {len(parts)} parts of {len(columns)} columns")
+  out = []
+  for part in parts:
+    x = correct(features[:, part], is_control, batch, **kwargs)
+    rms = float(np.sqrt(np.mean(np.sum(np.square(x, dtype=np.float64), axis=1))))
+    out.append(x / x.dtype.type(rms) if rms > 0 else x)
+  return np.concatenate(out, axis=1), [x.shape[1] for x in out]

@@ -14,7 +14,7 @@ import contextlib
 import dataclasses
 import warnings
 from pathlib import Path
-from typing import Callable, ContextManager
+from typing import Callable, ContextManager, Sequence
 
 import numpy as np
 import pandas as pd
@@ -165,6 +165,46 @@ def _informative(features: np.ndarray, names: list[str], source) -> tuple[np.nda
   return features[:, ~constant], [n for n, c in zip(names, constant) if not c]
 
 
+def join_tables(tables: Sequence[tuple[str, pd.DataFrame]]) -> tuple[pd.DataFrame, list]:
+  """Feature sets of the same wells, side by side, for run_benchmark's `parts`.
+
+  tables: (name for messages, well table indexed by io.WELL_ID) pairs. Returns the first
+  table's metadata with every table's features, renamed `part<k>_<name>`, in the first
+  table's well order, and the feature names of each part.
+  """
+  (first_name, first), parts, joined = tables[0], [], []
+  for k, (name, table) in enumerate(tables):
+    if table.index.name != io.WELL_ID:
+      raise ValueError(f"{name}: no {io.WELL_ID} column; joined tables are matched well by "
+                       f"well on it: add it to each table")
+    missing, extra = first.index.difference(table.index), table.index.difference(first.index)
+    if len(missing) or len(extra):
+      raise ValueError(
+          f"{name}: {len(missing)} wells of {first_name} are not in it "
+          f"{missing[:3].tolist()} and {len(extra)} of its wells are not in {first_name} "
+          f"{extra[:3].tolist()}; joined tables must hold the same wells")
+    features = table.loc[first.index, io.feature_columns(table)]
+    features.columns = [f"part{k + 1}_{c}" for c in features.columns]
+    parts.append(list(features.columns))
+    joined.append(features)
+  table = pd.concat([first[io.metadata_columns(first)], *joined], axis=1)
+  table.attrs[io.PROVENANCE_KEY] = dict(io.provenance_of(first),
+                                        joined=[str(name) for name, _ in tables[1:]])
+  return table, parts
+
+
+def _part_columns(parts, names: list[str], source) -> list[list[int]]:
+  """Column indices of each part's features among the table's informative `names` (features
+  constant over all wells were dropped); a part left without features is an error."""
+  index = {n: i for i, n in enumerate(names)}
+  columns = [[index[n] for n in part if n in index] for part in parts]
+  for k, c in enumerate(columns):
+    if not c:
+      raise ValueError(f"{source}: feature set {k + 1} of {len(parts)} has no feature that "
+                       "varies over the wells; nothing of it to join")
+  return columns
+
+
 def no_stage(name: str) -> ContextManager:
   """run_benchmark's default `stage`: times nothing."""
   del name
@@ -174,7 +214,8 @@ def no_stage(name: str) -> ContextManager:
 def run_benchmark(table: pd.DataFrame, relationships, settings: Settings = Settings(), *,
                   complexes: dict | None = None, source="the well table",
                   stage: Callable[[str], ContextManager] = no_stage,
-                  compound_targets: pd.DataFrame | None = None) -> dict:
+                  compound_targets: pd.DataFrame | None = None,
+                  parts: Sequence[Sequence[str]] | None = None) -> dict:
   """Correct -> aggregate -> score a well table.
 
   Args:
@@ -189,13 +230,17 @@ def run_benchmark(table: pd.DataFrame, relationships, settings: Settings = Setti
       returns (maejax.eval.scale measures time and memory so).
     compound_targets: (compound, gene) rows (compound.read_targets) for the compound-gene
       benchmark of the table's compound wells, or None.
+    parts: feature column names of each of 2 or more feature sets joined in the table (e.g. a
+      model's embedding and intensity statistics): each is corrected on its own and weighs
+      the same (correct.correct_parts); None corrects all features together.
   Returns: dict with `recall`, `curve`, `replicates` (DataFrames), `replicate_summary` (dict),
     `map` (perturbation table), `wells` (corrected well table), `mean_ap` (None when
     settings.map_null_size is 0), `complex_recall` (benchmark.complex_recall with a
     `threshold` column; None without complexes), `compound_gene` ((per-compound DataFrame,
     summary) of compound.benchmark; None without compound targets), `correction` and
-    `perturbation_column`. A figure the input is too small for is NaN (None) with its
-    `reason` beside it (None where it is a number).
+    `perturbation_column`, `parts` (the corrected width of each part; None without parts).
+    A figure the input is too small for is NaN (None) with its `reason` beside it (None where
+    it is a number).
   """
   s = settings
   with stage("check"):
@@ -214,12 +259,23 @@ def run_benchmark(table: pd.DataFrame, relationships, settings: Settings = Setti
     on_compound_plate = compound_plates(metadata, is_compound, is_gene)
     fit_controls, pooled = _fit_controls(is_control, on_compound_plate, batch)
   with stage("correct"):
-    corrected = correct_lib.correct(features, fit_controls, batch, method=s.correction,
-                                    n_components=s.n_components, min_controls=s.min_controls,
-                                    pooled=pooled)
+    kwargs = dict(method=s.correction, n_components=s.n_components,
+                  min_controls=s.min_controls, pooled=pooled)
+    widths = None
+    if parts is None:
+      corrected = correct_lib.correct(features, fit_controls, batch, **kwargs)
+      if s.correction in correct_lib.PCA_METHODS:
+        feature_names = [f"PC{i + 1}" for i in range(corrected.shape[1])]
+    else:
+      columns = _part_columns(parts, feature_names, source)
+      corrected, widths = correct_lib.correct_parts(features, columns, fit_controls, batch,
+                                                    **kwargs)
+      if s.correction in correct_lib.PCA_METHODS:
+        feature_names = [f"part{k + 1}_PC{i + 1}" for k, w in enumerate(widths)
+                         for i in range(w)]
+      else:
+        feature_names = [feature_names[i] for c in columns for i in c]
     del features
-    if s.correction in correct_lib.PCA_METHODS:
-      feature_names = [f"PC{i + 1}" for i in range(corrected.shape[1])]
     wells = io.join_table(metadata, corrected, feature_names)
     treated = wells[is_gene].reset_index(drop=True)
   with stage("replicate_consistency"):
@@ -271,7 +327,7 @@ def run_benchmark(table: pd.DataFrame, relationships, settings: Settings = Setti
   return dict(recall=recall, curve=curve, replicates=replicates, compound_gene=compound_gene,
               replicate_summary=replicate_summary, map=perturbation_map, wells=wells,
               complex_recall=by_complex, correction=s.correction, mean_ap=scores,
-              perturbation_column=pert_column,
+              perturbation_column=pert_column, parts=widths,
               provenance=dict(io.provenance_of(table), correction=s.correction))
 
 
@@ -432,7 +488,7 @@ def summary(result: dict, files=()) -> dict:
   recall = result["recall"][["database", "threshold", "recall", "pairs", "random_baseline",
                              "reason"]]
   return workdir.jsonable(dict(
-      correction=result["correction"], wells=len(result["wells"]),
+      correction=result["correction"], parts=result.get("parts"), wells=len(result["wells"]),
       perturbations=len(result["map"]), recall=recall.to_dict("records"),
       replicate_consistency=result["replicate_summary"],
       mean_average_precision=result["mean_ap"]["summary"] if result["mean_ap"] else None,

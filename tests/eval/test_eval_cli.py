@@ -166,3 +166,48 @@ def test_cli_with_shared_relationship_databases(tmp_path):
   corum = recall.loc[("CORUM", "5-95")]
   assert corum.pairs > 50 and corum.recall > 3 * corum.random_baseline
   assert (out / "complex_heatmap.png").is_file()
+
+
+def test_join_gives_a_narrow_feature_set_its_weight_back(tmp_path, capsys):
+  """12 features that carry the complexes beside 150 of noise: concatenated, the noise
+  dominates the cosines; joined at equal weight (--join), the complexes come back."""
+  table, relationships, _ = _cellprofiler_screen(confounded=False, controls_per_plate=40)
+  table.insert(0, "Metadata_well_id", table.Metadata_Plate + "_" + table.Metadata_Well)
+  table = table.drop(columns="FileName_DNA")
+  noise = pd.DataFrame(np.random.default_rng(0).normal(size=(len(table), 150)),
+                       columns=[f"noise_{i}" for i in range(150)])
+  noise.insert(0, "Metadata_well_id", table.Metadata_well_id)
+  rel = tmp_path / "relationships"
+  rel.mkdir()
+  relationships.to_csv(rel / "Planted.txt", index=False)
+  paths = {name: tmp_path / f"{name}.csv" for name in ("profiles", "noise", "both")}
+  table.to_csv(paths["profiles"], index=False)
+  noise.sample(frac=1, random_state=0).to_csv(paths["noise"], index=False)  # Other well order.
+  pd.concat([table, noise.drop(columns="Metadata_well_id")], axis=1).to_csv(paths["both"],
+                                                                           index=False)
+  args = ["--relationships", str(rel), "--perturbation-col", "Gene", "--batch-col", "Plate",
+          "--control-key", "non-targeting", "--n-null", "50", "--map-null-size", "0", "--json"]
+
+  def recall(*extra):
+    assert cli.main(args + ["--out", str(tmp_path / "out")] + list(extra)) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    return summary, {r["threshold"]: r["recall"] for r in summary["recall"]}
+
+  summary, joined = recall("--embeddings", str(paths["profiles"]), "--join", str(paths["noise"]))
+  assert summary["parts"] == [12, 150] and summary["wells"] == len(table)
+  assert summary["provenance"]["joined"] == [str(paths["noise"])]
+  _, concatenated = recall("--embeddings", str(paths["both"]))
+  _, alone = recall("--embeddings", str(paths["profiles"]))
+  assert joined["5-95"] >= concatenated["5-95"] + 0.2
+  assert joined["10-90"] >= concatenated["10-90"] + 0.3
+  assert alone["10-90"] >= joined["10-90"]  # The noise still costs something.
+
+  noise.iloc[1:].to_csv(paths["noise"], index=False)
+  assert cli.main(args + ["--out", str(tmp_path / "o"), "--embeddings", str(paths["profiles"]),
+                          "--join", str(paths["noise"])]) == 2
+  err = capsys.readouterr().err
+  assert str(paths["noise"]) in err and "1 wells of" in err and "same wells" in err
+  noise.drop(columns="Metadata_well_id").to_csv(paths["noise"], index=False)
+  assert cli.main(args + ["--out", str(tmp_path / "o"), "--embeddings", str(paths["profiles"]),
+                          "--join", str(paths["noise"])]) == 2
+  assert "no Metadata_well_id column" in capsys.readouterr().err

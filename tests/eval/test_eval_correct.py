@@ -170,3 +170,26 @@ def test_wells_outside_the_pooled_controls_leave_the_others_as_they_are(method):
   alone = correct.correct(x, is_control, batch, method=method)
   np.testing.assert_allclose(out[:len(x)], alone, rtol=1e-10, atol=1e-10)
   assert np.isfinite(out[len(x):]).all()
+
+
+def test_correct_parts_gives_each_part_the_same_norm_whatever_its_width_and_units():
+  x, batch, is_control = _screen()
+  wide = np.random.default_rng(1).normal(size=(len(x), 30)) * 1000 + 5  # Other units.
+  features = np.concatenate([wide[:, :10], x, wide[:, 10:]], axis=1)
+  parts = [np.arange(10, 16), np.r_[0:10, 16:36]]
+  joined, widths = correct.correct_parts(features, parts, is_control, batch, method="tvn")
+  assert widths == [6, 30] and joined.shape == (len(x), 36)
+  for part in (joined[:, :6], joined[:, 6:]):
+    assert np.mean(np.sum(part ** 2, axis=1)) == pytest.approx(1.0)
+  # Each part is corrected as if alone: its own TVN, scaled.
+  own = correct.tvn(x, is_control, batch)
+  scale = np.sqrt(np.mean(np.sum(own ** 2, axis=1)))
+  np.testing.assert_allclose(joined[:, :6] * scale, own, rtol=1e-6, atol=1e-9)
+
+
+def test_correct_parts_needs_each_column_in_one_part():
+  x, batch, is_control = _screen()
+  with pytest.raises(ValueError, match="each column once"):
+    correct.correct_parts(x, [[0, 1], [1, 2, 3, 4, 5]], is_control, batch)
+  with pytest.raises(ValueError, match="2 or more"):
+    correct.correct_parts(x, [np.arange(6)], is_control, batch)
