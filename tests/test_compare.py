@@ -127,6 +127,40 @@ def test_crop_stats_rows_come_with_and_without_the_columns(run, tmp_path):
     assert ((means > 0) & (means < 1)).all()
 
 
+def test_join_stats_rows_score_the_model_joined_to_the_statistics(run, tmp_path):
+  out = tmp_path / "compare"
+  shutil.copytree(run[0] / "runs" / "demo", out / "runs" / "demo")  # Trained: reused.
+  args = ["--configs", "configs/demo.py", "--out", str(out), "--steps", "2", "--n-null", "20",
+          "--no-progress", "--join-stats", "--json"] + SCREEN
+  stdout = io.StringIO()
+  with contextlib.redirect_stdout(stdout):
+    assert compare.main(args) == 0
+  table = pd.read_csv(out / "comparison.csv")
+  expected = {(m, w, c) for m in ("demo", "demo + statistics") for w in ("trained", "random")
+              for c in ("none", "tvn")} | {("intensity_stats", "none", c) for c in ("none", "tvn")}
+  assert set(zip(table.model, table.weights, table.correction)) == expected
+  assert set(json.loads(stdout.getvalue().strip().splitlines()[-1])["checks"]) == {
+      "demo", "demo + statistics"}
+  joined = pd.read_parquet(out / "wells" / "demo_joined.parquet")
+  stats = pd.read_parquet(out / "wells" / "intensity_stats.parquet")
+  assert sum(c.startswith("part1_") for c in joined.columns) == 64
+  assert sum(c.startswith("part2_") for c in joined.columns) == 9 * 6
+  # The same rows as `maejax.benchmark --join` on the tables compare wrote.
+  config = compare.load_configs(["configs/demo.py"], SCREEN, steps=2)[0]
+  screen = synthetic.SyntheticScreen.from_config(config.data.synthetic)
+  screen.relationships.to_csv(tmp_path / "relationships.csv", index=False)
+  with contextlib.redirect_stdout(io.StringIO()) as printed:
+    assert benchmark.main(["--embeddings", str(out / "wells" / "demo.parquet"), "--join",
+                           str(out / "wells" / "intensity_stats.parquet"), "--relationships",
+                           str(tmp_path / "relationships.csv"), "--out", str(tmp_path / "b"),
+                           "--n-null", "20", "--map-null-size", "0", "--json"]) == 0
+  summary = json.loads(printed.getvalue().strip().splitlines()[-1])
+  row = table[(table.model == "demo + statistics") & (table.weights == "trained")
+              & (table.correction == "tvn")]
+  assert row.recall_5_95.iloc[0] == pytest.approx(summary["recall"][0]["recall"])
+  assert summary["parts"] and len(stats) == len(joined)
+
+
 def test_finished_workdirs_are_reused(run, tmp_path):
   out, _, _ = run
   for steps in (1, 2):  # Checkpoints 1 and 2 are kept.

@@ -144,6 +144,10 @@ def parse_args(argv):
   p.add_argument("--relationships", nargs="+", default=None,
                  help="relationship files/directory (default: the screen's planted pairs)")
   cli.add_embedding_flags(p, "embedding tile size (default: each config's data.crop_size)")
+  p.add_argument("--join-stats", action="store_true",
+                 help="also score each model's table joined at equal weight to the per-site "
+                 "intensity statistics, each corrected on its own (rows '<name> + "
+                 "statistics'; maejax.benchmark --join)")
   p.add_argument("--n-null", type=int, default=1000,
                  help="random well sets per replicate count (replicate consistency)")
   p.add_argument("--map-null-size", type=int, default=0,
@@ -164,7 +168,7 @@ def run(args, overrides: Sequence[str], *, compiler_options=None) -> dict:
                              batch_size=args.batch_size, progress=args.progress)
   runs = train_all(configs, scorer, args.out, progress=args.progress,
                    compiler_options=compiler_options)
-  result = compare_lib.compare(runs, scorer, args.out)
+  result = compare_lib.compare(runs, scorer, args.out, join_stats=args.join_stats)
   return dict(result, wall_s=round(time.time() - t0, 1))
 
 

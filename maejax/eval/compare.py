@@ -8,6 +8,9 @@ against the screen's known relationships (the synthetic screen's planted pairs, 
 scorer's). A classical baseline, per-channel intensity statistics of each site (mean, std,
 percentiles), is scored the same way. With the scorer's `crop_stats`, each model's tables are
 also scored without the appended columns (model "<name> (plain)"): what the model adds to them.
+With `join_stats`, each model's table (plain, with crop statistics) is also scored joined to the
+intensity statistics at equal weight (model "<name> + statistics"; pipeline.join_tables, as
+`maejax.benchmark --join`).
 Writes `<out>/comparison.csv`,
 `<out>/recall_curve_<correction>.png` (one line per model), `<out>/complex_recall.csv` (the
 recall of each planted or given complex, per model: which complexes a model finds), each row's
@@ -42,6 +45,7 @@ COLUMNS = ["model", "weights", "correction", "recall_5_95", "recall_10_90",
            "compound_baseline_auc", "steps", "train_wall_s"]
 INTENSITY = "intensity_stats"
 PLAIN = " (plain)"  # Model name suffix of the rows without the crop statistics (--crop-stats).
+JOINED = " + statistics"  # ... of the rows joined to the intensity statistics (--join-stats).
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,6 +66,7 @@ class Entry:
   source: object
   steps: int | None = None
   train_wall_s: float | None = None
+  parts: list | None = None  # Feature names of each joined feature set (run_benchmark's).
 
 
 def run_entries(run: Run, scorer: scorer_lib.Scorer) -> list[Entry]:
@@ -88,6 +93,20 @@ def without_crop_stats(table: pd.DataFrame, n_stats: int) -> pd.DataFrame:
   """A well table embedded with crop statistics, without them (its last `n_stats` features)."""
   features = io.feature_columns(table)
   return table.drop(columns=features[len(features) - n_stats:])
+
+
+def joined_entries(entries: Sequence[Entry], intensity: Entry, scorer) -> list[Entry]:
+  """Each model table without crop statistics, joined to the intensity statistics at equal
+  weight; the joined tables are written beside the others."""
+  plain = [e for e in entries if e.model.endswith(PLAIN)] or entries
+  joined = []
+  for e in plain:
+    table, parts = pipeline.join_tables([(e.label, e.table), (INTENSITY, intensity.table)])
+    model = e.model.removesuffix(PLAIN) + JOINED
+    label = e.label.removesuffix("_plain") + "_joined"
+    io.write_embeddings(table, scorer.path(label))
+    joined.append(dataclasses.replace(e, label=label, model=model, table=table, parts=parts))
+  return joined
 
 
 def intensity_entry(source, wells_dir) -> Entry:
@@ -128,15 +147,18 @@ def score_corrections(scorer: scorer_lib.Scorer, entry: Entry) -> dict:
   features dropped) is given once, not once per correction."""
   with warnings.catch_warnings(record=True) as caught:
     warnings.simplefilter("always")
-    results = {c: scorer.score(entry.table, entry.source, correction=c, name=entry.label)
+    results = {c: scorer.score(entry.table, entry.source, correction=c, name=entry.label,
+                               parts=entry.parts)
                for c in CORRECTIONS}
   for category, message in dict.fromkeys((w.category, str(w.message)) for w in caught):
     warnings.warn(message, category, stacklevel=2)
   return results
 
 
-def compare(runs: Sequence[Run], scorer: scorer_lib.Scorer, out_dir) -> dict:
-  """Scores every run's trained and random weights and the intensity baseline.
+def compare(runs: Sequence[Run], scorer: scorer_lib.Scorer, out_dir, *,
+            join_stats: bool = False) -> dict:
+  """Scores every run's trained and random weights and the intensity baseline (and, with
+  join_stats, each model joined to it).
 
   Returns {"table": comparison DataFrame (COLUMNS), "checks": acceptance(table),
   "complexes" (complex_table, None without clusters), "files", "wall_s"}.
@@ -145,7 +167,10 @@ def compare(runs: Sequence[Run], scorer: scorer_lib.Scorer, out_dir) -> dict:
   out = workdir.path(out_dir)
   entries = [e for run in runs for e in run_entries(run, scorer)]
   scorer.log("intensity statistics: per-channel mean, std, percentiles per site")
-  entries.append(intensity_entry(entries[0].source, scorer.wells_dir))
+  intensity = intensity_entry(entries[0].source, scorer.wells_dir)
+  if join_stats:
+    entries += joined_entries(entries, intensity, scorer)
+  entries.append(intensity)  # Last: its curve also gives the random baseline.
   results = [score_corrections(scorer, e) for e in entries]
   files = [str(scorer.path(e.label)) for e in entries]
   for entry, by_correction in zip(entries, results):

@@ -118,15 +118,15 @@ class Scorer:
     return getattr(source, "clusters", None)
 
   def score(self, table: pd.DataFrame, source, *, correction: str | None = None,
-            name: str = "the well table") -> dict:
+            name: str = "the well table", parts=None) -> dict:
     """run_benchmark of a well table of `source`'s screen (correction: default the settings');
-    `name` is the table's name in messages."""
+    `name` is the table's name in messages, `parts` its joined feature sets (or None)."""
     settings = self.settings
     if correction is not None:
       settings = dataclasses.replace(settings, correction=correction)
     return pipeline.run_benchmark(table, self.relationships_for(source), settings,
                                   complexes=self.clusters_for(source), source=name,
-                                  compound_targets=compound_targets_for(source))
+                                  compound_targets=compound_targets_for(source), parts=parts)
 
 
 def compound_targets_for(source) -> pd.DataFrame | None:
