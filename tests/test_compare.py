@@ -102,20 +102,27 @@ def test_rxrx1_layout_screen_end_to_end(run, tmp_path, rxrx1_layout):
                          "--n-null", "20"]) == 0
 
 
-def test_crop_stats_rows_come_with_and_without_the_columns(run, tmp_path):
-  out = tmp_path / "compare"
+def _compare_demo_again(run, out, flag, extra_model):
+  """compare.main on the demo run (reused) with `flag`: its table, after checking that it has
+  the rows of `demo`, `extra_model` and the statistics, and checks for both models."""
   shutil.copytree(run[0] / "runs" / "demo", out / "runs" / "demo")  # Trained: reused.
   args = ["--configs", "configs/demo.py", "--out", str(out), "--steps", "2", "--n-null", "20",
-          "--no-progress", "--crop-stats", "--json"] + SCREEN
+          "--no-progress", flag, "--json"] + SCREEN
   stdout = io.StringIO()
   with contextlib.redirect_stdout(stdout):
     assert compare.main(args) == 0
   table = pd.read_csv(out / "comparison.csv")
-  expected = {(m, w, c) for m in ("demo", "demo (plain)") for w in ("trained", "random")
+  expected = {(m, w, c) for m in ("demo", extra_model) for w in ("trained", "random")
               for c in ("none", "tvn")} | {("intensity_stats", "none", c) for c in ("none", "tvn")}
   assert set(zip(table.model, table.weights, table.correction)) == expected
   assert set(json.loads(stdout.getvalue().strip().splitlines()[-1])["checks"]) == {
-      "demo", "demo (plain)"}
+      "demo", extra_model}
+  return table
+
+
+def test_crop_stats_rows_come_with_and_without_the_columns(run, tmp_path):
+  out = tmp_path / "compare"
+  _compare_demo_again(run, out, "--crop-stats", "demo (plain)")
   for label in ("demo", "demo_random"):
     full = pd.read_parquet(out / "wells" / f"{label}.parquet")
     plain = pd.read_parquet(out / "wells" / f"{label}_plain.parquet")
@@ -129,18 +136,7 @@ def test_crop_stats_rows_come_with_and_without_the_columns(run, tmp_path):
 
 def test_join_stats_rows_score_the_model_joined_to_the_statistics(run, tmp_path):
   out = tmp_path / "compare"
-  shutil.copytree(run[0] / "runs" / "demo", out / "runs" / "demo")  # Trained: reused.
-  args = ["--configs", "configs/demo.py", "--out", str(out), "--steps", "2", "--n-null", "20",
-          "--no-progress", "--join-stats", "--json"] + SCREEN
-  stdout = io.StringIO()
-  with contextlib.redirect_stdout(stdout):
-    assert compare.main(args) == 0
-  table = pd.read_csv(out / "comparison.csv")
-  expected = {(m, w, c) for m in ("demo", "demo + statistics") for w in ("trained", "random")
-              for c in ("none", "tvn")} | {("intensity_stats", "none", c) for c in ("none", "tvn")}
-  assert set(zip(table.model, table.weights, table.correction)) == expected
-  assert set(json.loads(stdout.getvalue().strip().splitlines()[-1])["checks"]) == {
-      "demo", "demo + statistics"}
+  table = _compare_demo_again(run, out, "--join-stats", "demo + statistics")
   joined = pd.read_parquet(out / "wells" / "demo_joined.parquet")
   stats = pd.read_parquet(out / "wells" / "intensity_stats.parquet")
   assert sum(c.startswith("part1_") for c in joined.columns) == 64
