@@ -145,9 +145,10 @@ def parse_args(argv):
                  help="relationship files/directory (default: the screen's planted pairs)")
   cli.add_embedding_flags(p, "embedding tile size (default: each config's data.crop_size)")
   p.add_argument("--join-stats", action="store_true",
-                 help="also score each model's table joined at equal weight to the per-site "
+                 help="also score each model's tables joined at equal weight to the per-site "
                  "intensity statistics, each corrected on its own (rows '<name> + "
-                 "statistics'; maejax.benchmark --join)")
+                 "statistics', with --crop-stats also '<name> (plain) + statistics'; "
+                 "maejax.benchmark --join)")
   p.add_argument("--n-null", type=int, default=1000,
                  help="random well sets per replicate count (replicate consistency)")
   p.add_argument("--map-null-size", type=int, default=0,

@@ -8,9 +8,9 @@ against the screen's known relationships (the synthetic screen's planted pairs, 
 scorer's). A classical baseline, per-channel intensity statistics of each site (mean, std,
 percentiles), is scored the same way. With the scorer's `crop_stats`, each model's tables are
 also scored without the appended columns (model "<name> (plain)"): what the model adds to them.
-With `join_stats`, each model's table (plain, with crop statistics) is also scored joined to the
-intensity statistics at equal weight (model "<name> + statistics"; pipeline.join_tables, as
-`maejax.benchmark --join`).
+With `join_stats`, each model's tables are also scored joined to the intensity statistics at
+equal weight (models "<name> + statistics", "<name> (plain) + statistics";
+pipeline.join_tables, as `maejax.benchmark --join`).
 Writes `<out>/comparison.csv`,
 `<out>/recall_curve_<correction>.png` (one line per model), `<out>/complex_recall.csv` (the
 recall of each planted or given complex, per model: which complexes a model finds), each row's
@@ -96,16 +96,15 @@ def without_crop_stats(table: pd.DataFrame, n_stats: int) -> pd.DataFrame:
 
 
 def joined_entries(entries: Sequence[Entry], intensity: Entry, scorer) -> list[Entry]:
-  """Each model table without crop statistics, joined to the intensity statistics at equal
-  weight; the joined tables are written beside the others."""
-  plain = [e for e in entries if e.model.endswith(PLAIN)] or entries
+  """Each model table (with and without crop statistics) joined to the intensity statistics
+  at equal weight; the joined tables are written beside the others."""
   joined = []
-  for e in plain:
+  for e in entries:
     table, parts = pipeline.join_tables([(e.label, e.table), (INTENSITY, intensity.table)])
-    model = e.model.removesuffix(PLAIN) + JOINED
-    label = e.label.removesuffix("_plain") + "_joined"
+    label = f"{e.label}_joined"
     io.write_embeddings(table, scorer.path(label))
-    joined.append(dataclasses.replace(e, label=label, model=model, table=table, parts=parts))
+    joined.append(dataclasses.replace(e, label=label, model=e.model + JOINED, table=table,
+                                      parts=parts))
   return joined
 
 
