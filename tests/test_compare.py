@@ -14,8 +14,10 @@ import pytest
 from maejax import data as data_lib
 from maejax.cli import benchmark
 from maejax.cli import compare
+from maejax.cli import embed
 from maejax.cli import sweep
 from maejax.data import synthetic
+from maejax.eval import io as eval_io
 from maejax.train import loop
 from maejax.train import step as step_lib
 
@@ -157,6 +159,28 @@ def test_join_stats_rows_score_the_model_joined_to_the_statistics(run, tmp_path)
   assert summary["parts"] and len(stats) == len(joined)
 
 
+def test_pool_embeds_trained_and_random_weights_by_the_cls_token(run, tmp_path):
+  out = tmp_path / "compare"
+  shutil.copytree(run[0] / "wells", out / "wells")  # Mean-pooled tables: must not be reused.
+  _compare_demo_again(run, out, "--pool=cls", "demo")
+
+  def features(path):
+    table = eval_io.read_embeddings(path)
+    return table, table[eval_io.feature_columns(table)].to_numpy()
+
+  for label in ("demo", "demo_random"):
+    cls, cls_features = features(out / "wells" / f"{label}.parquet")
+    assert eval_io.provenance_of(cls)["pool"] == "cls"
+    assert not np.allclose(cls_features, features(run[0] / "wells" / f"{label}.parquet")[1])
+  # The trained table is the one maejax.embed --pool cls writes from the same checkpoint.
+  assert embed.main(["--checkpoint", str(out / "runs" / "demo"), "--pool", "cls", "--out",
+                     str(tmp_path / "cls.parquet"), "--no-progress"]) == 0
+  alone, alone_features = features(tmp_path / "cls.parquet")
+  cls, cls_features = features(out / "wells" / "demo.parquet")
+  assert list(alone.index) == list(cls.index)
+  np.testing.assert_allclose(alone_features, cls_features, rtol=1e-5, atol=1e-6)
+
+
 def test_finished_workdirs_are_reused(run, tmp_path):
   out, _, _ = run
   for steps in (1, 2):  # Checkpoints 1 and 2 are kept.
@@ -173,6 +197,11 @@ def test_bad_arguments_are_clear_errors(tmp_path, capsys):
   assert compare.main(["--configs", "configs/demo.py,configs/demo.py", "--out",
                        str(tmp_path)]) == 2
   assert "share a name" in capsys.readouterr().err
+  # Before any training: the masked U-Net embeds global averages only.
+  assert compare.main(["--configs", "configs/demo.py,configs/munet_demo.py", "--pool", "cls",
+                       "--out", str(tmp_path)]) == 2
+  assert "munet_demo (munet_tiny) embeds by mean" in capsys.readouterr().err
+  assert not (tmp_path / "runs").exists()
 
 
 def test_sweep_scores_every_checkpoint_against_its_flops(run):

@@ -45,13 +45,16 @@ def add_json_flag(p: argparse.ArgumentParser) -> None:
 
 
 def add_embedding_flags(p: argparse.ArgumentParser, crop_help: str) -> None:
-  """--crop-size, --batch-size and --crop-stats of every command that embeds screens."""
+  """--crop-size, --batch-size, --crop-stats and --pool of every command that embeds screens."""
   p.add_argument("--crop-size", type=int, default=None, help=crop_help)
   p.add_argument("--batch-size", type=int, default=64,
                  help="crops per embedding step, rounded up to a multiple of the device count")
   p.add_argument("--crop-stats", action="store_true",
                  help="append each crop's per-channel mean and std (what the model's per-crop "
                  "input standardization removes) to its embedding")
+  p.add_argument("--pool", default=None, choices=("mean", "cls", "channelwise"),
+                 help="token pooling of ViT embeddings: mean of patch tokens, the CLS token, or "
+                 "each channel's mean (channel-agnostic models; default: the model's own)")
 
 
 def parse(p: argparse.ArgumentParser, argv: Sequence[str] | None):

@@ -34,6 +34,7 @@ import pandas as pd
 from maejax import cli
 from maejax import config as config_lib
 from maejax import data as data_lib
+from maejax import models
 from maejax import workdir as workdir_lib
 from maejax.eval import compare as compare_lib
 from maejax.eval import pipeline
@@ -156,16 +157,28 @@ def parse_args(argv):
   return cli.parse(p, argv)
 
 
+def check_pool(configs: Sequence[ml_collections.ConfigDict], pool: str | None) -> None:
+  """Before any training: every config's model embeds by `pool` (models.pools)."""
+  for config in configs:
+    model = models.resolve(config.model)
+    if pool is not None and pool not in models.pools(model):
+      raise ValueError(f"--pool {pool}: {config.name} ({model.name}) embeds by "
+                       f"{' or '.join(models.pools(model))}; leave it out of --configs or "
+                       "drop --pool")
+
+
 def run(args, overrides: Sequence[str], *, compiler_options=None) -> dict:
   """Trains every config, then compares them (maejax.eval.compare.compare's result, wall_s
   counting the training too)."""
   t0 = time.time()
   configs = load_configs([s for s in args.configs.split(",") if s], overrides, args.steps)
+  check_pool(configs, args.pool)
   relationships, clusters = pipeline.known_relationships(args.relationships)
   settings = pipeline.Settings(n_null=args.n_null, map_null_size=args.map_null_size)
   scorer = scorer_lib.Scorer(workdir_lib.path(args.out) / "wells", settings,
                              relationships=relationships, clusters=clusters,
                              crop_size=args.crop_size, crop_stats=args.crop_stats,
+                             pool=args.pool,
                              batch_size=args.batch_size, progress=args.progress)
   runs = train_all(configs, scorer, args.out, progress=args.progress,
                    compiler_options=compiler_options)

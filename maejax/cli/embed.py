@@ -78,8 +78,6 @@ def parse_args(argv):
   p.add_argument("--dtype", default=None, choices=api.DTYPES,
                  help="compute precision (default: the model's own); bfloat16 halves memory "
                  "traffic and runs on AMX tiles or tensor cores where the backend has them")
-  p.add_argument("--pool", default=None, choices=("mean", "cls", "channelwise"),
-                 help="token pooling (default: the model's own)")
   p.add_argument("--channels", type=_channels, default=None,
                  help="physical channels to read, e.g. 0,1,2 (channel-agnostic models take any "
                  "subset)")

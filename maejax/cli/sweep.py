@@ -73,6 +73,7 @@ def make_scorer(args, overrides: Sequence[str]) -> scorer_lib.Scorer:
   return scorer_lib.Scorer(workdir.path(args.out) / "wells", settings, overrides=overrides,
                            relationships=relationships, clusters=clusters,
                            crop_size=args.crop_size, crop_stats=args.crop_stats,
+                           pool=args.pool,
                            batch_size=args.batch_size, progress=args.progress)
 
 

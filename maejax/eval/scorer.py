@@ -45,16 +45,18 @@ class Scorer:
     crop_size: embedding tile size (None: each screen's data.crop_size; 0: whole sites).
     crop_stats: append each crop's per-channel mean and std to its embedding
       (api.crop_statistics).
+    pool: token pooling of every model (models.pools; None: each model's own).
   """
 
   def __init__(self, wells_dir, settings: pipeline.Settings = pipeline.Settings(), *,
                overrides: Sequence[str] = (), relationships: dict | None = None,
                clusters=None, crop_size: int | None = None, crop_stats: bool = False,
-               batch_size: int = 64, progress: bool = True,
+               pool: str | None = None, batch_size: int = 64, progress: bool = True,
                log: Callable[[str], None] = print):
     self.wells_dir = workdir.path(wells_dir)
     self.settings, self.overrides = settings, list(overrides)
     self.relationships, self.crop_size, self.crop_stats = relationships, crop_size, crop_stats
+    self.pool = pool
     self.clusters = pipeline.read_complexes(clusters)
     self.batch_size, self.progress, self.log = batch_size, progress, log
     self._sources = {}
@@ -86,13 +88,15 @@ class Scorer:
                                 block=block, crop_size=crop))
     if self.crop_stats:  # Only then: tables kept before the option still fit.
       key["crop_stats"] = True
+    if self.pool is not None:
+      key["pool"] = self.pool
     table_file, key_file = self.path(name), self.wells_dir / f"{name}.json"
     if table_file.is_file() and key_file.is_file() and json.loads(key_file.read_text()) == key:
       return io.read_embeddings(table_file)
     source = self.source(data)
     self.log(f"{name}: embedding {len(source)} sites")
     embedder = embed_lib.make_embedder(load(), source, crop, batch_size=self.batch_size,
-                                       block=block, crop_stats=self.crop_stats)
+                                       pool=self.pool, block=block, crop_stats=self.crop_stats)
     table = embed_lib.embed_wells(embedder, source, crop,
                                   skip_bad_images=bool(data.get("skip_bad_images", False)),
                                   progress=self.progress)

@@ -168,6 +168,15 @@ def resolve(config_or_name, **overrides):
   return get_config(name, **{**partial, **overrides})
 
 
+def pools(config) -> tuple[str, ...]:
+  """The token poolings `embed(pool=...)` of the model of `config` takes: conv models embed
+  global averages ("mean"); ViTs the mean of patch tokens or the CLS token, and channel-agnostic
+  ViTs also each channel's tokens ("channelwise")."""
+  if config.kind in ("munet", "wsl_cnn"):
+    return ("mean",)
+  return ("mean", "cls") + (("channelwise",) if config.get("channel_agnostic") else ())
+
+
 def create(config_or_name, *, rngs=None, **overrides):
   """Builds a registered model with plain (unsharded) parameter arrays.
 
