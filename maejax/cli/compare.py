@@ -159,9 +159,11 @@ def parse_args(argv):
 
 def check_pool(configs: Sequence[ml_collections.ConfigDict], pool: str | None) -> None:
   """Before any training: every config's model embeds by `pool` (models.pools)."""
+  if pool is None:
+    return
   for config in configs:
     model = models.resolve(config.model)
-    if pool is not None and pool not in models.pools(model):
+    if pool not in models.pools(model):
       raise ValueError(f"--pool {pool}: {config.name} ({model.name}) embeds by "
                        f"{' or '.join(models.pools(model))}; leave it out of --configs or "
                        "drop --pool")

@@ -169,12 +169,10 @@ def resolve(config_or_name, **overrides):
 
 
 def pools(config) -> tuple[str, ...]:
-  """The token poolings `embed(pool=...)` of the model of `config` takes: conv models embed
-  global averages ("mean"); ViTs the mean of patch tokens or the CLS token, and channel-agnostic
-  ViTs also each channel's tokens ("channelwise")."""
-  if config.kind in ("munet", "wsl_cnn"):
-    return ("mean",)
-  return ("mean", "cls") + (("channelwise",) if config.get("channel_agnostic") else ())
+  """The poolings `embed(pool=...)` of the model of `config` takes (its class's POOLS; each
+  channel's tokens, "channelwise", only with channel-agnostic tokens)."""
+  return tuple(p for p in KINDS[config.kind].POOLS
+               if p != "channelwise" or config.get("channel_agnostic"))
 
 
 def create(config_or_name, *, rngs=None, **overrides):

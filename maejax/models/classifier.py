@@ -150,6 +150,8 @@ class CNNClassifier(_Classifier):
   """WSL classifier with a ResNet backbone; embedding [b, 4 * widths[-1]] (bottleneck) or
   [b, widths[-1]] (basic blocks)."""
 
+  POOLS = ("mean",)  # Global averages (embed's pool).
+
   def __init__(self, cfg, *, rngs):
     self.cfg = cfg
     self.dtype = dtype_of(cfg.dtype)
@@ -173,6 +175,8 @@ class CNNClassifier(_Classifier):
 
 class ViTClassifier(_Classifier):
   """WSL classifier with the MAE's ViT encoder; embedding [b, width], pooled by `cfg.pool`."""
+
+  POOLS = ("mean", "cls", "channelwise")  # embed(pool=...); channelwise: channel-agnostic only.
 
   def __init__(self, cfg, *, rngs):
     self.cfg = cfg

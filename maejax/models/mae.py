@@ -191,6 +191,8 @@ class ChannelAgnosticDecoder(nnx.Module):
 class MAE(nnx.Module):
   """Masked autoencoder over uint8 images [b, H, W, c]; standard or channel-agnostic."""
 
+  POOLS = ("mean", "cls", "channelwise")  # embed(pool=...); channelwise: channel-agnostic only.
+
   def __init__(self, cfg, *, rngs):
     self.cfg = cfg
     self.encoder = Encoder(cfg, rngs=rngs)

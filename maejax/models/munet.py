@@ -104,6 +104,8 @@ class Decoder(nnx.Module):
 class MUNet(nnx.Module):
   """Masked U-Net over uint8 images [b, H, W, c] (c = `channels` of the config)."""
 
+  POOLS = ("mean",)  # Global averages (embed's pool).
+
   def __init__(self, cfg, *, rngs):
     self.cfg = cfg
     self.dtype = dtype_of(cfg.dtype)
