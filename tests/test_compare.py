@@ -181,6 +181,35 @@ def test_pool_embeds_trained_and_random_weights_by_the_cls_token(run, tmp_path):
   np.testing.assert_allclose(alone_features, cls_features, rtol=1e-5, atol=1e-6)
 
 
+def test_several_pools_score_each_model_each_way_from_one_run(run, tmp_path):
+  out = tmp_path / "compare"
+  shutil.copytree(run[0] / "runs" / "demo", out / "runs" / "demo")  # Trained: reused.
+  args = ["--configs", "configs/demo.py", "--out", str(out), "--steps", "2", "--n-null", "20",
+          "--no-progress", "--crop-stats", "--pool", "mean", "cls", "--json"] + SCREEN
+  with contextlib.redirect_stdout(io.StringIO()) as printed:
+    assert compare.main(args) == 0
+  assert "demo (vit_tiny): reusing step 2 in" in printed.getvalue()
+  table = pd.read_csv(out / "comparison.csv")
+  models = {f"demo [{pool}]{plain}" for pool in ("mean", "cls") for plain in ("", " (plain)")}
+  expected = {(m, w, c) for m in models for w in ("trained", "random")
+              for c in ("none", "tvn")} | {("intensity_stats", "none", c) for c in ("none", "tvn")}
+  assert set(zip(table.model, table.weights, table.correction)) == expected
+  assert set(json.loads(printed.getvalue().strip().splitlines()[-1])["checks"]) == models
+  # The mean tables without crop statistics are the single-pool run's, row for row.
+  first = pd.read_csv(run[0] / "comparison.csv")
+  for weights in ("trained", "random"):
+    for pool in ("mean", "cls"):
+      label = "demo_" + pool + ("_random" if weights == "random" else "")
+      table_of = eval_io.read_embeddings(out / "wells" / f"{label}_plain.parquet")
+      features = table_of[eval_io.feature_columns(table_of)].to_numpy()
+      before = eval_io.read_embeddings(run[0] / "wells" / f"{label.replace('_' + pool, '')}.parquet")
+      same = np.allclose(features, before[eval_io.feature_columns(before)].to_numpy(), atol=1e-6)
+      assert same == (pool == "mean") and eval_io.provenance_of(table_of)["pool"] == pool
+    rows = [t[(t.model == m) & (t.weights == weights)].set_index("correction").recall_5_95
+            for t, m in ((table, "demo [mean] (plain)"), (first, "demo"))]
+    pd.testing.assert_series_equal(rows[0], rows[1], check_names=False)
+
+
 def test_finished_workdirs_are_reused(run, tmp_path):
   out, _, _ = run
   for steps in (1, 2):  # Checkpoints 1 and 2 are kept.

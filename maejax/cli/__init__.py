@@ -44,8 +44,10 @@ def add_json_flag(p: argparse.ArgumentParser) -> None:
                  help="print one JSON object (the figures) as the last stdout line")
 
 
-def add_embedding_flags(p: argparse.ArgumentParser, crop_help: str) -> None:
-  """--crop-size, --batch-size, --crop-stats and --pool of every command that embeds screens."""
+def add_embedding_flags(p: argparse.ArgumentParser, crop_help: str, *,
+                        several_pools: bool = False) -> None:
+  """--crop-size, --batch-size, --crop-stats and --pool of every command that embeds screens
+  (several_pools: --pool takes one or more, each scored as rows of its own)."""
   p.add_argument("--crop-size", type=int, default=None, help=crop_help)
   p.add_argument("--batch-size", type=int, default=64,
                  help="crops per embedding step, rounded up to a multiple of the device count")
@@ -53,8 +55,11 @@ def add_embedding_flags(p: argparse.ArgumentParser, crop_help: str) -> None:
                  help="append each crop's per-channel mean and std (what the model's per-crop "
                  "input standardization removes) to its embedding")
   p.add_argument("--pool", default=None, choices=("mean", "cls", "channelwise"),
+                 nargs="+" if several_pools else None,
                  help="token pooling of ViT embeddings: mean of patch tokens, the CLS token, or "
-                 "each channel's mean (channel-agnostic models; default: the model's own)")
+                 "each channel's mean (channel-agnostic models; default: the model's own)"
+                 + ("; several (e.g. --pool mean cls): each model is scored by each, rows "
+                    "'<name> [<pool>]', tables <name>_<pool>*.parquet" if several_pools else ""))
 
 
 def parse(p: argparse.ArgumentParser, argv: Sequence[str] | None):

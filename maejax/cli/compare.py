@@ -19,11 +19,14 @@ screen alike), e.g. --config.data.synthetic.batch_effects=false --config.batch_s
 A synthetic screen with compounds (--config.data.synthetic.compounds=12
 --config.data.synthetic.inactive_compounds=4) adds each model's compound-gene median AUC
 against its planted targets (and the shuffled-target baseline) to the table.
+`--pool cls` embeds every model by its CLS token; `--pool mean cls` scores every model both
+ways from one training run (rows `<name> [mean]`, `<name> [cls]`).
 """
 
 from __future__ import annotations
 
 import functools
+import itertools
 import os
 import time
 from typing import Sequence
@@ -75,16 +78,19 @@ def match_classes(config: ml_collections.ConfigDict, source) -> str | None:
   return note
 
 
-def train_or_reuse(config, workdir: str, *, progress: bool = True,
-                   compiler_options=None) -> dict:
+def train_or_reuse(config, workdir: str, *, progress: bool = True, compiler_options=None,
+                   log=lambda message: None) -> dict:
   """Trains `config` in `workdir` unless its newest checkpoint already reached total_steps."""
   total = int(config.total_steps)
   kept = workdir_lib.checkpoint_steps(workdir)
+  name = f"{config.name} ({config.model.name})"
   if total in kept:
+    log(f"{name}: reusing step {total} in {workdir}")
     return {"status": "reused", "step": total, "wall_s": None, "workdir": workdir}
   if kept and kept[-1] > total:
     raise ValueError(f"{workdir} holds checkpoints up to step {kept[-1]} but not step {total} "
                      f"(kept: {kept}); pass --steps {kept[-1]} or another --out")
+  log(f"{name}: training {total} steps in {workdir}")
   return loop.train(config, workdir, progress=progress, compiler_options=compiler_options)
 
 
@@ -97,10 +103,8 @@ def train_all(configs, scorer: scorer_lib.Scorer, out: str, *, progress: bool = 
     if note:
       scorer.log(note)
     workdir = os.fspath(workdir_lib.path(out) / "runs" / config.name)
-    scorer.log(f"{config.name} ({config.model.name}): training {config.total_steps} steps in "
-               f"{workdir}")
     summary = train_or_reuse(config, workdir, progress=progress,
-                             compiler_options=compiler_options)
+                             compiler_options=compiler_options, log=scorer.log)
     runs.append(compare_lib.Run(config, workdir, summary.get("wall_s")))
   return runs
 
@@ -144,7 +148,8 @@ def parse_args(argv):
                  help="training steps for every config (default: each config's)")
   p.add_argument("--relationships", nargs="+", default=None,
                  help="relationship files/directory (default: the screen's planted pairs)")
-  cli.add_embedding_flags(p, "embedding tile size (default: each config's data.crop_size)")
+  cli.add_embedding_flags(p, "embedding tile size (default: each config's data.crop_size)",
+                          several_pools=True)
   p.add_argument("--join-stats", action="store_true",
                  help="also score each model's tables joined at equal weight to the per-site "
                  "intensity statistics, each corrected on its own (rows '<name> + "
@@ -157,11 +162,10 @@ def parse_args(argv):
   return cli.parse(p, argv)
 
 
-def check_pool(configs: Sequence[ml_collections.ConfigDict], pool: str | None) -> None:
-  """Before any training: every config's model embeds by `pool` (models.pools)."""
-  if pool is None:
-    return
-  for config in configs:
+def check_pools(configs: Sequence[ml_collections.ConfigDict],
+                pools: Sequence[str] | None) -> None:
+  """Before any training: every config's model embeds by each of `pools` (models.pools)."""
+  for config, pool in itertools.product(configs, pools or ()):
     model = models.resolve(config.model)
     if pool not in models.pools(model):
       raise ValueError(f"--pool {pool}: {config.name} ({model.name}) embeds by "
@@ -174,17 +178,17 @@ def run(args, overrides: Sequence[str], *, compiler_options=None) -> dict:
   counting the training too)."""
   t0 = time.time()
   configs = load_configs([s for s in args.configs.split(",") if s], overrides, args.steps)
-  check_pool(configs, args.pool)
+  check_pools(configs, args.pool)
   relationships, clusters = pipeline.known_relationships(args.relationships)
   settings = pipeline.Settings(n_null=args.n_null, map_null_size=args.map_null_size)
   scorer = scorer_lib.Scorer(workdir_lib.path(args.out) / "wells", settings,
                              relationships=relationships, clusters=clusters,
                              crop_size=args.crop_size, crop_stats=args.crop_stats,
-                             pool=args.pool,
                              batch_size=args.batch_size, progress=args.progress)
   runs = train_all(configs, scorer, args.out, progress=args.progress,
                    compiler_options=compiler_options)
-  result = compare_lib.compare(runs, scorer, args.out, join_stats=args.join_stats)
+  result = compare_lib.compare(runs, scorer, args.out, join_stats=args.join_stats,
+                               pools=args.pool)
   return dict(result, wall_s=round(time.time() - t0, 1))
 
 

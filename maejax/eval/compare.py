@@ -8,6 +8,7 @@ against the screen's known relationships (the synthetic screen's planted pairs, 
 scorer's). A classical baseline, per-channel intensity statistics of each site (mean, std,
 percentiles), is scored the same way. With the scorer's `crop_stats`, each model's tables are
 also scored without the appended columns (model "<name> (plain)"): what the model adds to them.
+With several `pools`, each model is scored by each token pooling (models "<name> [<pool>]").
 With `join_stats`, each model's tables are also scored joined to the intensity statistics at
 equal weight (models "<name> + statistics", "<name> (plain) + statistics";
 pipeline.join_tables, as `maejax.benchmark --join`).
@@ -69,16 +70,19 @@ class Entry:
   parts: list | None = None  # Feature names of each joined feature set (run_benchmark's).
 
 
-def run_entries(run: Run, scorer: scorer_lib.Scorer) -> list[Entry]:
-  """The trained and the random-weights well tables of one run."""
+def run_entries(run: Run, scorer: scorer_lib.Scorer, *, tag: bool = False) -> list[Entry]:
+  """The trained and the random-weights well tables of one run; `tag` names them by the
+  scorer's pooling (model "<name> [<pool>]", label "<name>_<pool>")."""
   config, steps = run.config, int(run.config.total_steps)
+  model = f"{config.name} [{scorer.pool}]" if tag else config.name
+  label = f"{config.name}_{scorer.pool}" if tag else config.name
   source = scorer.source(scorer.data_config(config))
-  trained = scorer.wells(config.name, config, steps,
+  trained = scorer.wells(label, config, steps,
                          functools.partial(api.load, run.workdir, step=steps))
-  random = scorer.wells(f"{config.name}_random", config, 0,
+  random = scorer.wells(f"{label}_random", config, 0,
                         functools.partial(embed_lib.random_model, config))
-  entries = [Entry(config.name, config.name, "trained", trained, source, steps, run.train_wall_s),
-             Entry(f"{config.name}_random", config.name, "random", random, source, 0)]
+  entries = [Entry(label, model, "trained", trained, source, steps, run.train_wall_s),
+             Entry(f"{label}_random", model, "random", random, source, 0)]
   if scorer.crop_stats:  # What the model adds: the same tables without the appended columns.
     n_stats = len(api.CROP_STATISTICS) * len(source.channel_ids)
     entries += [dataclasses.replace(e, label=f"{e.label}_plain", model=f"{e.model}{PLAIN}",
@@ -155,16 +159,20 @@ def score_corrections(scorer: scorer_lib.Scorer, entry: Entry) -> dict:
 
 
 def compare(runs: Sequence[Run], scorer: scorer_lib.Scorer, out_dir, *,
-            join_stats: bool = False) -> dict:
+            join_stats: bool = False, pools: Sequence[str] | None = None) -> dict:
   """Scores every run's trained and random weights and the intensity baseline (and, with
   join_stats, each model joined to it).
 
+  pools: token poolings (None: the scorer's); with several, every run is embedded and scored
+  by each, its rows tagged "<name> [<pool>]".
   Returns {"table": comparison DataFrame (COLUMNS), "checks": acceptance(table),
   "complexes" (complex_table, None without clusters), "files", "wall_s"}.
   """
   t0 = time.time()
   out = workdir.path(out_dir)
-  entries = [e for run in runs for e in run_entries(run, scorer)]
+  scorers = [scorer.with_pool(p) for p in dict.fromkeys(pools)] if pools else [scorer]
+  entries = [e for run in runs for s in scorers
+             for e in run_entries(run, s, tag=len(scorers) > 1)]
   scorer.log("intensity statistics: per-channel mean, std, percentiles per site")
   intensity = intensity_entry(entries[0].source, scorer.wells_dir)
   if join_stats:

@@ -13,6 +13,7 @@ Sources are made once per distinct data config (rendering a synthetic screen is 
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 from typing import Callable, Sequence
@@ -60,6 +61,12 @@ class Scorer:
     self.clusters = pipeline.read_complexes(clusters)
     self.batch_size, self.progress, self.log = batch_size, progress, log
     self._sources = {}
+
+  def with_pool(self, pool: str | None) -> "Scorer":
+    """The same scorer embedding by `pool`; it shares the rendered sources."""
+    other = copy.copy(self)
+    other.pool = pool
+    return other
 
   def data_config(self, config) -> ml_collections.ConfigDict:
     """The screen `config`'s model is embedded on: its data with the overrides."""
