@@ -68,6 +68,9 @@ def test_table_has_every_row(run):
   complexes = pd.read_csv(out / "complex_recall.csv")
   assert len(complexes) == len(expected) * 3 * 2 and (complexes.pairs == 3).all()
   assert "recall 5/95 (TVN) of each complex's own pairs" in stdout
+  block = stdout.split("own pairs (their count in brackets):\n")[1].splitlines()
+  assert "complex_1 (3)" in block[0] and "complex_3 (3)" in block[0]
+  assert block[2].split()[:2] == ["demo", "trained"]  # A row per model and weights.
   assert len(summary["complexes"]) == len(complexes)
   for name in ("recall_curve_none.png", "recall_curve_tvn.png", "wells/demo.parquet",
                "wells/intensity_stats.parquet", "demo_random/tvn/recall.csv"):

@@ -123,17 +123,18 @@ def format_table(table: pd.DataFrame) -> str:
   return shown.to_string(index=False, float_format=lambda v: f"{v:.3f}", na_rep="-")
 
 
-def format_complexes(complexes: pd.DataFrame | None, *, max_rows: int = 12) -> str | None:
-  """Recall 5/95 with TVN of each complex (rows) by model (columns), for a few complexes."""
+def format_complexes(complexes: pd.DataFrame | None, *, max_complexes: int = 12) -> str | None:
+  """Recall 5/95 with TVN of each of a few complexes (columns, with their pair counts) by
+  model and weights (rows, as in the comparison table)."""
   if complexes is None:
     return None
   shown = complexes[(complexes.correction == "tvn") & (complexes.lower == 5)
                     & (complexes.upper == 95)]
-  if shown.empty or shown.complex.nunique() > max_rows:
+  if shown.empty or shown.complex.nunique() > max_complexes:
     return None
-  label = shown.model.where(shown.weights != "random", shown.model + " random")
-  wide = shown.assign(label=label).pivot_table(index=["complex", "pairs"], columns="label",
-                                                values="recall", sort=False)
+  column = shown.complex + " (" + shown.pairs.astype(str) + ")"
+  wide = shown.assign(column=column).pivot_table(index=["model", "weights"], columns="column",
+                                                 values="recall", sort=False)
   wide.columns.name = None
   return wide.to_string(float_format=lambda v: f"{v:.2f}")
 
@@ -200,7 +201,7 @@ def _main(args, overrides) -> int:
           f"TVN beats no correction: {check['tvn_beats_none']}")
   complexes = format_complexes(result["complexes"])
   if complexes:
-    print("recall 5/95 (TVN) of each complex's own pairs:\n" + complexes)
+    print("recall 5/95 (TVN) of each complex's own pairs (their count in brackets):\n" + complexes)
   out = os.fspath(workdir_lib.path(args.out))
   print(f"wrote {out}/comparison.csv and plots in {out} ({result['wall_s']:.0f} s)")
   if args.json:
