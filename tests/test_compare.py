@@ -162,15 +162,16 @@ def test_join_stats_rows_score_the_model_joined_to_the_statistics(run, tmp_path)
   assert summary["parts"] and len(stats) == len(joined)
 
 
+def features(path):
+  """A kept well table and its features [wells, features]."""
+  table = eval_io.read_embeddings(path)
+  return table, table[eval_io.feature_columns(table)].to_numpy()
+
+
 def test_pool_embeds_trained_and_random_weights_by_the_cls_token(run, tmp_path):
   out = tmp_path / "compare"
   shutil.copytree(run[0] / "wells", out / "wells")  # Mean-pooled tables: must not be reused.
   _compare_demo_again(run, out, "--pool=cls", "demo")
-
-  def features(path):
-    table = eval_io.read_embeddings(path)
-    return table, table[eval_io.feature_columns(table)].to_numpy()
-
   for label in ("demo", "demo_random"):
     cls, cls_features = features(out / "wells" / f"{label}.parquet")
     assert eval_io.provenance_of(cls)["pool"] == "cls"
@@ -201,13 +202,12 @@ def test_several_pools_score_each_model_each_way_from_one_run(run, tmp_path):
   # The mean tables without crop statistics are the single-pool run's, row for row.
   first = pd.read_csv(run[0] / "comparison.csv")
   for weights in ("trained", "random"):
+    suffix = "_random" if weights == "random" else ""
+    _, before = features(run[0] / "wells" / f"demo{suffix}.parquet")
     for pool in ("mean", "cls"):
-      label = "demo_" + pool + ("_random" if weights == "random" else "")
-      table_of = eval_io.read_embeddings(out / "wells" / f"{label}_plain.parquet")
-      features = table_of[eval_io.feature_columns(table_of)].to_numpy()
-      before = eval_io.read_embeddings(run[0] / "wells" / f"{label.replace('_' + pool, '')}.parquet")
-      same = np.allclose(features, before[eval_io.feature_columns(before)].to_numpy(), atol=1e-6)
-      assert same == (pool == "mean") and eval_io.provenance_of(table_of)["pool"] == pool
+      plain, plain_features = features(out / "wells" / f"demo_{pool}{suffix}_plain.parquet")
+      same = np.allclose(plain_features, before, atol=1e-6)
+      assert same == (pool == "mean") and eval_io.provenance_of(plain)["pool"] == pool
     rows = [t[(t.model == m) & (t.weights == weights)].set_index("correction").recall_5_95
             for t, m in ((table, "demo [mean] (plain)"), (first, "demo"))]
     pd.testing.assert_series_equal(rows[0], rows[1], check_names=False)
